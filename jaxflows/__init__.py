@@ -1,0 +1,31 @@
+"""jaxflows: normalizing flows for image density estimation in JAX/Flax."""
+
+from jaxflows import bijectors, core, models
+from jaxflows.core import (
+    Bijector,
+    Chain,
+    DiagonalGaussian,
+    Flow,
+    Functional,
+    Invert,
+    StandardNormal,
+    bits_per_dim,
+    dequantize,
+    functional,
+)
+
+__all__ = [
+    "Bijector",
+    "Chain",
+    "DiagonalGaussian",
+    "Flow",
+    "Functional",
+    "Invert",
+    "StandardNormal",
+    "bijectors",
+    "bits_per_dim",
+    "core",
+    "dequantize",
+    "functional",
+    "models",
+]

@@ -1,0 +1,55 @@
+"""Input checks for the public boundary.
+
+Shape and dtype checks are static, so they run at trace time and raise under `jit` too. Value checks
+(finite, in range) need concrete arrays: they raise on concrete inputs and are skipped while tracing;
+the training pipeline runs them on host batches before anything reaches the device.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """True when `x` holds values (not a tracer inside jit/grad/vmap)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_image(x, name: str = "x") -> None:
+    """Require a floating NHWC batch: rank 4, float dtype."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            f"{name}: expected an NHWC batch of rank 4 (batch, height, width, channels), got shape {shape}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: expected a floating dtype, got {x.dtype}; integer pixels must be "
+            "dequantized first (jaxflows.dequantize)"
+        )
+
+
+def check_finite(x, name: str = "x") -> None:
+    """Raise if a concrete array holds NaN or infinity."""
+    if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
+        raise ValueError(f"{name}: expected finite values, found NaN or infinity")
+
+
+def check_range(x, low: float, high: float, name: str = "x") -> None:
+    """Raise if a concrete array has values outside [low, high]."""
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x)
+    lo, hi = arr.min(initial=low), arr.max(initial=high)
+    if lo < low or hi > high:
+        raise ValueError(f"{name}: expected values in [{low}, {high}], got min {lo} and max {hi}")
+
+
+def check_channels(channels: int, minimum: int, layer: str) -> None:
+    if channels < minimum:
+        raise ValueError(
+            f"{layer}: cannot split {channels} channel(s); expected at least {minimum}. "
+            "Squeeze first (2x2 space-to-depth multiplies channels by 4)."
+        )

@@ -1,0 +1,6 @@
+"""Model builders: multi-scale architectures assembled from `jaxflows.bijectors`."""
+
+from jaxflows.models.glow import CONVS, COUPLINGS, glow
+from jaxflows.models.multiscale import MultiScaleFlow
+
+__all__ = ["CONVS", "COUPLINGS", "MultiScaleFlow", "glow"]

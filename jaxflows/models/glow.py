@@ -1,0 +1,97 @@
+"""Glow (Kingma & Dhariwal 2018, Fig. 2): L levels of [squeeze, K × (actnorm, 1x1 conv, coupling),
+split], with a learned prior at the top. Other papers' layers plug in through `CONVS` and
+`COUPLINGS`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jaxflows.bijectors import (
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    Conv1x1,
+    Conv1x1LU,
+    LearnedPrior,
+    Split,
+    Squeeze,
+)
+from jaxflows.core import Bijector, Chain, Flow, StandardNormal
+from jaxflows.models.multiscale import MultiScaleFlow
+
+# name -> factory(**conv_kwargs) returning a channel-mixing bijector.
+CONVS: dict[str, Callable[..., Bijector]] = {
+    "plain": Conv1x1,
+    "lu": Conv1x1LU,
+}
+
+# name -> factory(hidden=, mask=, parity=, **coupling_kwargs) returning a coupling bijector.
+COUPLINGS: dict[str, Callable[..., Bijector]] = {
+    "affine": AffineCoupling,
+    "additive": AdditiveCoupling,
+}
+
+
+def _lookup(table: dict[str, Callable[..., Bijector]], key: str, what: str):
+    if key not in table:
+        raise ValueError(f"unknown {what} {key!r}; expected one of {sorted(table)}")
+    return table[key]
+
+
+def glow(
+    image_shape: tuple[int, int, int],
+    levels: int = 3,
+    steps: int = 32,
+    hidden: int = 512,
+    conv: str = "lu",
+    coupling: str = "affine",
+    mask: str = "channel",
+    conv_kwargs: dict[str, Any] | None = None,
+    coupling_kwargs: dict[str, Any] | None = None,
+) -> Flow:
+    """Build a multi-scale Glow-style flow on images of `image_shape` = (height, width, channels).
+
+    conv: "plain" | "lu" (and what later modules register in `CONVS`);
+    coupling: "affine" | "additive" (and `COUPLINGS`); mask: "channel" | "checkerboard"
+    (checkerboard alternates parity between steps, as in RealNVP).
+    Returns a `Flow` with a standard normal base over a latent of `image_shape`.
+    """
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
+    height, width, _ = image_shape
+    if levels < 1 or steps < 1:
+        raise ValueError(f"levels and steps must be ≥ 1, got levels={levels}, steps={steps}")
+    scale = 2**levels
+    if height % scale or width % scale:
+        raise ValueError(
+            f"{levels} levels squeeze the image {levels} times, so height and width must be "
+            f"multiples of {scale}; got {height}x{width}"
+        )
+    make_conv = _lookup(CONVS, conv, "conv")
+    make_coupling = _lookup(COUPLINGS, coupling, "coupling")
+    conv_kwargs = conv_kwargs or {}
+    coupling_kwargs = coupling_kwargs or {}
+
+    def step(k: int) -> Bijector:
+        parity = k % 2 if mask == "checkerboard" else 0
+        return Chain(
+            [
+                ActNorm(),
+                make_conv(**conv_kwargs),
+                make_coupling(hidden=hidden, mask=mask, parity=parity, **coupling_kwargs),
+            ],
+            names=["actnorm", "conv", "coupling"],
+        )
+
+    level_list = []
+    for i in range(levels):
+        last = i == levels - 1
+        layers = [Squeeze(), *(step(k) for k in range(steps)), LearnedPrior() if last else Split()]
+        names = ["squeeze", *(f"step{k + 1}" for k in range(steps)), "prior" if last else "split"]
+        level_list.append(Chain(layers, names=names))
+    return Flow(
+        bijector=MultiScaleFlow(level_list),
+        base=StandardNormal(),
+        event_shape=tuple(image_shape),
+    )

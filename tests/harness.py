@@ -1,0 +1,154 @@
+"""The property harness every bijector goes through.
+
+A test module lists `BijectorCase`s and parametrizes over `PROPERTIES`:
+
+    @pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
+    @pytest.mark.parametrize("case", CASES, ids=str)
+    def test_bijector_properties(case, check):
+        check(case)
+
+Parameters are perturbed after `init` so zero-initialised layers (couplings, priors) are not the
+identity and every check can fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflows.core import gaussian_log_prob, sum_except_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class BijectorCase:
+    name: str
+    make: Callable[[], nn.Module]
+    shape: tuple[int, int, int, int]  # (batch, height, width, channels); small: the jacobian is D×D
+    perturb: float = 0.05  # std of the noise added to every float parameter after init
+    data: str = "normal"  # "normal" (shifted, scaled) or "unit" (uniform in [0, 1))
+    round_trip_atol: float = 1e-4
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def sample_input(case: BijectorCase, key, batch: int | None = None):
+    shape = (batch or case.shape[0], *case.shape[1:])
+    if case.data == "unit":
+        return jax.random.uniform(key, shape)
+    return 1.5 * jax.random.normal(key, shape) + 0.3
+
+
+def perturb_params(variables, scale: float, key):
+    params = variables["params"]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noisy = [
+        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+        else leaf
+        for leaf, k in zip(leaves, keys, strict=False)
+    ]
+    return {**variables, "params": jax.tree_util.tree_unflatten(treedef, noisy)}
+
+
+@functools.cache
+def setup_case(case: BijectorCase):
+    """Module, perturbed variables and an input batch."""
+    k_data, k_init, k_noise = jax.random.split(jax.random.key(case.seed), 3)
+    module = case.make()
+    x = sample_input(case, k_data)
+    variables = module.init(k_init, x)
+    if "params" in variables and case.perturb:
+        variables = perturb_params(variables, case.perturb, k_noise)
+    return module, variables, x
+
+
+def _apply(module, variables, x, method):
+    return module.apply(variables, x, method=method)
+
+
+def check_round_trip(case: BijectorCase) -> None:
+    module, variables, x = setup_case(case)
+    y, _ = _apply(module, variables, x, "forward")
+    assert y.size == x.size and y.dtype == x.dtype
+    x_back, _ = _apply(module, variables, y, "inverse")
+    np.testing.assert_allclose(x_back, x, atol=case.round_trip_atol, rtol=1e-4)
+
+
+def check_log_det_antisymmetric(case: BijectorCase) -> None:
+    module, variables, x = setup_case(case)
+    y, ld_fwd = _apply(module, variables, x, "forward")
+    assert ld_fwd.shape == (x.shape[0],), f"log_det must be per example, got {ld_fwd.shape}"
+    _, ld_inv = _apply(module, variables, y, "inverse")
+    tol = 1e-4 * max(1.0, float(jnp.max(jnp.abs(ld_fwd))))
+    np.testing.assert_allclose(ld_inv, -ld_fwd, atol=tol)
+    np.testing.assert_allclose(_apply(module, variables, x, "log_det"), ld_fwd, atol=tol)
+
+
+def check_log_det_matches_jacobian(case: BijectorCase) -> None:
+    """log_det equals log|det| of the dense jacobian of the flattened map, in float64."""
+    module, variables, x = setup_case(case)
+    with jax.enable_x64(True):
+        variables64 = jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+            variables,
+        )
+        x1 = jnp.asarray(x[:1], jnp.float64)
+        for method in ("forward", "inverse"):
+            point = x1 if method == "forward" else _apply(module, variables64, x1, "forward")[0]
+
+            def flat(v, method=method, shape=point.shape):
+                out, _ = _apply(module, variables64, v.reshape(shape), method)
+                return out.reshape(-1)
+
+            jac = jax.jacfwd(flat)(point.reshape(-1))
+            sign, expected = jnp.linalg.slogdet(jac)
+            assert sign != 0, f"{method}: singular jacobian"
+            _, log_det = _apply(module, variables64, point, method)
+            assert log_det.dtype == jnp.float64
+            np.testing.assert_allclose(log_det[0], expected, rtol=1e-7, atol=1e-7)
+
+
+def check_jit_matches_eager(case: BijectorCase) -> None:
+    module, variables, x = setup_case(case)
+    y, _ = _apply(module, variables, x, "forward")
+    for method, point in (("forward", x), ("inverse", y)):
+        eager = _apply(module, variables, point, method)
+        jitted = jax.jit(lambda v, a, m=method: _apply(module, v, a, m))(variables, point)
+        for a, b in zip(eager, jitted, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def check_gradients_finite(case: BijectorCase) -> None:
+    """Gradients of a maximum-likelihood loss with respect to parameters and inputs are finite."""
+    module, variables, x = setup_case(case)
+    params = variables["params"] if "params" in variables else {}
+    rest = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss(p, inputs):
+        y, log_det = module.apply({"params": p, **rest}, inputs, method="forward")
+        return -jnp.mean(sum_except_batch(gaussian_log_prob(y)) + log_det)
+
+    grads = jax.grad(loss, argnums=(0, 1))(params, x)
+    for g in jax.tree_util.tree_leaves(grads):
+        assert bool(jnp.all(jnp.isfinite(g))), "non-finite gradient"
+    if jax.tree_util.tree_leaves(params):
+        norms = [float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[0])]
+        assert sum(norms) > 0, "loss does not depend on the parameters"
+
+
+PROPERTIES = [
+    check_round_trip,
+    check_log_det_antisymmetric,
+    check_log_det_matches_jacobian,
+    check_jit_matches_eager,
+    check_gradients_finite,
+]

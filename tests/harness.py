@@ -130,7 +130,7 @@ def check_jit_matches_eager(case: BijectorCase) -> None:
 def check_gradients_finite(case: BijectorCase) -> None:
     """Gradients of a maximum-likelihood loss with respect to parameters and inputs are finite."""
     module, variables, x = setup_case(case)
-    params = variables["params"] if "params" in variables else {}
+    params = variables.get("params", {})
     rest = {k: v for k, v in variables.items() if k != "params"}
 
     def loss(p, inputs):

@@ -1,0 +1,54 @@
+"""Experiment configuration: a dataclass, filled by `get_config()` in experiments/configs/*.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run needs. `model` holds keyword arguments of `models.glow`."""
+
+    dataset: str = "digits"  # "digits" | "fashion_mnist" | "auto" | a tfds name ("cifar10", ...)
+    model: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {"levels": 2, "steps": 4, "hidden": 64, "conv": "lu"}
+    )
+    n_bits: int | None = None  # None: the dataset's own bit depth
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optimizer: str = "adam"  # "adam" | "adamax"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    grad_clip_norm: float | None = 50.0
+    num_steps: int = 1000
+    init_batch_size: int = 256  # examples for ActNorm's data-dependent initialisation
+    eval_every: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    sample_temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
+    samples_per_temperature: int = 8
+    seed: int = 0
+    data_dir: str | None = None  # tfds data_dir
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Import a config file and call its `get_config()`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_jaxflows_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path} must define get_config() -> TrainConfig")
+    config = module.get_config()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"{path}: get_config() returned {type(config).__name__}, not TrainConfig")
+    return config

@@ -8,6 +8,7 @@ from jaxflows.bijectors.conv1x1 import (
     apply_1x1,
     random_rotation,
 )
+from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
 from jaxflows.bijectors.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -16,6 +17,9 @@ from jaxflows.bijectors.coupling import (
     Coupling,
     CouplingNetwork,
 )
+from jaxflows.bijectors.emerging import EmergingConv
+from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
+from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.split import LearnedPrior, Split, whiten
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 
@@ -27,10 +31,15 @@ __all__ = [
     "CheckerboardMask",
     "Conv1x1",
     "Conv1x1LU",
+    "Conv1x1QR",
     "Coupling",
     "CouplingNetwork",
+    "EmergingConv",
     "InvertibleConv1x1",
     "LearnedPrior",
+    "MatrixExpConv1x1",
+    "MatrixExpCoupling",
+    "PeriodicConv",
     "Split",
     "Squeeze",
     "apply_1x1",

@@ -17,6 +17,10 @@ from jaxflows.bijectors import (
     Split,
     Squeeze,
 )
+from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
+from jaxflows.bijectors.emerging import EmergingConv
+from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
+from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.core import Bijector, Chain, Flow, StandardNormal
 from jaxflows.models.multiscale import MultiScaleFlow
 
@@ -24,12 +28,14 @@ from jaxflows.models.multiscale import MultiScaleFlow
 CONVS: dict[str, Callable[..., Bijector]] = {
     "plain": Conv1x1,
     "lu": Conv1x1LU,
+    "matrix_exp": MatrixExpConv1x1,
 }
 
 # name -> factory(hidden=, mask=, parity=, **coupling_kwargs) returning a coupling bijector.
 COUPLINGS: dict[str, Callable[..., Bijector]] = {
     "affine": AffineCoupling,
     "additive": AdditiveCoupling,
+    "matrix_exp": MatrixExpCoupling,  # channel mask only; rejects mask="checkerboard"
 }
 
 

@@ -1,5 +1,52 @@
-"""Training: configs, data, the training loop, checkpoints, evaluation and sampling."""
+"""Training: configs, the training loop, checkpoints, evaluation and sampling."""
 
 from jaxflows.train.config import TrainConfig, load_config
+from jaxflows.train.evaluate import (
+    evaluate_bits_per_dim,
+    fit_pixel_histogram,
+    histogram_bits_per_dim,
+    pixel_baseline_bits_per_dim,
+)
+from jaxflows.train.loop import (
+    Experiment,
+    TrainResult,
+    build_flow,
+    evaluate,
+    load_workdir_config,
+    maybe_initialize_distributed,
+    restore_for_inference,
+    setup,
+    train,
+    write_curve,
+    write_interpolation,
+    write_samples,
+)
+from jaxflows.train.optim import make_optimizer, skip_nonfinite
+from jaxflows.train.steps import TrainState, init_state, make_mesh, make_train_step
 
-__all__ = ["TrainConfig", "load_config"]
+__all__ = [
+    "Experiment",
+    "TrainConfig",
+    "TrainResult",
+    "TrainState",
+    "build_flow",
+    "evaluate",
+    "evaluate_bits_per_dim",
+    "fit_pixel_histogram",
+    "histogram_bits_per_dim",
+    "init_state",
+    "load_config",
+    "load_workdir_config",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "maybe_initialize_distributed",
+    "pixel_baseline_bits_per_dim",
+    "restore_for_inference",
+    "setup",
+    "skip_nonfinite",
+    "train",
+    "write_curve",
+    "write_interpolation",
+    "write_samples",
+]

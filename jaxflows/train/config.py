@@ -33,6 +33,10 @@ class TrainConfig:
     samples_per_temperature: int = 8
     seed: int = 0
     data_dir: str | None = None  # tfds data_dir
+    eval_dequant_draws: int = 1  # held-out bits/dim averaged over this many dequantisation draws
+    baseline_smoothing: float = 1.0  # Laplace pseudo-count of the per-pixel histogram baseline
+    interpolation_steps: int = 8
+    prefetch: int = 2  # host batches prepared ahead by a background thread
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)

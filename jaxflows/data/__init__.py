@@ -1,0 +1,40 @@
+"""Datasets as uint8 NHWC pixels plus their number of intensity levels, and batch iteration.
+
+Offline: scikit-learn's 8x8 digits and Fashion-MNIST from local idx files. Online-prepared:
+tensorflow-datasets (cifar10, mnist, downsampled_imagenet/32x32 and /64x64) read through
+`tfds.data_source`, which needs no TensorFlow. Every loader returns a `Dataset`; `BatchIterator`
+serves deterministic, per-host-sharded, prefetched batches of it.
+"""
+
+from jaxflows.data.datasets import (
+    FASHION_MNIST_DIR,
+    ArraySource,
+    Dataset,
+    Source,
+    digits,
+    fashion_mnist,
+    fashion_mnist_available,
+    load_dataset,
+    reduce_bits,
+)
+from jaxflows.data.iterator import BatchIterator, batch_indices
+from jaxflows.data.tfds_source import TFDS_DATASETS, DatasetNotPreparedError, tfds_dataset
+from jaxflows.data.validation import validate_batch
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "TFDS_DATASETS",
+    "ArraySource",
+    "BatchIterator",
+    "Dataset",
+    "DatasetNotPreparedError",
+    "Source",
+    "batch_indices",
+    "digits",
+    "fashion_mnist",
+    "fashion_mnist_available",
+    "load_dataset",
+    "reduce_bits",
+    "tfds_dataset",
+    "validate_batch",
+]

@@ -1,0 +1,145 @@
+"""Offline datasets (sklearn digits, Fashion-MNIST idx files) and the `load_dataset` dispatcher."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path(os.environ.get("JAXFLOWS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+_FASHION_FILES = {
+    "train": "train-images-idx3-ubyte.gz",
+    "test": "t10k-images-idx3-ubyte.gz",
+}
+
+
+class Source(Protocol):
+    """Random access to uint8 NHWC examples: `len(source)` and `source[indices]`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+class ArraySource:
+    """An in-memory uint8 NHWC array as a `Source`."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels = pixels
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return self.pixels[indices]
+
+    def all(self) -> np.ndarray:
+        return self.pixels
+
+
+class Dataset(NamedTuple):
+    """Train and held-out splits of integer pixels in {0, …, num_bins − 1}, NHWC."""
+
+    name: str
+    train: Source
+    test: Source
+    num_bins: int
+    image_shape: tuple[int, int, int]
+
+
+def reduce_bits(pixels: np.ndarray, num_bins: int, n_bits: int) -> np.ndarray:
+    """Quantise `num_bins`-level pixels to 2^n_bits levels (Glow's 5-bit CelebA)."""
+    target = 2**n_bits
+    if target > num_bins or num_bins % target:
+        raise ValueError(f"cannot reduce {num_bins} intensity levels to {target} (n_bits={n_bits})")
+    return (pixels // (num_bins // target)).astype(np.uint8)
+
+
+def _load_digits_csv() -> np.ndarray:
+    """The pixels of sklearn's bundled digits.csv.gz, read without importing sklearn (slow to import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the digits dataset needs scikit-learn (its bundled digits.csv.gz)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if not path.is_file():
+        from sklearn.datasets import load_digits
+
+        return load_digits().data.astype(np.uint8)
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    return table[:, :-1].astype(np.uint8)
+
+
+def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits: values 0..16 (17 levels), deterministic split."""
+    images = _load_digits_csv().reshape(-1, 8, 8, 1)  # (1797, 8, 8, 1)
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_test = round(test_fraction * len(images))
+    test, train = images[order[:n_test]], images[order[n_test:]]
+    return Dataset("digits", ArraySource(train), ArraySource(test), 17, (8, 8, 1))
+
+
+def _read_idx_images(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic, count, rows, cols = np.frombuffer(data[:16], dtype=">u4")
+    if magic != 2051:
+        raise ValueError(f"{path}: not an idx3 image file (magic {magic})")
+    return np.frombuffer(data[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols), 1)
+
+
+def fashion_mnist_available(directory: Path = FASHION_MNIST_DIR) -> bool:
+    return all((Path(directory) / f).is_file() for f in _FASHION_FILES.values())
+
+
+def fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> Dataset:
+    """Fashion-MNIST (60k train, 10k test, 28x28x1, 256 levels) from local idx files."""
+    directory = Path(directory)
+    if not fashion_mnist_available(directory):
+        raise FileNotFoundError(
+            f"Fashion-MNIST idx files not found in {directory} (expected {sorted(_FASHION_FILES.values())}); "
+            "install the Debian package dataset-fashion-mnist or set JAXFLOWS_FASHION_MNIST_DIR"
+        )
+    train = _read_idx_images(directory / _FASHION_FILES["train"])
+    test = _read_idx_images(directory / _FASHION_FILES["test"])
+    return Dataset("fashion_mnist", ArraySource(train), ArraySource(test), 256, (28, 28, 1))
+
+
+def load_dataset(name: str, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
+    """"digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds name."""
+    from jaxflows.data.tfds_source import tfds_dataset
+
+    if name == "auto":
+        name = "fashion_mnist" if fashion_mnist_available() else "digits"
+    if name == "digits":
+        dataset = digits()
+    elif name == "fashion_mnist":
+        dataset = fashion_mnist()
+    else:
+        dataset = tfds_dataset(name, data_dir=data_dir)
+    if n_bits is not None and 2**n_bits != dataset.num_bins:
+        dataset = _reduced(dataset, n_bits)
+    return dataset
+
+
+class _ReducedSource:
+    def __init__(self, source: Source, num_bins: int, n_bits: int):
+        self.source, self.num_bins, self.n_bits = source, num_bins, n_bits
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
+        return reduce_bits(self.source[indices], self.num_bins, self.n_bits)
+
+
+def _reduced(dataset: Dataset, n_bits: int) -> Dataset:
+    reduce_bits(np.zeros(1, np.uint8), dataset.num_bins, n_bits)  # validates the reduction
+    split = lambda s: _ReducedSource(s, dataset.num_bins, n_bits)
+    return dataset._replace(
+        name=f"{dataset.name}@{n_bits}bit", train=split(dataset.train), test=split(dataset.test), num_bins=2**n_bits
+    )

@@ -1,0 +1,267 @@
+"""The training loop and the workdir-level commands (train, evaluate, sample, interpolate).
+
+A workdir holds config.json, checkpoints/, metrics.csv, tensorboard/ and the PNGs. Training in a
+workdir that has checkpoints resumes from the latest one: parameters, optimiser state, RNG and data
+position (the batch of step s is a function of the seed and s) all continue, so an interrupted run
+and an uninterrupted one produce identical losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from jaxflows.core import Flow
+from jaxflows.data import BatchIterator, Dataset, batch_indices, load_dataset, validate_batch
+from jaxflows.models import glow
+from jaxflows.train import checkpoint
+from jaxflows.train.config import TrainConfig
+from jaxflows.train.evaluate import evaluate_bits_per_dim, pixel_baseline_bits_per_dim
+from jaxflows.train.metrics import MetricsWriter, plot_training_curve
+from jaxflows.train.optim import learning_rate_schedule, make_optimizer
+from jaxflows.train.sampling import interpolate, sample_grid, sample_grid_path
+from jaxflows.train.steps import (
+    TrainState,
+    global_batch,
+    init_state,
+    cached,
+    make_mesh,
+    make_train_step,
+    replicated,
+)
+
+MULTIHOST_ENV = "JAXFLOWS_MULTIHOST"
+
+
+def maybe_initialize_distributed(multihost: bool = False) -> None:
+    """Call `jax.distributed.initialize()` when asked (flag or JAXFLOWS_MULTIHOST=1).
+
+    It must run before any other JAX call. On Cloud TPU, SLURM and similar clusters it discovers the
+    coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    Every host then runs the same command; each reads its own share of every batch.
+    """
+    if multihost or os.environ.get(MULTIHOST_ENV) == "1":
+        jax.distributed.initialize()
+
+
+class Experiment(NamedTuple):
+    config: TrainConfig
+    dataset: Dataset
+    flow: Flow
+    mesh: Mesh
+    init_pixels: np.ndarray
+
+
+class TrainResult(NamedTuple):
+    state: TrainState
+    experiment: Experiment
+    history: list[dict[str, float]]  # one entry per logged step
+    preempted: bool
+
+
+def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
+    return glow(tuple(image_shape), **config.model)
+
+
+def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
+    """Dataset, flow, mesh and the (identical on every host) initialisation batch."""
+    dataset = load_dataset(config.dataset, config.data_dir, config.n_bits)
+    flow = build_flow(config, dataset.image_shape)
+    mesh = make_mesh() if mesh is None else mesh
+    if config.batch_size % mesh.devices.size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.devices.size} devices")
+    n_init = min(config.init_batch_size, len(dataset.train))
+    idx = batch_indices(len(dataset.train), n_init, 0, config.seed + 1)
+    init_pixels = validate_batch(dataset.train[idx], dataset.num_bins, dataset.image_shape, "init batch")
+    return Experiment(config, dataset, flow, mesh, init_pixels)
+
+
+def _optimizer_key(config: TrainConfig) -> tuple:
+    return (config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm)
+
+
+def _init_fn(exp: Experiment):
+    optimizer = make_optimizer(exp.config)
+    return lambda pixels: init_state(exp.flow, optimizer, pixels, exp.dataset.num_bins, exp.config.seed)
+
+
+def initial_state(exp: Experiment, manager) -> TrainState:
+    """The latest checkpoint if there is one, else data-dependent initialisation."""
+    init = _init_fn(exp)
+    if manager.latest_step() is not None:
+        abstract = jax.eval_shape(init, exp.init_pixels)
+        return checkpoint.restore(manager, abstract, replicated(exp.mesh))
+    key = ("init", exp.flow, _optimizer_key(exp.config), exp.dataset.num_bins, exp.config.seed, exp.mesh)
+    return cached(key, lambda: jax.jit(init, out_shardings=replicated(exp.mesh)))(exp.init_pixels)
+
+
+def compiled_train_step(exp: Experiment):
+    """`make_train_step` for this experiment, compiled once per process."""
+    key = ("train", exp.flow, _optimizer_key(exp.config), exp.dataset.num_bins, exp.mesh)
+    build = lambda: make_train_step(exp.flow, make_optimizer(exp.config), exp.dataset.num_bins, exp.mesh)
+    return cached(key, build)
+
+
+def save_config(config: TrainConfig, workdir: Path) -> None:
+    if jax.process_index() == 0:
+        (Path(workdir) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+
+def load_workdir_config(workdir: Path) -> TrainConfig:
+    """The config a workdir was trained with (written by `train`)."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train in this workdir first, or pass --config")
+    fields = json.loads(path.read_text())
+    fields["sample_temperatures"] = tuple(fields["sample_temperatures"])
+    return TrainConfig(**fields)
+
+
+class _Preemption:
+    """Sets a flag on SIGTERM (main thread only) so the loop can checkpoint and stop cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def train(
+    config: TrainConfig,
+    workdir: str | Path,
+    *,
+    progress: bool = True,
+    on_step: Callable[[int, TrainState], Any] | None = None,
+    mesh: Mesh | None = None,
+) -> TrainResult:
+    """Train (or resume training) up to `config.num_steps` updates; checkpoints land in `workdir`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    exp = setup(config, mesh)
+    bins, lead = exp.dataset.num_bins, jax.process_index() == 0
+    manager = checkpoint.checkpoint_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
+    state = initial_state(exp, manager)
+    save_config(config, workdir)
+    train_step = compiled_train_step(exp)
+    schedule = learning_rate_schedule(config)
+    writer = MetricsWriter(workdir, enabled=lead)
+    start = int(state.step)
+    batches = BatchIterator(
+        exp.dataset.train, config.batch_size, bins, config.seed, start,
+        jax.process_index(), jax.process_count(), config.prefetch,
+    )  # fmt: skip
+    history: list[dict[str, float]] = []
+    window: list[dict[str, jax.Array]] = []
+    bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
+    tick, last_saved = time.perf_counter(), None
+    with _Preemption() as preemption:
+        for step, pixels in batches if start < config.num_steps else ():
+            state, metrics = train_step(state, global_batch(pixels, exp.mesh))
+            done = step + 1
+            window.append(metrics)
+            if done % config.log_every == 0 or done == config.num_steps or preemption.requested:
+                fetched = jax.device_get(window)
+                elapsed = time.perf_counter() - tick
+                row = {
+                    "loss": float(fetched[-1]["loss"]),
+                    "bits_per_dim": float(np.mean([m["loss"] for m in fetched])),
+                    "images_per_sec": len(fetched) * config.batch_size / max(elapsed, 1e-9),
+                    "learning_rate": float(schedule(step)),
+                    "grad_norm": float(fetched[-1]["grad_norm"]),
+                    "skipped_updates": int(fetched[-1]["skipped_updates"]),
+                }
+                if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
+                    row["eval_bits_per_dim"] = evaluate_bits_per_dim(
+                        exp.flow, state.variables(), exp.dataset.test, bins, exp.mesh,
+                        config.eval_batch_size, config.eval_dequant_draws, config.seed,
+                    )  # fmt: skip
+                history.append({"step": done, **row})
+                writer.write(done, row)
+                bar.set_postfix(
+                    loss=f"{row['loss']:.3f}", bpd=f"{row['bits_per_dim']:.3f}",
+                    img_s=f"{row['images_per_sec']:.0f}", skipped=row["skipped_updates"],
+                )  # fmt: skip
+                bar.update(len(fetched))
+                window, tick = [], time.perf_counter()
+            if checkpoint.save(manager, state, force=preemption.requested or done == config.num_steps):
+                last_saved = done
+            if on_step is not None:
+                on_step(done, state)
+            if preemption.requested or done >= config.num_steps:
+                break
+    bar.close()
+    if preemption.requested and last_saved != int(state.step):
+        checkpoint.save(manager, state, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    return TrainResult(state, exp, history, preemption.requested)
+
+
+def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Experiment, TrainState]:
+    """Experiment and the latest checkpointed state of `workdir` (raises if there is none)."""
+    exp = setup(config)
+    manager = checkpoint.checkpoint_manager(Path(workdir), config.checkpoint_every, config.keep_checkpoints)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first")
+    state = initial_state(exp, manager)
+    manager.close()
+    return exp, state
+
+
+def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """Held-out bits/dim of the flow and of the per-pixel histogram baseline on the same split."""
+    c, d = exp.config, exp.dataset
+    flow_bpd = evaluate_bits_per_dim(
+        exp.flow, state.variables(), d.test, d.num_bins, exp.mesh, c.eval_batch_size, c.eval_dequant_draws, c.seed
+    )
+    baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
+    return {"flow_bits_per_dim": flow_bpd, "baseline_bits_per_dim": baseline, "held_out_examples": len(d.test)}
+
+
+def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Path:
+    c = exp.config
+    key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 7)
+    image, _ = sample_grid(
+        exp.flow, state.variables(), key, exp.dataset.num_bins, c.sample_temperatures, c.samples_per_temperature
+    )
+    path = sample_grid_path(workdir, c.sample_temperatures)
+    image.save(path)
+    return path
+
+
+def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
+    test = exp.dataset.test
+    a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
+    image = interpolate(exp.flow, state.variables(), a, b, exp.dataset.num_bins, exp.config.interpolation_steps)
+    path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
+    image.save(path)
+    return path
+
+
+def write_curve(workdir: str | Path, baseline: float | None = None) -> Path:
+    return plot_training_curve(Path(workdir), baseline)

@@ -110,7 +110,7 @@ def fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
-    """"digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds name."""
+    """ "digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds name."""
     from jaxflows.data.tfds_source import tfds_dataset
 
     if name == "auto":
@@ -141,5 +141,8 @@ def _reduced(dataset: Dataset, n_bits: int) -> Dataset:
     reduce_bits(np.zeros(1, np.uint8), dataset.num_bins, n_bits)  # validates the reduction
     split = lambda s: _ReducedSource(s, dataset.num_bins, n_bits)
     return dataset._replace(
-        name=f"{dataset.name}@{n_bits}bit", train=split(dataset.train), test=split(dataset.test), num_bins=2**n_bits
+        name=f"{dataset.name}@{n_bits}bit",
+        train=split(dataset.train),
+        test=split(dataset.test),
+        num_bins=2**n_bits,
     )

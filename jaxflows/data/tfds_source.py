@@ -53,7 +53,8 @@ def tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Open a prepared tfds image dataset; raises DatasetNotPreparedError in seconds if absent."""
     if name not in TFDS_DATASETS:
         raise ValueError(
-            f"unknown dataset {name!r}; expected 'digits', 'fashion_mnist', 'auto' or one of {sorted(TFDS_DATASETS)}"
+            f"unknown dataset {name!r}; expected 'digits', 'fashion_mnist', 'auto' "
+            f"or one of {sorted(TFDS_DATASETS)}"
         )
     import tensorflow_datasets as tfds
 

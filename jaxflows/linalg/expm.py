@@ -148,10 +148,10 @@ def _expm_multiply(w: Array, v: Array, terms: int, max_steps: int) -> Array:
         def horner(acc, k):
             return u + matvec(acc) / k, None
 
-        stepped = jax.lax.scan(horner, u, jnp.arange(terms, 0, -1).astype(dtype))[0]
+        stepped = jax.lax.scan(horner, u, jnp.arange(terms, 0, -1).astype(u.dtype))[0]
         return jnp.where(i < active, stepped, u), None
 
-    return jax.lax.scan(step, v, jnp.arange(max_steps, dtype=dtype))[0]
+    return jax.lax.scan(step, v, jnp.arange(max_steps, dtype=v.dtype))[0]
 
 
 def series_terms(norm_bound: float, dtype: jnp.dtype = jnp.float32) -> int:
@@ -197,7 +197,9 @@ def low_rank_expm_multiply(a: Array, b: Array, v: Array, *, terms: int) -> Array
     number of terms, accurate when ‖B A‖ is bounded (remainder ≤ ‖A‖‖B‖‖BA‖^terms / (terms+1)!).
     """
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or a.shape[-2] != b.shape[-1]:
-        raise ValueError(f"low_rank_expm_multiply: need A (..., n, t) and B (..., t, n), got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"low_rank_expm_multiply: need A (..., n, t) and B (..., t, n), got {a.shape}, {b.shape}"
+        )
     if v.shape[-1] != a.shape[-2]:
         raise ValueError(f"low_rank_expm_multiply: v must end in {a.shape[-2]}, got {v.shape}")
     _check_positive(terms, "terms")

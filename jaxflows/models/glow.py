@@ -28,6 +28,9 @@ from jaxflows.models.multiscale import MultiScaleFlow
 CONVS: dict[str, Callable[..., Bijector]] = {
     "plain": Conv1x1,
     "lu": Conv1x1LU,
+    "emerging": EmergingConv,  # conv_kwargs: kernel_size (3), inverse_method ("pixels" | "rows")
+    "periodic": PeriodicConv,  # conv_kwargs: kernel_size (3)
+    "qr": Conv1x1QR,
     "matrix_exp": MatrixExpConv1x1,
 }
 

@@ -27,15 +27,15 @@ from jaxflows.data import BatchIterator, Dataset, batch_indices, load_dataset, v
 from jaxflows.models import glow
 from jaxflows.train import checkpoint
 from jaxflows.train.config import TrainConfig
-from jaxflows.train.evaluate import evaluate_bits_per_dim, pixel_baseline_bits_per_dim
+from jaxflows.train.evaluate import evaluate_bits_per_dim, level_diagnostics, pixel_baseline_bits_per_dim
 from jaxflows.train.metrics import MetricsWriter, plot_training_curve
 from jaxflows.train.optim import learning_rate_schedule, make_optimizer
 from jaxflows.train.sampling import interpolate, sample_grid, sample_grid_path
 from jaxflows.train.steps import (
     TrainState,
+    cached,
     global_batch,
     init_state,
-    cached,
     make_mesh,
     make_train_step,
     replicated,
@@ -178,12 +178,15 @@ def train(
     window: list[dict[str, jax.Array]] = []
     bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
     tick, last_saved = time.perf_counter(), None
+    deadline = tick + config.train_time_limit_s if config.train_time_limit_s else None
     with _Preemption() as preemption:
         for step, pixels in batches if start < config.num_steps else ():
             state, metrics = train_step(state, global_batch(pixels, exp.mesh))
             done = step + 1
             window.append(metrics)
-            if done % config.log_every == 0 or done == config.num_steps or preemption.requested:
+            out_of_time = deadline is not None and time.perf_counter() > deadline
+            last = done == config.num_steps or preemption.requested or out_of_time
+            if done % config.log_every == 0 or last:
                 fetched = jax.device_get(window)
                 elapsed = time.perf_counter() - tick
                 row = {
@@ -194,11 +197,12 @@ def train(
                     "grad_norm": float(fetched[-1]["grad_norm"]),
                     "skipped_updates": int(fetched[-1]["skipped_updates"]),
                 }
-                if config.eval_every and done % config.eval_every == 0 and done != config.num_steps:
+                if config.eval_every and done % config.eval_every == 0 and not last:
                     row["eval_bits_per_dim"] = evaluate_bits_per_dim(
                         exp.flow, state.variables(), exp.dataset.test, bins, exp.mesh,
                         config.eval_batch_size, config.eval_dequant_draws, config.seed,
                     )  # fmt: skip
+                    row.update(_diagnostics(exp, state))
                 history.append({"step": done, **row})
                 writer.write(done, row)
                 bar.set_postfix(
@@ -207,13 +211,15 @@ def train(
                 )  # fmt: skip
                 bar.update(len(fetched))
                 window, tick = [], time.perf_counter()
-            if checkpoint.save(manager, state, force=preemption.requested or done == config.num_steps):
+            if checkpoint.save(manager, state, force=last):
                 last_saved = done
             if on_step is not None:
                 on_step(done, state)
-            if preemption.requested or done >= config.num_steps:
+            if last or preemption.requested:
                 break
     bar.close()
+    if deadline is not None and int(state.step) < config.num_steps and not preemption.requested:
+        print(f"train_time_limit_s={config.train_time_limit_s} reached: stopped at step {int(state.step)}")
     if preemption.requested and last_saved != int(state.step):
         checkpoint.save(manager, state, force=True)
     manager.wait_until_finished()
@@ -233,21 +239,48 @@ def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Exp
     return exp, state
 
 
+DIAGNOSTIC_EXAMPLES = 64
+
+
+def _diagnostics(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """Per-level log-det terms and reconstruction errors on the first held-out examples."""
+    pixels = exp.dataset.test[np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.test)))]
+    return level_diagnostics(exp.flow, state.variables(), pixels, exp.dataset.num_bins, exp.config.seed)
+
+
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
-    """Held-out bits/dim of the flow and of the per-pixel histogram baseline on the same split."""
+    """Held-out bits/dim of the flow and of the per-pixel histogram baseline on the same split, and
+    the per-level log-det terms and reconstruction errors (`level_diagnostics`)."""
     c, d = exp.config, exp.dataset
     flow_bpd = evaluate_bits_per_dim(
-        exp.flow, state.variables(), d.test, d.num_bins, exp.mesh, c.eval_batch_size, c.eval_dequant_draws, c.seed
+        exp.flow,
+        state.variables(),
+        d.test,
+        d.num_bins,
+        exp.mesh,
+        c.eval_batch_size,
+        c.eval_dequant_draws,
+        c.seed,
     )
     baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
-    return {"flow_bits_per_dim": flow_bpd, "baseline_bits_per_dim": baseline, "held_out_examples": len(d.test)}
+    return {
+        "flow_bits_per_dim": flow_bpd,
+        "baseline_bits_per_dim": baseline,
+        "held_out_examples": len(d.test),
+        **_diagnostics(exp, state),
+    }
 
 
 def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Path:
     c = exp.config
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 7)
     image, _ = sample_grid(
-        exp.flow, state.variables(), key, exp.dataset.num_bins, c.sample_temperatures, c.samples_per_temperature
+        exp.flow,
+        state.variables(),
+        key,
+        exp.dataset.num_bins,
+        c.sample_temperatures,
+        c.samples_per_temperature,
     )
     path = sample_grid_path(workdir, c.sample_temperatures)
     image.save(path)
@@ -257,7 +290,9 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
 def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
     test = exp.dataset.test
     a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
-    image = interpolate(exp.flow, state.variables(), a, b, exp.dataset.num_bins, exp.config.interpolation_steps)
+    image = interpolate(
+        exp.flow, state.variables(), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
+    )
     path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
     image.save(path)
     return path

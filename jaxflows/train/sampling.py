@@ -15,7 +15,8 @@ from jaxflows.core import Flow
 
 def to_uint8(x: np.ndarray, bins: int) -> np.ndarray:
     """Floats in [0, 1) -> their intensity level -> 0..255 for display."""
-    levels = np.floor(np.clip(np.asarray(x), 0.0, 1.0 - 1e-6) * bins)
+    x = np.nan_to_num(np.asarray(x, np.float32), nan=0.0, posinf=1.0, neginf=0.0)  # shown black/white
+    levels = np.floor(np.clip(x, 0.0, 1.0 - 1e-6) * bins)
     return np.round(levels * (255.0 / max(bins - 1, 1))).astype(np.uint8)
 
 

@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow, bits_per_dim, dequantize
 
-
 _COMPILED: list[tuple[tuple, Callable]] = []
 
 
@@ -111,7 +110,7 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "skipped_updates": opt_state.skipped,
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

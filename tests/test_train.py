@@ -163,6 +163,7 @@ def test_main_job_cli_end_to_end(tmp_path, capsys):
     main(["--config", str(config), "--workdir", str(workdir), "--no_progress"])
     out = capsys.readouterr().out
     assert "dataset: digits" in out
+    assert "per level (first held-out examples): base" in out and "level1 " in out
     flow_bpd = float(out.split("held-out bits/dim (flow):")[1].split()[0])
     base_bpd = float(out.split("held-out bits/dim (per-pixel histogram base):")[1].split()[0])
     assert 0 < flow_bpd < 10 and 0 < base_bpd < math.log2(17)
@@ -177,3 +178,21 @@ def test_main_job_cli_end_to_end(tmp_path, capsys):
     assert f"{flow_bpd:.4f}" in again and f"{base_bpd:.4f}" in again  # same checkpoint, same numbers
     main(["--workdir", str(workdir), "--mode", "interpolate"])
     assert (workdir / "interpolation_0_1.png").exists()
+
+
+def test_level_diagnostics_add_up_to_the_bits_per_dim():
+    from jaxflows.core import bits_per_dim, dequantize
+    from jaxflows.train.evaluate import level_diagnostics
+
+    flow = glow((8, 8, 1), levels=2, steps=1, hidden=8)
+    pixels = np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), dtype=np.uint8)
+    variables = jax.jit(flow.init)(jax.random.PRNGKey(1), dequantize(jax.random.PRNGKey(2), pixels, 17))
+    diagnostics = level_diagnostics(flow, variables, pixels, 17, seed=3)
+    terms = {k: v for k, v in diagnostics.items() if k.startswith("bpd_term/")}
+    assert set(terms) == {"bpd_term/base", "bpd_term/level1", "bpd_term/level2"}
+    x = dequantize(jax.random.PRNGKey(3), pixels, 17)
+    expected = float(jnp.mean(bits_per_dim(flow.apply(variables, x), 64, 17)))
+    np.testing.assert_allclose(sum(terms.values()) + math.log2(17), expected, rtol=1e-4)
+    errors = {k: v for k, v in diagnostics.items() if k.startswith("reconstruction_error/")}
+    assert set(errors) == {"reconstruction_error/level1", "reconstruction_error/level2"}
+    assert all(0 <= v < 1e-4 for v in errors.values())

@@ -37,19 +37,13 @@ class InvertibleConv1x1(Bijector):
     def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
         raise NotImplementedError
 
-    def _apply(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         matrix, log_abs_det = self.matrix(x.shape[-1], inverse)
         pixels = x.shape[1] * x.shape[2]
         sign = -1.0 if inverse else 1.0
         log_det = jnp.full(x.shape[0], sign * pixels * log_abs_det, x.dtype)
         return apply_1x1(x, matrix.astype(x.dtype)), log_det
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._apply(y, inverse=True)
 
 
 class Conv1x1(InvertibleConv1x1):
@@ -77,7 +71,7 @@ class Conv1x1LU(InvertibleConv1x1):
         # Flax evaluates param initialisers abstractly at apply time too (a shape check), so every
         # initialiser derives from one key: the params RNG at init, a placeholder afterwards.
         key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda name: (lambda *_: _lu_of_random_rotation(key, channels)[name])
+        init = lambda name: lambda *_: _lu_of_random_rotation(key, channels)[name]
         perm = self.variable("constants", "permutation", init("permutation")).value
         sign = self.variable("constants", "sign", init("sign")).value
         lower = self.param("lower", init("lower"))

@@ -6,7 +6,7 @@ produces the parameters h of an invertible element-wise (or per-pixel) transform
     y_a = T(x_a; h(x_b)),   y_b = x_b,   log_det = Σ log|∂T/∂x_a|.
 
 `Coupling` owns the mask and the network; subclasses give T, its inverse and its log-det in one
-`transform(active, h, inverse)` so forward and inverse share one piece of maths.
+`couple(active, h, inverse)` so forward and inverse share one piece of maths.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ MASKS = {"channel": ChannelMask, "checkerboard": CheckerboardMask}
 
 
 class Coupling(Bijector):
-    """Base class: a subclass sets `params_per_channel` and implements `transform`.
+    """Base class: a subclass implements `num_params` and `couple`.
 
-    `transform(active, h, inverse)` returns the transformed active part and element-wise (or
+    `couple(active, h, inverse)` returns the transformed active part and element-wise (or
     per-pixel, broadcastable) log|det| terms of the forward map; the base masks and sums them.
     """
 
@@ -118,32 +118,26 @@ class Coupling(Bijector):
     def num_params(self, active_channels: int) -> int:
         raise NotImplementedError
 
-    def transform(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
         raise NotImplementedError
 
     @nn.compact
     def _conditioner(self, cond: Array, out_channels: int) -> Array:
         return CouplingNetwork(self.hidden, out_channels, name="network")(cond)
 
-    def _couple(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         check_channels(x.shape[-1], 2 if self.mask == "channel" else 1, type(self).__name__)
         mask = self._mask()
         active, cond = mask.split(x)
         h = self._conditioner(cond, self.num_params(active.shape[-1]))
-        out, log_det_terms = self.transform(active, h, inverse)
+        out, log_det_terms = self.couple(active, h, inverse)
         weights = mask.weights(x)
         if weights is not None:
             log_det_terms = log_det_terms * weights
         batch_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         log_det = sum_except_batch(log_det_terms + jnp.zeros(batch_shape, x.dtype))
         return mask.merge(out, x), -log_det if inverse else log_det
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._couple(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._couple(y, inverse=True)
 
 
 class AffineCoupling(Coupling):
@@ -155,7 +149,7 @@ class AffineCoupling(Coupling):
     def num_params(self, active_channels: int) -> int:
         return 2 * active_channels
 
-    def transform(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
         shift, raw_scale = h[..., 0::2], h[..., 1::2]
         log_scale = jax.nn.log_sigmoid(raw_scale + 2.0)
         if inverse:
@@ -169,6 +163,6 @@ class AdditiveCoupling(Coupling):
     def num_params(self, active_channels: int) -> int:
         return active_channels
 
-    def transform(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
         out = active - h if inverse else active + h
         return out, jnp.zeros((), active.dtype)

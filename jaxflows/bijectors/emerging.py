@@ -186,7 +186,7 @@ class EmergingConv(Bijector):
                 f"{x.shape[1]}x{x.shape[2]} image"
             )
 
-    def _apply(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         self._check(x)
         first, second, log_abs_det = self.kernels(x.shape[-1])
         stages = [(first.astype(x.dtype), False), (second.astype(x.dtype), True)]  # (kernel, reversed?)
@@ -199,9 +199,3 @@ class EmergingConv(Bijector):
         pixels = x.shape[1] * x.shape[2]
         sign = -1.0 if inverse else 1.0
         return x, jnp.full(x.shape[0], sign * pixels * log_abs_det, x.dtype)
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._apply(y, inverse=True)

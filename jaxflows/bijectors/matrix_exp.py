@@ -102,7 +102,7 @@ class MatrixExpCoupling(Coupling):
         offset = jnp.asarray(_a2_offset(t, channels), h.dtype)
         return shift, scale * jnp.tanh(raw_a1), scale * jnp.tanh(raw_a2 + offset)
 
-    def transform(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
         shift, a1, a2 = self.factors(h, active.shape[-1])
         terms = series_terms(self.bound, active.dtype)
         # Forward exp(S) x + b and inverse exp(−S)(y − b) are the same product with A₁ → −A₁.

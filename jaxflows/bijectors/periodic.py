@@ -99,7 +99,7 @@ class PeriodicConv(Bijector):
         kernel = self.param("kernel", identity_plus_noise, (size, size, channels, channels))
         return kernel_spectrum(kernel, height, width)
 
-    def _apply(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         batch, height, width, channels = x.shape
         if self.kernel_size > min(height, width):
@@ -119,9 +119,3 @@ class PeriodicConv(Bijector):
         y = jnp.fft.irfft2(y_hat, s=(height, width), axes=(1, 2)).astype(x.dtype)
         sign = -1.0 if inverse else 1.0
         return y, jnp.full(batch, sign * log_abs_det, x.dtype)
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._apply(y, inverse=True)

@@ -45,7 +45,7 @@ class Split(Bijector):
         )(kept)
         return h[..., 0::2], h[..., 1::2]
 
-    def _apply(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         check_channels(x.shape[-1], 2, "Split")
         cut = self.num_kept(x.shape[-1])
@@ -53,12 +53,6 @@ class Split(Bijector):
         mean, log_scale = self._prior(kept, factored.shape[-1])
         out, log_det = whiten(factored, mean, log_scale, inverse)
         return jnp.concatenate([kept, out], axis=-1), log_det
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._apply(y, inverse=True)
 
 
 class LearnedPrior(Bijector):
@@ -70,13 +64,7 @@ class LearnedPrior(Bijector):
         log_scale = self.param("log_scale", nn.initializers.zeros, (channels,))
         return mean, log_scale
 
-    def _apply(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         mean, log_scale = self._params(x.shape[-1])
         return whiten(x, mean, log_scale, inverse)
-
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._apply(x, inverse=False)
-
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._apply(y, inverse=True)

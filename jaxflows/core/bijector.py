@@ -29,13 +29,22 @@ def sum_except_batch(x: Array) -> Array:
 
 
 class Bijector(nn.Module):
-    """Base class: subclasses implement `forward` and `inverse`."""
+    """Base class: subclasses implement `forward` and `inverse`, or one `transform(x, inverse)`.
+
+    `transform` is for layers whose two directions are one piece of maths with a direction flag;
+    it returns the output and the log-det of the map it applied.
+    """
+
+    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement transform(x, inverse) or forward and inverse"
+        )
 
     def forward(self, x: Array) -> tuple[Array, Array]:
-        raise NotImplementedError
+        return self.transform(x, inverse=False)
 
     def inverse(self, y: Array) -> tuple[Array, Array]:
-        raise NotImplementedError
+        return self.transform(y, inverse=True)
 
     def log_det(self, x: Array) -> Array:
         return self.forward(x)[1]

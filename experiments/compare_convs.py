@@ -1,0 +1,64 @@
+"""Convolutions at equal depth (Emerging convolutions paper): LU 1x1 vs emerging 3x3 vs periodic 3x3.
+
+    .venv/bin/python -m experiments.compare_convs [--config PATH] [--steps N] [--seeds S] [--out DIR]
+
+Held-out bits/dim, parameter count and sampling time (one jitted inverse of a batch of 64 latents,
+after compilation). Writes compare_convs.md and compare_convs.png.
+"""
+
+from __future__ import annotations
+
+import time
+
+from experiments import compare as cmp
+
+MODULE = "experiments.compare_convs"
+VARIANTS = [
+    cmp.Variant("1x1 (LU)", {"conv": "lu", "conv_kwargs": {}}),
+    cmp.Variant("emerging 3x3", {"conv": "emerging", "conv_kwargs": {"kernel_size": 3}}),
+    cmp.Variant("periodic 3x3", {"conv": "periodic", "conv_kwargs": {"kernel_size": 3}}),
+]
+
+
+def main(argv=None) -> dict:
+    start = time.perf_counter()
+    args = cmp.parse_args(__doc__, argv, default_seeds=2)
+    base = cmp.base_config(args)
+    seeds = list(range(args.seeds))
+    base, level_note = cmp.fit_kernel(base, 3)
+    variants = cmp.select(VARIANTS, args.only)
+    runs = cmp.run_grid(base, variants, seeds, sample_time=True,
+                        log=(lambda *a: None) if args.quiet else print)  # fmt: skip
+    rows = [
+        [
+            v.name,
+            cmp.mean_std(cmp.values(runs, v, "bpd")),
+            int(cmp.values(runs, v, "params")[0]),
+            f"{cmp.values(runs, v, 'sample_s')[0] * 1e3:.1f}",
+            cmp.mean_std(cmp.values(runs, v, "step_s") * 1e3, "{:.1f}"),
+        ]
+        for v in variants
+    ]
+    header = ["conv", "held-out bits/dim", "params", "sampling time, batch 64 (ms)", "train ms / step"]
+    baseline = float(runs[0].metrics["baseline_bpd"])
+    notes = [
+        *([level_note] if level_note else []),
+        "Equal depth: the same Glow (levels, steps, hidden width, affine coupling); only the convolution "
+        "between actnorm and coupling differs.",
+        "Sampling time: best of 3 calls of the jitted inverse (latent -> image) on a batch of 64, after "
+        "compilation, first seed's parameters. The emerging inverse solves by substitution in a `lax.scan` "
+        "over pixels; the periodic one divides in the Fourier domain.",
+        f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim.",
+    ]
+    out = args.out / "compare_convs.md"
+    cmp.bar_plot(args.out / "compare_convs.png", runs, variants, "bpd", "held-out bits/dim",
+                 "convolutions at equal depth (mean ± std over seeds)", baseline)  # fmt: skip
+    cmp.write_markdown(out, "Convolutions at equal depth (Emerging convolutions, small scale)", base, seeds,
+                       cmp.markdown_table(header, rows), notes, cmp.command_line(MODULE, argv),
+                       time.perf_counter() - start, cmp.dataset_description(base))  # fmt: skip
+    print(out.read_text())
+    return {"runs": runs, "markdown": out, "plot": args.out / "compare_convs.png"}
+
+
+if __name__ == "__main__":
+    main()

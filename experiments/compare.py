@@ -367,6 +367,23 @@ def bar_plot(path: Path, runs: Sequence[Run], variants: Sequence[Variant], metri
 # ------------------------------------------------------------------------------------------- CLI
 
 
+def report(
+    args: argparse.Namespace, name: str, title: str, plot_title: str, runs: Sequence[Run],
+    variants: Sequence[Variant], header: Sequence[str], rows, notes: Sequence[str], base,
+    seeds: Sequence[int], module: str, argv, start: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Write `<name>.png` (held-out bits/dim per variant) and `<name>.md` (table, notes with the per-pixel
+    baseline appended, command, wall time) under `args.out`, print the markdown, return the paths."""
+    baseline = float(runs[0].metrics["baseline_bpd"])
+    notes = [*notes, f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim."]
+    plot, out = args.out / f"{name}.png", args.out / f"{name}.md"
+    bar_plot(plot, runs, variants, "bpd", "held-out bits/dim", plot_title, baseline)
+    write_markdown(out, title, base, seeds, markdown_table(header, rows), notes, command_line(module, argv),
+                   time.perf_counter() - start, dataset_description(base))  # fmt: skip
+    print(out.read_text())
+    return {"runs": runs, "markdown": out, "plot": plot}
+
+
 def parse_args(description: str, argv=None, default_seeds: int = 3) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, default=None, help="TrainConfig file (default: small digits)")

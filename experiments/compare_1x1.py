@@ -40,21 +40,28 @@ def main(argv=None) -> dict:
         for v in variants
     ]
     header = ["1x1 conv", "held-out bits/dim", "time / epoch (s)", "ms / step", "params", "skipped updates"]
-    baseline = float(runs[0].metrics["baseline_bpd"])
     notes = [
         "Every row is the same Glow (actnorm, 1x1 conv, affine coupling per step); only the conv differs.",
         "time / epoch = wall time per training step, measured after the first (compiling) step, × "
         "(training examples / batch size); mean ± std over seeds (sample std).",
-        f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim.",
     ]
-    out = args.out / "compare_1x1.md"
-    cmp.bar_plot(args.out / "compare_1x1.png", runs, variants, "bpd", "held-out bits/dim",
-                 "1x1 convolutions (mean ± std over seeds)", baseline)  # fmt: skip
-    cmp.write_markdown(out, "1x1 convolutions (MEF Table 5, small scale)", base, seeds,
-                       cmp.markdown_table(header, rows), notes, cmp.command_line(MODULE, argv),
-                       time.perf_counter() - start, cmp.dataset_description(base))  # fmt: skip
-    print(out.read_text())
-    return {"runs": runs, "markdown": out, "plot": args.out / "compare_1x1.png"}
+    result = cmp.report(
+        args,
+        "compare_1x1",
+        "1x1 convolutions (MEF Table 5, small scale)",
+        "1x1 convolutions (mean ± std over seeds)",
+        runs,
+        variants,
+        header,
+        rows,
+        notes,
+        base,
+        seeds,
+        MODULE,
+        argv,
+        start,
+    )
+    return result
 
 
 if __name__ == "__main__":

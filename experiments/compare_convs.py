@@ -40,7 +40,6 @@ def main(argv=None) -> dict:
         for v in variants
     ]
     header = ["conv", "held-out bits/dim", "params", "sampling time, batch 64 (ms)", "train ms / step"]
-    baseline = float(runs[0].metrics["baseline_bpd"])
     notes = [
         *([level_note] if level_note else []),
         "Equal depth: the same Glow (levels, steps, hidden width, affine coupling); only the convolution "
@@ -48,16 +47,24 @@ def main(argv=None) -> dict:
         "Sampling time: best of 3 calls of the jitted inverse (latent -> image) on a batch of 64, after "
         "compilation, first seed's parameters. The emerging inverse solves by substitution in a `lax.scan` "
         "over pixels; the periodic one divides in the Fourier domain.",
-        f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim.",
     ]
-    out = args.out / "compare_convs.md"
-    cmp.bar_plot(args.out / "compare_convs.png", runs, variants, "bpd", "held-out bits/dim",
-                 "convolutions at equal depth (mean ± std over seeds)", baseline)  # fmt: skip
-    cmp.write_markdown(out, "Convolutions at equal depth (Emerging convolutions, small scale)", base, seeds,
-                       cmp.markdown_table(header, rows), notes, cmp.command_line(MODULE, argv),
-                       time.perf_counter() - start, cmp.dataset_description(base))  # fmt: skip
-    print(out.read_text())
-    return {"runs": runs, "markdown": out, "plot": args.out / "compare_convs.png"}
+    result = cmp.report(
+        args,
+        "compare_convs",
+        "Convolutions at equal depth (Emerging convolutions, small scale)",
+        "convolutions at equal depth (mean ± std over seeds)",
+        runs,
+        variants,
+        header,
+        rows,
+        notes,
+        base,
+        seeds,
+        MODULE,
+        argv,
+        start,
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -64,7 +64,6 @@ def main(argv=None) -> dict:
         ])  # fmt: skip
     header = ["coupling", "lr", "held-out bits/dim (non-diverged)", "held-out bits/dim (all runs)",
               "diverged", "skipped updates (all runs)"]  # fmt: skip
-    baseline = float(runs[0].metrics["baseline_bpd"])
     notes = [
         "diverged: a run in which the optimiser skipped at least one update because a gradient or update "
         "was non-finite (`skipped_updates` > 0), or any training loss was non-finite, or the final held-out "
@@ -72,16 +71,24 @@ def main(argv=None) -> dict:
         "with a finite (but usually worse) score: both columns are shown.",
         "Same Glow (actnorm, LU 1x1 conv, coupling) in every row; Adam with linear warm-up to the given "
         f"rate over {base.warmup_steps} steps, gradients clipped at global norm {base.grad_clip_norm}.",
-        f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim.",
     ]
-    out = args.out / "compare_coupling.md"
-    cmp.bar_plot(args.out / "compare_coupling.png", runs, vs, "bpd", "held-out bits/dim",
-                 "couplings × learning rate (mean ± std over seeds)", baseline)  # fmt: skip
-    cmp.write_markdown(out, "Couplings and learning rates (MEF Table 4, small scale)", base, seeds,
-                       cmp.markdown_table(header, rows), notes, cmp.command_line(MODULE, argv),
-                       time.perf_counter() - start, cmp.dataset_description(base))  # fmt: skip
-    print(out.read_text())
-    return {"runs": runs, "markdown": out, "plot": args.out / "compare_coupling.png"}
+    result = cmp.report(
+        args,
+        "compare_coupling",
+        "Couplings and learning rates (MEF Table 4, small scale)",
+        "couplings × learning rate (mean ± std over seeds)",
+        runs,
+        vs,
+        header,
+        rows,
+        notes,
+        base,
+        seeds,
+        MODULE,
+        argv,
+        start,
+    )
+    return result
 
 
 if __name__ == "__main__":

@@ -67,23 +67,29 @@ def main(argv=None) -> dict:
         ])  # fmt: skip
     header = ["model", "conv", "coupling", "hidden", "params (vs Glow)", "held-out bits/dim",
               "train ms / step", "samples"]  # fmt: skip
-    baseline = float(runs[0].metrics["baseline_bpd"])
     notes = [
         *([level_note] if level_note else []),
         "Same multi-scale skeleton (levels and steps of the base config); the hidden width of MEF and "
         "Emerging is chosen (multiple of 4) to bring their parameter count closest to Glow's.",
         f"Sample grids: first seed, one row per temperature ({base.sample_temperatures}).",
-        f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim.",
     ]
-    out = args.out / "compare_models.md"
-    cmp.bar_plot(args.out / "compare_models.png", runs, variants, "bpd", "held-out bits/dim",
-                 "models at equal parameter budget (mean ± std over seeds)", baseline)  # fmt: skip
-    cmp.write_markdown(out, "Glow vs MEF vs Emerging at equal parameter budget (small scale)", base, seeds,
-                       cmp.markdown_table(header, rows), notes, cmp.command_line(MODULE, argv),
-                       time.perf_counter() - start, cmp.dataset_description(base))  # fmt: skip
-    print(out.read_text())
-    return {"runs": runs, "markdown": out, "plot": args.out / "compare_models.png",
-            "samples": [grid(v) for v in variants]}  # fmt: skip
+    result = cmp.report(
+        args,
+        "compare_models",
+        "Glow vs MEF vs Emerging at equal parameter budget (small scale)",
+        "models at equal parameter budget (mean ± std over seeds)",
+        runs,
+        variants,
+        header,
+        rows,
+        notes,
+        base,
+        seeds,
+        MODULE,
+        argv,
+        start,
+    )
+    return {**result, "samples": [grid(v) for v in variants]}
 
 
 if __name__ == "__main__":

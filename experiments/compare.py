@@ -92,11 +92,10 @@ def param_count(config) -> int:
     """Parameters of the flow `config` describes, without compiling (shape evaluation only)."""
     import jax
 
-    from jaxflows.train import setup
-    from jaxflows.train.loop import _init_fn
+    from jaxflows.train import init_fn, setup
 
     exp = setup(config)
-    return count_params(jax.eval_shape(_init_fn(exp), exp.init_pixels).params)
+    return count_params(jax.eval_shape(init_fn(exp), exp.init_pixels).params)
 
 
 def _init_state(exp, seed: int):
@@ -144,9 +143,8 @@ def run_one(config, *, sample_time: bool = False, samples_to: Path | None = None
     import jax
 
     from jaxflows.data import BatchIterator
-    from jaxflows.train import setup
+    from jaxflows.train import compiled_train_step, setup
     from jaxflows.train.evaluate import evaluate_bits_per_dim, pixel_baseline_bits_per_dim
-    from jaxflows.train.loop import compiled_train_step
     from jaxflows.train.sampling import sample_grid
     from jaxflows.train.steps import global_batch
 

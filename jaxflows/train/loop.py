@@ -91,14 +91,15 @@ def _optimizer_key(config: TrainConfig) -> tuple:
     return (config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm)
 
 
-def _init_fn(exp: Experiment):
+def init_fn(exp: Experiment):
+    """pixels -> TrainState: data-dependent initialisation and a fresh optimiser state (jit-able)."""
     optimizer = make_optimizer(exp.config)
     return lambda pixels: init_state(exp.flow, optimizer, pixels, exp.dataset.num_bins, exp.config.seed)
 
 
 def initial_state(exp: Experiment, manager) -> TrainState:
     """The latest checkpoint if there is one, else data-dependent initialisation."""
-    init = _init_fn(exp)
+    init = init_fn(exp)
     if manager.latest_step() is not None:
         abstract = jax.eval_shape(init, exp.init_pixels)
         return checkpoint.restore(manager, abstract, replicated(exp.mesh))

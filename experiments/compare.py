@@ -365,21 +365,47 @@ def bar_plot(path: Path, runs: Sequence[Run], variants: Sequence[Variant], metri
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def report(
-    args: argparse.Namespace, name: str, title: str, plot_title: str, runs: Sequence[Run],
-    variants: Sequence[Variant], header: Sequence[str], rows, notes: Sequence[str], base,
-    seeds: Sequence[int], module: str, argv, start: float,
-) -> dict[str, Any]:  # fmt: skip
-    """Write `<name>.png` (held-out bits/dim per variant) and `<name>.md` (table, notes with the per-pixel
-    baseline appended, command, wall time) under `args.out`, print the markdown, return the paths."""
-    baseline = float(runs[0].metrics["baseline_bpd"])
-    notes = [*notes, f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim."]
-    plot, out = args.out / f"{name}.png", args.out / f"{name}.md"
-    bar_plot(plot, runs, variants, "bpd", "held-out bits/dim", plot_title, baseline)
-    write_markdown(out, title, base, seeds, markdown_table(header, rows), notes, command_line(module, argv),
-                   time.perf_counter() - start, dataset_description(base))  # fmt: skip
-    print(out.read_text())
-    return {"runs": runs, "markdown": out, "plot": plot}
+@dataclasses.dataclass
+class Comparison:
+    """One entry's command-line run: arguments, base config and seeds, and where its report goes."""
+
+    module: str
+    argv: Any
+    args: argparse.Namespace
+    base: Any
+    seeds: list[int]
+    start: float
+
+    def run(self, variants: Sequence[Variant], **kwargs: Any) -> list[Run]:
+        """`run_grid` over this comparison's base config and seeds (quiet with --quiet)."""
+        log = (lambda *a: None) if self.args.quiet else print
+        return run_grid(self.base, variants, self.seeds, log=log, **kwargs)
+
+    def report(
+        self, name: str, title: str, plot_title: str, runs: Sequence[Run], variants: Sequence[Variant],
+        header: Sequence[str], rows, notes: Sequence[str],
+    ) -> dict[str, Any]:  # fmt: skip
+        """Write `<name>.png` (held-out bits/dim per variant) and `<name>.md` (table, notes with the
+        per-pixel baseline appended, command, wall time) under --out, print the markdown, return paths."""
+        baseline = float(runs[0].metrics["baseline_bpd"])
+        notes = [*notes, f"Per-pixel histogram baseline on the same held-out split: {baseline:.3f} bits/dim."]
+        plot, out = self.args.out / f"{name}.png", self.args.out / f"{name}.md"
+        bar_plot(plot, runs, variants, "bpd", "held-out bits/dim", plot_title, baseline)
+        write_markdown(out, title, self.base, self.seeds, markdown_table(header, rows), notes,
+                       command_line(self.module, self.argv), time.perf_counter() - self.start,
+                       dataset_description(self.base))  # fmt: skip
+        print(out.read_text())
+        return {"runs": runs, "markdown": out, "plot": plot}
+
+
+def begin(
+    module: str, description: str, argv=None, default_seeds: int = 3, default_steps: int | None = None
+) -> Comparison:
+    """Parse an entry's command line and build its base config (which also sets the PRNG)."""
+    start = time.perf_counter()
+    args = parse_args(description, argv, default_seeds)
+    base = base_config(args, default_steps)
+    return Comparison(module, argv, args, base, list(range(args.seeds)), start)
 
 
 def parse_args(description: str, argv=None, default_seeds: int = 3) -> argparse.Namespace:

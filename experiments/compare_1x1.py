@@ -8,8 +8,6 @@ mean ± std over seeds. Writes compare_1x1.md and compare_1x1.png.
 
 from __future__ import annotations
 
-import time
-
 from experiments import compare as cmp
 
 MODULE = "experiments.compare_1x1"
@@ -22,12 +20,9 @@ VARIANTS = [
 
 
 def main(argv=None) -> dict:
-    start = time.perf_counter()
-    args = cmp.parse_args(__doc__, argv)
-    base = cmp.base_config(args)
-    seeds = list(range(args.seeds))
-    variants = cmp.select(VARIANTS, args.only)
-    runs = cmp.run_grid(base, variants, seeds, log=(lambda *a: None) if args.quiet else print)
+    c = cmp.begin(MODULE, __doc__, argv)
+    variants = cmp.select(VARIANTS, c.args.only)
+    runs = c.run(variants)
     rows = [
         [
             v.name,
@@ -45,8 +40,7 @@ def main(argv=None) -> dict:
         "time / epoch = wall time per training step, measured after the first (compiling) step, × "
         "(training examples / batch size); mean ± std over seeds (sample std).",
     ]
-    result = cmp.report(
-        args,
+    return c.report(
         "compare_1x1",
         "1x1 convolutions (MEF Table 5, small scale)",
         "1x1 convolutions (mean ± std over seeds)",
@@ -55,13 +49,7 @@ def main(argv=None) -> dict:
         header,
         rows,
         notes,
-        base,
-        seeds,
-        MODULE,
-        argv,
-        start,
     )
-    return result
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ after compilation). Writes compare_convs.md and compare_convs.png.
 
 from __future__ import annotations
 
-import time
-
 from experiments import compare as cmp
 
 MODULE = "experiments.compare_convs"
@@ -21,14 +19,10 @@ VARIANTS = [
 
 
 def main(argv=None) -> dict:
-    start = time.perf_counter()
-    args = cmp.parse_args(__doc__, argv, default_seeds=2)
-    base = cmp.base_config(args)
-    seeds = list(range(args.seeds))
-    base, level_note = cmp.fit_kernel(base, 3)
-    variants = cmp.select(VARIANTS, args.only)
-    runs = cmp.run_grid(base, variants, seeds, sample_time=True,
-                        log=(lambda *a: None) if args.quiet else print)  # fmt: skip
+    c = cmp.begin(MODULE, __doc__, argv, default_seeds=2)
+    c.base, level_note = cmp.fit_kernel(c.base, 3)
+    variants = cmp.select(VARIANTS, c.args.only)
+    runs = c.run(variants, sample_time=True)
     rows = [
         [
             v.name,
@@ -48,8 +42,7 @@ def main(argv=None) -> dict:
         "compilation, first seed's parameters. The emerging inverse solves by substitution in a `lax.scan` "
         "over pixels; the periodic one divides in the Fourier domain.",
     ]
-    result = cmp.report(
-        args,
+    return c.report(
         "compare_convs",
         "Convolutions at equal depth (Emerging convolutions, small scale)",
         "convolutions at equal depth (mean ± std over seeds)",
@@ -58,13 +51,7 @@ def main(argv=None) -> dict:
         header,
         rows,
         notes,
-        base,
-        seeds,
-        MODULE,
-        argv,
-        start,
     )
-    return result
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ the optimiser), so this entry runs fewer steps by default than the others.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from experiments import compare as cmp
@@ -45,12 +43,9 @@ def diverged(run: cmp.Run) -> bool:
 
 
 def main(argv=None) -> dict:
-    start = time.perf_counter()
-    args = cmp.parse_args(__doc__, argv)
-    base = cmp.base_config(args, DEFAULT_STEPS)
-    seeds = list(range(args.seeds))
-    vs = cmp.select(variants(), args.only)
-    runs = cmp.run_grid(base, vs, seeds, log=(lambda *a: None) if args.quiet else print)
+    c = cmp.begin(MODULE, __doc__, argv, default_steps=DEFAULT_STEPS)
+    vs = cmp.select(variants(), c.args.only)
+    runs = c.run(vs)
     rows = []
     for v in vs:
         mine = [r for r in runs if r.variant == v]
@@ -70,10 +65,9 @@ def main(argv=None) -> dict:
         "bits/dim was non-finite. Skipped updates are never applied, so a 'diverged' run may still end "
         "with a finite (but usually worse) score: both columns are shown.",
         "Same Glow (actnorm, LU 1x1 conv, coupling) in every row; Adam with linear warm-up to the given "
-        f"rate over {base.warmup_steps} steps, gradients clipped at global norm {base.grad_clip_norm}.",
+        f"rate over {c.base.warmup_steps} steps, gradients clipped at global norm {c.base.grad_clip_norm}.",
     ]
-    result = cmp.report(
-        args,
+    return c.report(
         "compare_coupling",
         "Couplings and learning rates (MEF Table 4, small scale)",
         "couplings × learning rate (mean ± std over seeds)",
@@ -82,13 +76,7 @@ def main(argv=None) -> dict:
         header,
         rows,
         notes,
-        base,
-        seeds,
-        MODULE,
-        argv,
-        start,
     )
-    return result
 
 
 if __name__ == "__main__":

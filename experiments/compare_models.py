@@ -10,8 +10,6 @@ compare_models_samples_<model>.png.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from experiments import compare as cmp
@@ -40,21 +38,17 @@ def match_hidden(base, model: dict, target: int) -> tuple[int, int]:
 
 
 def main(argv=None) -> dict:
-    start = time.perf_counter()
-    args = cmp.parse_args(__doc__, argv, default_seeds=2)
-    base = cmp.base_config(args)
-    seeds = list(range(args.seeds))
-    base, level_note = cmp.fit_kernel(base, 3)
-    glow_hidden = int(base.model["hidden"])
-    target = cmp.param_count(base.replace(model={**base.model, **MODELS["Glow"], "hidden": glow_hidden}))
+    c = cmp.begin(MODULE, __doc__, argv, default_seeds=2)
+    c.base, level_note = cmp.fit_kernel(c.base, 3)
+    glow_hidden = int(c.base.model["hidden"])
+    target = cmp.param_count(c.base.replace(model={**c.base.model, **MODELS["Glow"], "hidden": glow_hidden}))
     variants = []
     for name, model in MODELS.items():
-        hidden = glow_hidden if name == "Glow" else match_hidden(base, model, target)[0]
+        hidden = glow_hidden if name == "Glow" else match_hidden(c.base, model, target)[0]
         variants.append(cmp.Variant(name, {**model, "hidden": hidden}))
-    variants = cmp.select(variants, args.only)
-    grid = lambda v: args.out / f"compare_models_samples_{v.name.lower()}.png"
-    log = (lambda *a: None) if args.quiet else print
-    runs = cmp.run_grid(base, variants, seeds, samples_to=grid, log=log)
+    variants = cmp.select(variants, c.args.only)
+    grid = lambda v: c.args.out / f"compare_models_samples_{v.name.lower()}.png"
+    runs = c.run(variants, samples_to=grid)
     rows = []
     for v in variants:
         params = int(cmp.values(runs, v, "params")[0])
@@ -71,10 +65,9 @@ def main(argv=None) -> dict:
         *([level_note] if level_note else []),
         "Same multi-scale skeleton (levels and steps of the base config); the hidden width of MEF and "
         "Emerging is chosen (multiple of 4) to bring their parameter count closest to Glow's.",
-        f"Sample grids: first seed, one row per temperature ({base.sample_temperatures}).",
+        f"Sample grids: first seed, one row per temperature ({c.base.sample_temperatures}).",
     ]
-    result = cmp.report(
-        args,
+    result = c.report(
         "compare_models",
         "Glow vs MEF vs Emerging at equal parameter budget (small scale)",
         "models at equal parameter budget (mean ± std over seeds)",
@@ -83,11 +76,6 @@ def main(argv=None) -> dict:
         header,
         rows,
         notes,
-        base,
-        seeds,
-        MODULE,
-        argv,
-        start,
     )
     return {**result, "samples": [grid(v) for v in variants]}
 

@@ -1,9 +1,15 @@
 """Time steady-state train steps of a flow on synthetic images; prints one JSON line.
 
-    python benchmarks/train_step.py --model glow --levels 3 --steps 8 --hidden 128 --batch 32 --image 32x32x3
+    python benchmarks/train_step.py --model glow --levels 3 --steps 8 --hidden 128 --batch 64 --image 32x32x3
 
 --model glow | mef (conv="matrix_exp", coupling="matrix_exp") | emerging (conv="emerging").
 The step is the real one (jaxflows.train.make_train_step): jit, data-parallel over every device.
+
+The PRNG is "rbg" by default, as every config in experiments/configs sets it (`--prng`).
+Fields: compile_s (first call: trace + compile + one step), step_ms and images_per_sec (median over
+--iters steps), gflops_per_step (XLA's cost analysis of the same step lowered with every `Repeat`
+unrolled: XLA counts a loop body once), peak_gflops (a jitted float32 matmul timed in the same run)
+and fraction_of_peak = achieved GFLOP/s / peak_gflops.
 """
 
 from __future__ import annotations
@@ -34,9 +40,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32, help="global batch size")
     parser.add_argument("--image", default="32x32x3", help="HxWxC")
+    parser.add_argument("--gradient", choices=("standard", "remat", "invertible"), default="standard")
     parser.add_argument("--iters", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     parser.add_argument("--bits", type=int, default=8)
+    parser.add_argument(
+        "--prng",
+        choices=("rbg", "threefry2x32"),
+        default="rbg",
+        help="jax_default_prng_impl, as the configs set it (threefry compiles ~10 s slower on XLA:CPU)",
+    )
+    parser.add_argument(
+        "--peak-size", type=int, default=None, help="matmul size for the peak (default by backend)"
+    )
+    parser.add_argument(
+        "--keep-allocator", action="store_true", help="skip jaxflows.train.host.reuse_freed_memory()"
+    )
     return parser.parse_args(argv)
 
 
@@ -55,10 +74,53 @@ def check_registered(layers: dict[str, str], model: str) -> None:
         )
 
 
+def matmul_peak_gflops(size: int, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted float32 size×size matmul (median of `repeats`): the machine's practical peak."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(matmul(a, b))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, b))
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(times)) / 1e9
+
+
+def xla_flops(flow, optimizer, bins: int, batch_size: int) -> float:
+    """FLOPs of one train step by XLA's cost analysis, lowered (not compiled) for one CPU device.
+
+    Every `Repeat` is unrolled for this (XLA's cost analysis counts a loop body once), and the count
+    is the same whatever the backend the step then runs on (GPU lowering has no cost analysis).
+    """
+    import jax
+
+    from jaxflows.core.backprop import scan_unroll
+    from jaxflows.train import make_mesh, make_train_step
+    from jaxflows.train.steps import abstract_inputs
+
+    mesh = make_mesh(jax.devices("cpu")[:1])
+    state, pixels = abstract_inputs(flow, optimizer, bins, batch_size, mesh)
+    with scan_unroll(True):
+        cost = make_train_step(flow, optimizer, bins, mesh).lower(state, pixels).cost_analysis()
+    return float(cost["flops"]) if cost and "flops" in cost else float("nan")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not args.keep_allocator:
+        from jaxflows.train.host import reuse_freed_memory
+
+        reuse_freed_memory()
     import jax
     import numpy as np
+
+    jax.config.update("jax_default_prng_impl", args.prng)
 
     from jaxflows.models import glow
     from jaxflows.train import TrainConfig, init_state, make_mesh, make_optimizer, make_train_step
@@ -73,14 +135,19 @@ def main(argv=None) -> dict:
     if args.batch % mesh.devices.size:
         sys.exit(f"--batch {args.batch} must be divisible by the {mesh.devices.size} devices")
     bins = 2**args.bits
-    flow = glow(shape, levels=args.levels, steps=args.steps, hidden=args.hidden, **layers)
+    flow = glow(
+        shape, levels=args.levels, steps=args.steps, hidden=args.hidden, gradient=args.gradient, **layers
+    )
     config = TrainConfig(optimizer="adamax", warmup_steps=10)
     optimizer = make_optimizer(config)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, bins, (args.batch, *shape), dtype=np.int64).astype(np.uint8)
     state = jax.jit(lambda p: init_state(flow, optimizer, p, bins, 0), out_shardings=replicated(mesh))(pixels)
-    step = make_train_step(flow, optimizer, bins, mesh)
     batch = global_batch(pixels, mesh)
+
+    flops = xla_flops(flow, optimizer, bins, args.batch)
+
+    step = make_train_step(flow, optimizer, bins, mesh)
     start = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -88,11 +155,16 @@ def main(argv=None) -> dict:
     for _ in range(args.warmup):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
+    times = []
     for _ in range(args.iters):
+        start = time.perf_counter()
         state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - start) / args.iters
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = float(np.median(times))
+    backend = jax.default_backend()
+    peak = matmul_peak_gflops(args.peak_size or (2048 if backend == "cpu" else 8192))
+    achieved = flops / step_s / 1e9
     result = {
         "model": args.model,
         "levels": args.levels,
@@ -100,13 +172,20 @@ def main(argv=None) -> dict:
         "hidden": args.hidden,
         "batch": args.batch,
         "image": list(shape),
+        "gradient": args.gradient,
+        "prng": args.prng,
         "images_per_sec": round(args.batch / step_s, 2),
         "step_ms": round(1000 * step_s, 3),
         "compile_s": round(compile_s, 2),
+        "gflops_per_step": round(flops / 1e9, 3),
+        "achieved_gflops": round(achieved, 1),
+        "peak_gflops": round(peak, 1),
+        "fraction_of_peak": round(achieved / peak, 3),
         "params": int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params))),
         "loss": round(float(metrics["loss"]), 4),
         "devices": jax.device_count(),
-        "backend": jax.default_backend(),
+        "backend": backend,
+        "device_kind": jax.devices()[0].device_kind,
     }
     print(json.dumps(result))
     return result

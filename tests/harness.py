@@ -35,6 +35,7 @@ class BijectorCase:
     round_trip_atol: float = 1e-4
     jit_atol: float = 1e-5  # XLA may fuse and reorder float32 arithmetic under jit
     seed: int = 0
+    jacobian: str = "jacfwd"  # "jacrev" for reverse-mode-only bijectors (gradient="invertible")
 
     def __str__(self) -> str:
         return self.name
@@ -118,7 +119,8 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
                 out, _ = _apply(module, variables64, v.reshape(shape), method)
                 return out.reshape(-1)
 
-            jac = jax.jit(jax.jacfwd(flat))(point.reshape(-1))
+            jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
+            jac = jax.jit(jacobian(flat))(point.reshape(-1))
             sign, expected = jnp.linalg.slogdet(jac)
             assert sign != 0, f"{method}: singular jacobian"
             _, log_det = _apply(module, variables64, point, method)

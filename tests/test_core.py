@@ -151,6 +151,8 @@ def test_model_variable_names_follow_the_architecture(small_flow):
     _, variables, _ = small_flow
     params = variables["params"]["bijector"]
     assert set(params) == {"level1", "level2"}
-    assert {"step1", "step2", "split"} <= set(params["level1"])
-    assert set(params["level1"]["step1"]) == {"actnorm", "conv", "coupling"}
+    assert set(params["level1"]) == {"steps", "split"}  # squeeze has no parameters
+    assert set(params["level1"]["steps"]) == {"actnorm", "conv", "coupling"}
+    steps = params["level1"]["steps"]["actnorm"]["bias"].shape[0]
+    assert steps == 2, "the K steps' parameters are stacked along a leading axis"
     assert "prior" in params["level2"]

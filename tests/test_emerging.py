@@ -199,7 +199,7 @@ def test_glow_uses_the_requested_conv(case):
         "glow_periodic": "kernel",
         "glow_qr": "householder",
     }
-    conv_params = variables["params"]["bijector"]["level1"]["step1"]["conv"]
+    conv_params = variables["params"]["bijector"]["level1"]["steps"]["conv"]
     assert names[case.name] in conv_params
 
 

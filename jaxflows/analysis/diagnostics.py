@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxflows.analysis.trace import layer_variables, leaves, trace_forward
+from jaxflows.analysis.trace import leaves, trace_forward
 from jaxflows.core.bijector import Array
 
 
@@ -22,8 +22,7 @@ def reconstruction_errors(model: nn.Module, variables: Any, x: Array) -> dict[st
     calls, _ = trace_forward(model, variables, x)
     errors = {}
     for call in leaves(calls):
-        layer_vars = layer_variables(model, variables, call.path)
-        back, _ = call.module.apply(layer_vars, call.outputs, method="inverse")
+        back, _ = call.module.apply(call.variables, call.outputs, method="inverse")
         diff = jnp.abs(back - call.inputs).reshape(back.shape[0], -1)
         errors[call.path] = jnp.max(diff, axis=-1)
     return errors
@@ -39,10 +38,9 @@ def jacobian_condition_numbers(model: nn.Module, variables: Any, x: Array) -> di
     calls, _ = trace_forward(model, variables, x)
     conditions = {}
     for call in leaves(calls):
-        layer_vars = layer_variables(model, variables, call.path)
         shape = call.inputs.shape
 
-        def flat(v, module=call.module, layer_vars=layer_vars, shape=shape):
+        def flat(v, module=call.module, layer_vars=call.variables, shape=shape):
             return module.apply(layer_vars, v.reshape(shape), method="forward")[0].reshape(-1)
 
         singular = jnp.linalg.svd(jax.jacfwd(flat)(call.inputs.reshape(-1)), compute_uv=False)

@@ -21,6 +21,7 @@ from jax import lax
 
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.validation import check_image
+from jaxflows.ops import conv2d
 
 INVERSE_METHODS = ("pixels", "rows")
 
@@ -50,13 +51,7 @@ def autoregressive_kernel(raw: Array, log_diag: Array) -> Array:
 
 def causal_conv(x: Array, kernel: Array) -> Array:
     """y(i, j) = Σ_{a,b} kernel[a, b]ᵀ x(i + a − s + 1, j + b − s + 1), zeros outside the image."""
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(1, 1),
-        padding=((kernel.shape[0] - 1, 0), (kernel.shape[1] - 1, 0)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+    return conv2d(x, kernel, padding=((kernel.shape[0] - 1, 0), (kernel.shape[1] - 1, 0)))
 
 
 def solve_causal_conv_pixels(y: Array, kernel: Array) -> Array:

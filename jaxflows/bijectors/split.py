@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from jaxflows.core.bijector import Array, Bijector, sum_except_batch
 from jaxflows.core.validation import check_channels, check_image
+from jaxflows.ops import Conv
 
 
 def whiten(z: Array, mean: Array, log_scale: Array, inverse: bool) -> tuple[Array, Array]:
@@ -36,13 +37,7 @@ class Split(Bijector):
 
     @nn.compact
     def _prior(self, kept: Array, factored_channels: int) -> tuple[Array, Array]:
-        h = nn.Conv(
-            2 * factored_channels,
-            (3, 3),
-            padding="SAME",
-            kernel_init=nn.initializers.zeros,
-            name="prior",
-        )(kept)
+        h = Conv(2 * factored_channels, 3, kernel_init=nn.initializers.zeros, name="prior")(kept)
         return h[..., 0::2], h[..., 1::2]
 
     def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:

@@ -1,5 +1,6 @@
 """Core: the bijector protocol, composition, the functional view, bases, flows and the objective."""
 
+from jaxflows.core.backprop import GRADIENT_MODES
 from jaxflows.core.bijector import (
     Array,
     Bijector,
@@ -12,8 +13,10 @@ from jaxflows.core.bijector import (
 from jaxflows.core.distributions import DiagonalGaussian, StandardNormal, gaussian_log_prob
 from jaxflows.core.flow import Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
+from jaxflows.core.repeat import Repeat
 
 __all__ = [
+    "GRADIENT_MODES",
     "Array",
     "Bijector",
     "Chain",
@@ -21,6 +24,7 @@ __all__ = [
     "Flow",
     "Functional",
     "Invert",
+    "Repeat",
     "StandardNormal",
     "bits_per_dim",
     "dequantize",

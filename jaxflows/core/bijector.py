@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxflows.core.backprop import check_gradient_mode, run_sequence
+
 Array = jax.Array
 
 
@@ -61,31 +63,49 @@ class Chain(Bijector):
     """Composition `layers[-1] ∘ … ∘ layers[0]`: forward runs the layers in order; log-dets add.
 
     `names` names the layers' variable scopes (e.g. "actnorm", "coupling"); by default the snake-case
-    class name and position.
+    class name and position. `gradient` is "standard", "remat" or "invertible" (rebuild each
+    layer's input with its inverse in the backward pass; see `jaxflows.core.backprop`).
     """
 
     layers: Sequence[Bijector]
     names: Sequence[str] | None = None
+    gradient: str = "standard"
 
     def setup(self):
+        check_gradient_mode(self.gradient, "Chain")
         names = self.names or [f"{_snake(type(b).__name__)}_{i}" for i, b in enumerate(self.layers)]
         if len(names) != len(self.layers):
             raise ValueError(f"Chain: {len(self.layers)} layers but {len(names)} names")
+        self.layer_names = tuple(names)
         self.steps = tuple(b.clone(parent=self, name=n) for b, n in zip(self.layers, names, strict=True))
 
+    def unrolled_steps(self) -> list[tuple[str, Bijector, Any]]:
+        """(name, unbound layer, variables) of every layer in forward order."""
+        variables = dict(self.variables)
+        return [
+            (name, layer.clone(parent=None), {c: t[name] for c, t in variables.items() if name in t})
+            for name, layer in zip(self.layer_names, self.layers, strict=True)
+        ]
+
+    def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+        if self.gradient == "standard" or self.is_initializing():
+            total = jnp.zeros(x.shape[0], x.dtype)
+            for layer in reversed(self.steps) if inverse else self.steps:
+                x, ld = layer.inverse(x) if inverse else layer.forward(x)
+                total = total + ld
+            return x, total
+        _, templates, variables = zip(*self.unrolled_steps(), strict=True)
+        steps = [
+            lambda v, h, step_inverse, t=t: t.apply(v, h, method="inverse" if step_inverse else "forward")
+            for t in templates
+        ]
+        return run_sequence(steps, variables, x, inverse, self.gradient)
+
     def forward(self, x: Array) -> tuple[Array, Array]:
-        total = jnp.zeros(x.shape[0], x.dtype)
-        for layer in self.steps:
-            x, ld = layer.forward(x)
-            total = total + ld
-        return x, total
+        return self._run(x, inverse=False)
 
     def inverse(self, y: Array) -> tuple[Array, Array]:
-        total = jnp.zeros(y.shape[0], y.dtype)
-        for layer in reversed(self.steps):
-            y, ld = layer.inverse(y)
-            total = total + ld
-        return y, total
+        return self._run(y, inverse=True)
 
 
 class Invert(Bijector):

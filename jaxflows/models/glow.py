@@ -21,7 +21,8 @@ from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
-from jaxflows.core import Bijector, Chain, Flow, StandardNormal
+from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
+from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.models.multiscale import MultiScaleFlow
 
 # name -> factory(**conv_kwargs) returning a channel-mixing bijector.
@@ -58,12 +59,18 @@ def glow(
     mask: str = "channel",
     conv_kwargs: dict[str, Any] | None = None,
     coupling_kwargs: dict[str, Any] | None = None,
+    gradient: str = "standard",
 ) -> Flow:
     """Build a multi-scale Glow-style flow on images of `image_shape` = (height, width, channels).
 
     conv: "plain" | "lu" (and what later modules register in `CONVS`);
     coupling: "affine" | "additive" (and `COUPLINGS`); mask: "channel" | "checkerboard"
     (checkerboard alternates parity between steps, as in RealNVP).
+    The K steps of a level are one `Repeat` (one `lax.scan`, compiled once whatever K), named
+    "steps"; with the checkerboard mask the repeated unit is a pair of steps of parity 0 and 1
+    ("parity0", "parity1") and an odd K ends with one more step, "last_step".
+    gradient: "standard" | "remat" | "invertible" (rebuild activations with the inverse in the
+    backward pass: activation memory constant in K; see `jaxflows.core.backprop`).
     Returns a `Flow` with a standard normal base over a latent of `image_shape`.
     """
     if len(image_shape) != 3:
@@ -93,11 +100,22 @@ def glow(
             names=["actnorm", "conv", "coupling"],
         )
 
+    check_gradient_mode(gradient, "glow")
+    period = 2 if mask == "checkerboard" else 1
+    unit = step(0) if period == 1 else Chain([step(0), step(1)], names=["parity0", "parity1"])
+    repeats, extra = divmod(steps, period)
     level_list = []
     for i in range(levels):
         last = i == levels - 1
-        layers = [Squeeze(), *(step(k) for k in range(steps)), LearnedPrior() if last else Split()]
-        names = ["squeeze", *(f"step{k + 1}" for k in range(steps)), "prior" if last else "split"]
+        layers, names = [Squeeze()], ["squeeze"]
+        if repeats:
+            layers.append(Repeat(unit, repeats, gradient=gradient))
+            names.append("steps")
+        if extra:
+            layers.append(step(0))
+            names.append("last_step")
+        layers.append(LearnedPrior() if last else Split())
+        names.append("prior" if last else "split")
         level_list.append(Chain(layers, names=names))
     return Flow(
         bijector=MultiScaleFlow(level_list),

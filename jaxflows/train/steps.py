@@ -94,6 +94,22 @@ def init_state(
     )
 
 
+def abstract_inputs(
+    flow: Flow, optimizer: optax.GradientTransformation, bins: int, batch_size: int, mesh: Mesh
+) -> tuple[TrainState, jax.ShapeDtypeStruct]:
+    """Shapes, dtypes and shardings of (state, pixels) for `make_train_step(...).lower(...)`.
+
+    Nothing is computed: use it to compile ahead of time, or to read a step's cost or memory
+    analysis without initialising the model.
+    """
+    pixels = jax.ShapeDtypeStruct((batch_size, *flow.event_shape), jnp.uint8, sharding=batch_sharding(mesh))
+    state = jax.eval_shape(lambda p: init_state(flow, optimizer, p, bins, 0), pixels)
+    state = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
+    )
+    return state, pixels
+
+
 def make_train_step(
     flow: Flow, optimizer: optax.GradientTransformation, bins: int, mesh: Mesh
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:

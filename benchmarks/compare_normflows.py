@@ -1,0 +1,107 @@
+"""jaxflows' Glow train step against normflows' (PyTorch) on the same architecture, in one run.
+
+    python -m benchmarks.compare_normflows --torch-python /tmp/normflows-venv/bin/python
+
+normflows is never a dependency of jaxflows: install it in a separate virtualenv
+(`python3 -m venv /tmp/normflows-venv && /tmp/normflows-venv/bin/pip install torch normflows`)
+and pass its interpreter. The reference step is `../shared/bench/normflows_glow.py L K H B STEPS`
+(2 PyTorch threads, LU 1x1 conv, affine coupling, 32×32×3). The two are run alternately `--rounds`
+times so that both see the same machine load; the last line is one JSON object with the medians
+and the ratio of images per second (jaxflows / normflows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--torch-python", default=os.environ.get("NORMFLOWS_PYTHON"), help="python with normflows"
+    )
+    parser.add_argument(
+        "--normflows-script", default=str(ROOT.parent / "shared" / "bench" / "normflows_glow.py")
+    )
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=10, help="timed train steps per run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
+    return parser.parse_args(argv)
+
+
+def run_jaxflows(args) -> dict:
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--model", "glow",
+        "--levels", str(args.levels), "--steps", str(args.steps), "--hidden", str(args.hidden),
+        "--batch", str(args.batch), "--image", "32x32x3", "--iters", str(args.iters),
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_normflows(args) -> dict:
+    command = [
+        args.torch_python, args.normflows_script,
+        *(str(v) for v in (args.levels, args.steps, args.hidden, args.batch, args.iters)),
+    ]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    match = re.search(r"params=(\d+) step=([\d.]+)ms imgs/s=([\d.]+)", out)
+    if match is None:
+        raise RuntimeError(f"unexpected normflows output: {out!r}")
+    return {"params": int(match[1]), "step_ms": float(match[2]), "images_per_sec": float(match[3])}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if not args.torch_python:
+        sys.exit("--torch-python (or NORMFLOWS_PYTHON) must name a python with torch and normflows installed")
+    if not Path(args.normflows_script).is_file():
+        sys.exit(f"normflows reference script not found: {args.normflows_script}")
+    ours, theirs = [], []
+    for round_ in range(args.rounds):
+        ours.append(run_jaxflows(args))
+        theirs.append(run_normflows(args))
+        print(
+            f"round {round_ + 1}: jaxflows {ours[-1]['images_per_sec']:.1f} img/s "
+            f"(compile {ours[-1]['compile_s']:.1f} s), normflows {theirs[-1]['images_per_sec']:.1f} img/s"
+        )
+    jax_ips = statistics.median(r["images_per_sec"] for r in ours)
+    torch_ips = statistics.median(r["images_per_sec"] for r in theirs)
+    result = {
+        "architecture": {
+            "levels": args.levels,
+            "steps": args.steps,
+            "hidden": args.hidden,
+            "batch": args.batch,
+        },
+        "jaxflows_images_per_sec": jax_ips,
+        "jaxflows_step_ms": statistics.median(r["step_ms"] for r in ours),
+        "jaxflows_compile_s": statistics.median(r["compile_s"] for r in ours),
+        "jaxflows_fraction_of_peak": statistics.median(r["fraction_of_peak"] for r in ours),
+        "jaxflows_params": ours[0]["params"],
+        "normflows_images_per_sec": torch_ips,
+        "normflows_step_ms": statistics.median(r["step_ms"] for r in theirs),
+        "normflows_params": theirs[0]["params"],
+        "ratio": round(jax_ips / torch_ips, 3),
+        "rounds": args.rounds,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

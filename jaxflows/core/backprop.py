@@ -1,0 +1,184 @@
+"""How gradients flow through a sequence of bijectors: stored activations, remat, or inversion.
+
+A sequence y = f_n ∘ … ∘ f_1 (x), log_det = Σ_i ld_i, is run in one of three gradient modes:
+
+- ``"standard"``: reverse-mode autodiff stores every intermediate activation of every step.
+- ``"remat"``: each step is wrapped in `jax.checkpoint`; the backward pass stores only the
+  step inputs and recomputes each step's internals (memory grows with depth by one tensor a step).
+- ``"invertible"``: a `jax.custom_vjp` stores only the sequence's output. The backward pass walks
+  the steps in reverse, rebuilds each step's input from its output with the step's inverse, and
+  pulls the cotangents back through that step alone (Gomez et al. 2017, "The reversible residual
+  network", Sec. 4; applied to flows by i-RevNet and Glow's official code). Activation memory is
+  constant in depth; each step's forward runs twice and its inverse once. Reverse mode only:
+  `jax.jvp`/`jacfwd` through an invertible sequence raise.
+
+A step is a pure function ``step(variables, x, inverse) -> (y, log_det)`` where ``variables`` is a
+dict of variable collections. Steps come either as a Python list (`run_sequence`, heterogeneous
+layers, one trace each) or as one function over variables stacked along axis 0 (`run_scan`, one
+`lax.scan`: a single trace whatever the depth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Step = Callable[[Any, Array, bool], tuple[Array, Array]]
+
+GRADIENT_MODES = ("standard", "remat", "invertible")
+
+_SCAN_UNROLL: contextvars.ContextVar[int | bool] = contextvars.ContextVar("scan_unroll", default=1)
+
+
+@contextlib.contextmanager
+def scan_unroll(unroll: int | bool) -> Iterator[None]:
+    """Trace `run_scan` (every `Repeat`) with `lax.scan(..., unroll=unroll)` inside this block.
+
+    `True` unrolls fully: compile time grows with depth again, but XLA's cost analysis, which
+    counts a loop body once, then sees every step (benchmarks/train_step.py counts FLOPs so).
+    """
+    token = _SCAN_UNROLL.set(unroll)
+    try:
+        yield
+    finally:
+        _SCAN_UNROLL.reset(token)
+
+
+def check_gradient_mode(mode: str, owner: str) -> None:
+    if mode not in GRADIENT_MODES:
+        raise ValueError(f"{owner}: gradient must be one of {GRADIENT_MODES}, got {mode!r}")
+
+
+def _split_differentiable(tree: Any) -> tuple[Any, Any]:
+    """(floating leaves, other leaves) of a pytree, each with `None` where the other has a leaf."""
+    is_float = lambda a: jnp.issubdtype(jnp.asarray(a).dtype, jnp.inexact)
+    floats = jax.tree_util.tree_map(lambda a: a if is_float(a) else None, tree)
+    others = jax.tree_util.tree_map(lambda a: None if is_float(a) else a, tree)
+    return floats, others
+
+
+def _merge(floats: Any, others: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda a, b: b if a is None else a, floats, others, is_leaf=lambda a: a is None
+    )
+
+
+def _step_pullback(step: Step, variables: Any, y: Array, cotangents: tuple[Array, Array], inverse: bool):
+    """Rebuild a step's input from its output `y`; return (input, d input, d float variables)."""
+    x, _ = step(variables, y, not inverse)
+    floats, others = _split_differentiable(variables)
+    _, pullback = jax.vjp(lambda f, a: step(_merge(f, others), a, inverse), floats, x)
+    d_floats, d_x = pullback(cotangents)
+    return x, d_x, d_floats
+
+
+def _zero_cotangents(tree: Any) -> Any:
+    """Cotangents of a variables pytree that receives none: zeros, float0 for integer leaves."""
+    return jax.tree_util.tree_map(
+        lambda a: (
+            jnp.zeros_like(a)
+            if jnp.issubdtype(a.dtype, jnp.inexact)
+            else jnp.zeros(a.shape, jax.dtypes.float0)
+        ),
+        tree,
+    )
+
+
+def _with_float0(d_floats: Any, variables: Any) -> Any:
+    zeros = _zero_cotangents(variables)
+    return jax.tree_util.tree_map(
+        lambda d, z: z if d is None else d, d_floats, zeros, is_leaf=lambda a: a is None
+    )
+
+
+def run_sequence(
+    steps: Sequence[Step], variables: Sequence[Any], x: Array, inverse: bool, gradient: str
+) -> tuple[Array, Array]:
+    """Apply `steps` in order (in reverse order when `inverse`), each with its own variables."""
+    check_gradient_mode(gradient, "run_sequence")
+    order = list(reversed(range(len(steps)))) if inverse else list(range(len(steps)))
+
+    def run(all_variables, h):
+        total = jnp.zeros(h.shape[0], h.dtype)
+        for i in order:
+            fn = jax.checkpoint(steps[i], static_argnums=(2,)) if gradient == "remat" else steps[i]
+            h, ld = fn(all_variables[i], h, inverse)
+            total = total + ld
+        return h, total
+
+    if gradient != "invertible":
+        return run(list(variables), x)
+
+    @jax.custom_vjp
+    def invertible(all_variables, h):
+        return run(all_variables, h)
+
+    def fwd(all_variables, h):
+        y, total = run(all_variables, h)
+        return (y, total), (all_variables, y)
+
+    def bwd(residuals, cotangents):
+        all_variables, y = residuals
+        d_y, d_log_det = cotangents
+        d_variables = [None] * len(steps)
+        for i in reversed(order):
+            y, d_y, d_floats = _step_pullback(steps[i], all_variables[i], y, (d_y, d_log_det), inverse)
+            d_variables[i] = _with_float0(d_floats, all_variables[i])
+        return d_variables, d_y
+
+    invertible.defvjp(fwd, bwd)
+    return invertible(list(variables), x)
+
+
+def run_scan(step: Step, stacked: Any, x: Array, inverse: bool, gradient: str) -> tuple[Array, Array]:
+    """Apply `step` once per slice of `stacked` (variables with a leading depth axis) in one `lax.scan`.
+
+    Forward runs the slices in order 0, 1, …; `inverse` runs them in reverse order.
+    """
+    check_gradient_mode(gradient, "run_scan")
+    body_step = jax.checkpoint(step, static_argnums=(2,), prevent_cse=False) if gradient == "remat" else step
+
+    def run(variables, h):
+        def body(carry, v):
+            h, total = carry
+            h, ld = body_step(v, h, inverse)
+            return (h, total + ld), None
+
+        init = (h, jnp.zeros(h.shape[0], h.dtype))
+        (h, total), _ = jax.lax.scan(body, init, variables, reverse=inverse, unroll=_SCAN_UNROLL.get())
+        return h, total
+
+    if gradient != "invertible":
+        return run(stacked, x)
+
+    @jax.custom_vjp
+    def invertible(variables, h):
+        return run(variables, h)
+
+    def fwd(variables, h):
+        out = run(variables, h)
+        return out, (variables, out[0])
+
+    def bwd(residuals, cotangents):
+        variables, y = residuals
+        d_y, d_log_det = cotangents
+
+        def body(carry, v):
+            y, d_y = carry
+            x, d_x, d_floats = _step_pullback(step, v, y, (d_y, d_log_det), inverse)
+            return (x, d_x), d_floats
+
+        # The backward sweep visits the steps in the opposite order to the primal one.
+        (_, d_x), d_floats = jax.lax.scan(
+            body, (y, d_y), variables, reverse=not inverse, unroll=_SCAN_UNROLL.get()
+        )
+        return _with_float0(d_floats, variables), d_x
+
+    invertible.defvjp(fwd, bwd)
+    return invertible(stacked, x)

@@ -1,0 +1,92 @@
+"""`Repeat`: one layer applied `length` times with separate parameters, traced and compiled once.
+
+The K flow steps of a Glow level have one structure and K sets of parameters. `Repeat` stores
+those parameters stacked along a leading axis of length K (every variable collection) and runs the
+steps as one `lax.scan`, so tracing and compilation cost does not grow with K. Step k's variables
+are the k-th slice: `Repeat.step_variables(variables, k)`; analysis tools name step k `<path>/k`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxflows.core.backprop import check_gradient_mode, run_scan
+from jaxflows.core.bijector import Array, Bijector
+
+
+def select(stacked: Any, index: int) -> Any:
+    """The `index`-th slice of every leaf of a pytree stacked along axis 0."""
+    return jax.tree_util.tree_map(lambda a: a[index], stacked)
+
+
+class Repeat(Bijector):
+    """`layer` applied `length` times, step k with its own variables (k-th slice of the stack).
+
+    forward runs steps 0, 1, …, length−1; inverse runs them backwards. `init` runs the steps in
+    order on the data (`flax.linen.scan`), so data-dependent initialisation (ActNorm) sees each
+    step's real input. `gradient` chooses how reverse-mode autodiff treats the steps:
+    "standard", "remat" (`jax.checkpoint` per step) or "invertible" (rebuild each step's input
+    with its inverse; constant activation memory in `length`); see `jaxflows.core.backprop`.
+    """
+
+    layer: Bijector
+    length: int
+    gradient: str = "standard"
+
+    def setup(self):
+        if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
+            raise ValueError(f"Repeat: length must be an integer ≥ 1, got {self.length!r}")
+        check_gradient_mode(self.gradient, "Repeat")
+        # The step's variables live directly in this module's scope, stacked along axis 0.
+        self.step = self.layer.clone(parent=None)
+        nn.share_scope(self, self.step)
+
+    def template(self) -> Bijector:
+        """The repeated layer, unbound: apply it to `step_variables(...)`."""
+        return self.layer.clone(parent=None)
+
+    @staticmethod
+    def step_variables(variables: Any, index: int) -> Any:
+        """Variables of step `index` from this module's (stacked) variables."""
+        return select(variables, index)
+
+    def _initialize(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+        def body(module, carry, _):
+            h, total = carry
+            h, log_det = module.step.inverse(h) if inverse else module.step.forward(h)
+            return (h, total + log_det), None
+
+        scan = nn.scan(
+            body,
+            variable_axes={True: 0},
+            split_rngs={True: True},
+            length=self.length,
+            reverse=inverse,
+        )
+        (y, total), _ = scan(self, (x, jnp.zeros(x.shape[0], x.dtype)), None)
+        return y, total
+
+    def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+        if self.is_initializing():
+            return self._initialize(x, inverse)
+        template = self.template()
+
+        def step(variables, h, step_inverse):
+            return template.apply(variables, h, method="inverse" if step_inverse else "forward")
+
+        return run_scan(step, dict(self.variables), x, inverse, self.gradient)
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        return self._run(x, inverse=False)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        return self._run(y, inverse=True)
+
+    def unrolled_steps(self) -> list[tuple[str, Bijector, Any]]:
+        """(name, unbound layer, variables) of every step in forward order: the analysis view."""
+        variables = dict(self.variables)
+        return [(str(k), self.template(), self.step_variables(variables, k)) for k in range(self.length)]

@@ -75,19 +75,17 @@ def test_invertible_and_remat_gradients_equal_standard_backprop(x64):
     tolerance = 1e-10 if x64 else 1e-4
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
-        x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 2), dtype)
-        flows = {
-            mode: glow((8, 8, 2), levels=2, steps=3, hidden=16, gradient=mode)
-            for mode in ("standard", "remat", "invertible")
-        }
+        x = jax.random.uniform(jax.random.key(0), (16, 4, 4, 2), dtype)  # ActNorm's init batch
+        modes = ("standard", "invertible") if x64 else ("standard", "remat", "invertible")
+        flows = {mode: glow((4, 4, 2), levels=2, steps=2, hidden=8, gradient=mode) for mode in modes}
         variables = jax.jit(flows["standard"].init)(jax.random.key(1), x)
         variables = perturb_params(variables, 0.05, jax.random.key(2))
         variables = jax.tree_util.tree_map(
             lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables
         )
-        reference = _nll(flows["standard"], variables)(variables["params"], x)
-        for mode in ("remat", "invertible"):
-            result = _nll(flows[mode], variables)(variables["params"], x)
+        reference = _nll(flows["standard"], variables)(variables["params"], x[:4])
+        for mode in modes[1:]:
+            result = _nll(flows[mode], variables)(variables["params"], x[:4])
             assert _max_relative_error(result, reference) < tolerance, mode
 
 
@@ -109,10 +107,10 @@ def test_invertible_chain_of_heterogeneous_layers_matches_standard():
 
 def test_invertible_backprop_through_the_inverse_direction():
     """Sampling-side gradients (e.g. a reverse-KL loss) flow through inverse() in invertible mode too."""
-    flow = glow((4, 4, 2), levels=2, steps=2, hidden=8)
-    inv_flow = glow((4, 4, 2), levels=2, steps=2, hidden=8, gradient="invertible")
-    x = jax.random.uniform(jax.random.key(3), (2, 4, 4, 2))
-    z = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))
+    flow = Repeat(_step(), 3)
+    inv_flow = Repeat(_step(), 3, gradient="invertible")
+    x = jax.random.normal(jax.random.key(3), (2, 4, 4, 4))
+    z = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
     variables = perturb_params(flow.init(jax.random.key(1), x), 0.05, jax.random.key(2))
 
     def loss(model):
@@ -125,13 +123,14 @@ def test_invertible_backprop_through_the_inverse_direction():
     assert _max_relative_error(loss(inv_flow), loss(flow)) < 1e-4
 
 
-class _CountTraces(Bijector):
-    """The identity; counts how many times its forward is traced."""
+TRACES: list[int] = []
 
-    counter: list
+
+class _CountTraces(Bijector):
+    """The identity; counts in TRACES how many times its forward is traced."""
 
     def forward(self, x):
-        self.counter.append(1)
+        TRACES.append(1)
         return x, jnp.zeros(x.shape[0], x.dtype)
 
     def inverse(self, y):
@@ -143,13 +142,12 @@ def test_a_repeat_traces_its_step_once_whatever_its_length(gradient):
     x = jnp.ones((2, 2, 2, 2))
     traces = {}
     for length in (2, 16):
-        counter = []
-        model = Repeat(Chain([ActNorm(), _CountTraces(counter)]), length, gradient=gradient)
+        model = Repeat(Chain([ActNorm(), _CountTraces()]), length, gradient=gradient)
         variables = model.init(jax.random.key(0), x)
-        counter.clear()
+        TRACES.clear()
         loss = lambda p, model=model, variables=variables: model.apply({**variables, "params": p}, x)[1].sum()
         jax.jit(jax.grad(loss)).lower(variables["params"])
-        traces[length] = len(counter)
+        traces[length] = len(TRACES)
     assert traces[2] == traces[16] <= 2, traces  # invertible traces the step for its forward and backward
 
 

@@ -8,9 +8,9 @@ A sequence y = f_n ∘ … ∘ f_1 (x), log_det = Σ_i ld_i, is run in one of th
 - ``"invertible"``: a `jax.custom_vjp` stores only the sequence's output. The backward pass walks
   the steps in reverse, rebuilds each step's input from its output with the step's inverse, and
   pulls the cotangents back through that step alone (Gomez et al. 2017, "The reversible residual
-  network", Sec. 4; applied to flows by i-RevNet and Glow's official code). Activation memory is
-  constant in depth; each step's forward runs twice and its inverse once. Reverse mode only:
-  `jax.jvp`/`jacfwd` through an invertible sequence raise.
+  network", Sec. 4, applied here to whole flow steps). Activation memory is constant in depth;
+  each step's forward runs twice and its inverse once. Reverse mode only: `jax.jvp`/`jacfwd`
+  through an invertible sequence raise.
 
 A step is a pure function ``step(variables, x, inverse) -> (y, log_det)`` where ``variables`` is a
 dict of variable collections. Steps come either as a Python list (`run_sequence`, heterogeneous

@@ -56,7 +56,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     if config.grad_clip_norm is not None:
         chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
     chain.append(optimizers[config.optimizer](learning_rate_schedule(config)))
-    return skip_nonfinite(optax.chain(*chain))
+    return optax.flatten(skip_nonfinite(optax.chain(*chain)))
 
 
 def skipped_updates(opt_state: SkipNonFiniteState) -> jax.Array:

@@ -54,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--peak-size", type=int, default=None, help="matmul size for the peak (default by backend)"
     )
     parser.add_argument(
-        "--keep-allocator", action="store_true", help="skip jaxflows.train.host.reuse_freed_memory()"
+        "--reuse-freed-memory",
+        action="store_true",
+        help="call jaxflows.train.host.reuse_freed_memory() first (no page faults; slower compile)",
     )
     return parser.parse_args(argv)
 
@@ -113,7 +115,7 @@ def xla_flops(flow, optimizer, bins: int, batch_size: int) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not args.keep_allocator:
+    if args.reuse_freed_memory:
         from jaxflows.train.host import reuse_freed_memory
 
         reuse_freed_memory()

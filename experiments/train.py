@@ -64,9 +64,7 @@ def resolve_config(args: argparse.Namespace):
 def main(argv=None) -> None:
     args = parse_args(argv)
     from jaxflows.train import maybe_initialize_distributed
-    from jaxflows.train.host import reuse_freed_memory
 
-    reuse_freed_memory()  # before JAX starts its threads: each train step reuses its memory
     maybe_initialize_distributed(args.multihost)
 
     import jax

@@ -7,9 +7,12 @@ again: 73,800 minor page faults per step there (`resource.getrusage`), about 10%
 `reuse_freed_memory` keeps freed memory in the process heap (one malloc arena, no `mmap` for large
 blocks, no trimming), so the next step reuses the same pages: 0 faults per step after the first.
 
-It is a process-wide choice, so the library never makes it: the entry points that own their
-process (experiments/train.py, benchmarks/) call it before JAX starts. Linux with glibc only; a
-no-op elsewhere.
+It is a process-wide choice, so the library never makes it, and no entry point makes it by default:
+with one malloc arena XLA's compiler threads contend for the heap, so compilation takes 4-8 s
+longer, while the step time gain is within this machine's noise (2026-11-28, 2-core CPU, Glow
+L=3 K=8 H=128 B=64: 72 and 79 images/s with it, 76 and 68 without; compile 16.6/19.8 s against
+12.0/14.3 s). Worth trying for long CPU runs (`benchmarks/train_step.py --reuse-freed-memory`).
+Linux with glibc only; a no-op elsewhere.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     grad_clip_norm: float | None = 50.0
+    # Polyak averaging (jaxflows.train.ema): evaluation and sampling use the debiased moving
+    # average of the parameters with this decay (MEF uses 0.999); None trains without it.
+    ema_decay: float | None = None
     num_steps: int = 1000
     init_batch_size: int = 256  # examples for ActNorm's data-dependent initialisation
     eval_every: int = 500

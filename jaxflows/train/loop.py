@@ -88,13 +88,16 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
 
 
 def _optimizer_key(config: TrainConfig) -> tuple:
-    return (config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm)
+    return (
+        config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm, config.ema_decay
+    )  # fmt: skip
 
 
 def init_fn(exp: Experiment):
     """pixels -> TrainState: data-dependent initialisation and a fresh optimiser state (jit-able)."""
     optimizer = make_optimizer(exp.config)
-    return lambda pixels: init_state(exp.flow, optimizer, pixels, exp.dataset.num_bins, exp.config.seed)
+    c = exp.config
+    return lambda pixels: init_state(exp.flow, optimizer, pixels, exp.dataset.num_bins, c.seed, c.ema_decay)
 
 
 def initial_state(exp: Experiment, manager) -> TrainState:
@@ -110,7 +113,8 @@ def initial_state(exp: Experiment, manager) -> TrainState:
 def compiled_train_step(exp: Experiment):
     """`make_train_step` for this experiment, compiled once per process."""
     key = ("train", exp.flow, _optimizer_key(exp.config), exp.dataset.num_bins, exp.mesh)
-    build = lambda: make_train_step(exp.flow, make_optimizer(exp.config), exp.dataset.num_bins, exp.mesh)
+    c = exp.config
+    build = lambda: make_train_step(exp.flow, make_optimizer(c), exp.dataset.num_bins, exp.mesh, c.ema_decay)
     return cached(key, build)
 
 
@@ -200,7 +204,7 @@ def train(
                 }
                 if config.eval_every and done % config.eval_every == 0 and not last:
                     row["eval_bits_per_dim"] = evaluate_bits_per_dim(
-                        exp.flow, state.variables(), exp.dataset.test, bins, exp.mesh,
+                        exp.flow, state.variables(averaged=True), exp.dataset.test, bins, exp.mesh,
                         config.eval_batch_size, config.eval_dequant_draws, config.seed,
                     )  # fmt: skip
                     row.update(_diagnostics(exp, state))
@@ -246,26 +250,28 @@ DIAGNOSTIC_EXAMPLES = 64
 def _diagnostics(exp: Experiment, state: TrainState) -> dict[str, float]:
     """Per-level log-det terms and reconstruction errors on the first held-out examples."""
     pixels = exp.dataset.test[np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.test)))]
-    return level_diagnostics(exp.flow, state.variables(), pixels, exp.dataset.num_bins, exp.config.seed)
+    variables = state.variables(averaged=True)
+    return level_diagnostics(exp.flow, variables, pixels, exp.dataset.num_bins, exp.config.seed)
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
-    """Held-out bits/dim of the flow and of the per-pixel histogram baseline on the same split, and
+    """Held-out bits/dim of the flow (its parameters' moving average when trained with one; then also
+    `flow_bits_per_dim_without_ema`) and of the per-pixel histogram baseline on the same split, and
     the per-level log-det terms and reconstruction errors (`level_diagnostics`)."""
     c, d = exp.config, exp.dataset
-    flow_bpd = evaluate_bits_per_dim(
-        exp.flow,
-        state.variables(),
-        d.test,
-        d.num_bins,
-        exp.mesh,
-        c.eval_batch_size,
-        c.eval_dequant_draws,
-        c.seed,
-    )
+
+    def held_out(averaged: bool) -> float:
+        variables = state.variables(averaged)
+        return evaluate_bits_per_dim(
+            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, c.eval_dequant_draws, c.seed
+        )  # fmt: skip
+
+    scores = {"flow_bits_per_dim": held_out(averaged=True)}
+    if state.ema_params is not None:
+        scores["flow_bits_per_dim_without_ema"] = held_out(averaged=False)
     baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
     return {
-        "flow_bits_per_dim": flow_bpd,
+        **scores,
         "baseline_bits_per_dim": baseline,
         "held_out_examples": len(d.test),
         **_diagnostics(exp, state),
@@ -277,7 +283,7 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
     key = jax.random.fold_in(jax.random.PRNGKey(c.seed), 7)
     image, _ = sample_grid(
         exp.flow,
-        state.variables(),
+        state.variables(averaged=True),
         key,
         exp.dataset.num_bins,
         c.sample_temperatures,
@@ -292,7 +298,7 @@ def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path,
     test = exp.dataset.test
     a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
     image = interpolate(
-        exp.flow, state.variables(), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
+        exp.flow, state.variables(averaged=True), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
     )
     path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
     image.save(path)

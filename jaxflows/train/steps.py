@@ -19,6 +19,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow, bits_per_dim, dequantize
+from jaxflows.train.ema import check_decay, update_ema
 
 _COMPILED: list[tuple[tuple, Callable]] = []
 
@@ -41,9 +42,12 @@ class TrainState(struct.PyTreeNode):
     constants: Any  # every other variable collection (e.g. LU permutations): never optimised
     opt_state: Any
     rng: jax.Array  # raw uint32 key; the key of step s is fold_in(rng, s)
+    ema_params: Any = None  # debiased moving average of params (jaxflows.train.ema), or None
 
-    def variables(self) -> dict[str, Any]:
-        return {"params": self.params, **self.constants}
+    def variables(self, averaged: bool = False) -> dict[str, Any]:
+        """The flow's variables; `averaged` uses the parameters' moving average when there is one."""
+        params = self.ema_params if averaged and self.ema_params is not None else self.params
+        return {"params": params, **self.constants}
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -77,9 +81,16 @@ def mean_bits_per_dim(flow: Flow, variables, pixels: jax.Array, key: jax.Array, 
 
 
 def init_state(
-    flow: Flow, optimizer: optax.GradientTransformation, init_pixels, bins: int, seed: int
+    flow: Flow,
+    optimizer: optax.GradientTransformation,
+    init_pixels,
+    bins: int,
+    seed: int,
+    ema_decay: float | None = None,
 ) -> TrainState:
-    """Variables from ActNorm's data-dependent init on `init_pixels`, a fresh optimiser state."""
+    """Variables from ActNorm's data-dependent init on `init_pixels`, a fresh optimiser state, and
+    (with `ema_decay`) a moving average of the parameters."""
+    check_decay(ema_decay)
     k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = dequantize(k_dequant, jnp.asarray(init_pixels), bins)
     variables = flow.init(k_init, x)
@@ -91,11 +102,17 @@ def init_state(
         constants=constants,
         opt_state=optimizer.init(params),
         rng=k_train,
+        ema_params=None if ema_decay is None else jax.tree_util.tree_map(jnp.copy, params),
     )
 
 
 def abstract_inputs(
-    flow: Flow, optimizer: optax.GradientTransformation, bins: int, batch_size: int, mesh: Mesh
+    flow: Flow,
+    optimizer: optax.GradientTransformation,
+    bins: int,
+    batch_size: int,
+    mesh: Mesh,
+    ema_decay: float | None = None,
 ) -> tuple[TrainState, jax.ShapeDtypeStruct]:
     """Shapes, dtypes and shardings of (state, pixels) for `make_train_step(...).lower(...)`.
 
@@ -103,7 +120,7 @@ def abstract_inputs(
     analysis without initialising the model.
     """
     pixels = jax.ShapeDtypeStruct((batch_size, *flow.event_shape), jnp.uint8, sharding=batch_sharding(mesh))
-    state = jax.eval_shape(lambda p: init_state(flow, optimizer, p, bins, 0), pixels)
+    state = jax.eval_shape(lambda p: init_state(flow, optimizer, p, bins, 0, ema_decay), pixels)
     state = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
     )
@@ -111,9 +128,17 @@ def abstract_inputs(
 
 
 def make_train_step(
-    flow: Flow, optimizer: optax.GradientTransformation, bins: int, mesh: Mesh
+    flow: Flow,
+    optimizer: optax.GradientTransformation,
+    bins: int,
+    mesh: Mesh,
+    ema_decay: float | None = None,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """jit(state, pixels) -> (state, metrics); loss = mean bits/dim of the dequantised batch."""
+    """jit(state, pixels) -> (state, metrics); loss = mean bits/dim of the dequantised batch.
+
+    With `ema_decay` the step also updates `state.ema_params` (from `init_state(..., ema_decay)`).
+    """
+    check_decay(ema_decay)
 
     def loss_fn(params, state: TrainState, pixels, key):
         variables = {"params": params, **state.constants}
@@ -124,12 +149,20 @@ def make_train_step(
         loss, grads = jax.value_and_grad(loss_fn)(state.params, state, pixels, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_decay is not None:
+            if ema_params is None:
+                raise ValueError("make_train_step(ema_decay=...) needs init_state(..., ema_decay=...)")
+            ema_params = update_ema(ema_params, params, ema_decay, state.step + 1)
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "skipped_updates": opt_state.skipped,
         }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+        )
+        return new_state, metrics
 
     return jax.jit(
         train_step,

@@ -21,6 +21,7 @@ compile costs tens of seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -34,7 +35,28 @@ from typing import Any
 import numpy as np
 
 RESULTS_DIR = Path(__file__).parent / "results"
-MACHINE = "2-core CPU, no GPU"
+
+
+def describe_machine() -> str:
+    """The machine as detected: accelerator (or CPU) model, cores, memory, JAX version."""
+    import os
+    import platform
+
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    host = f"{os.cpu_count()}-core {cpu}{memory}"
+    if jax.default_backend() == "cpu":
+        return f"{host}, no accelerator, jax {jax.__version__}"
+    return f"{jax.device_count()} × {jax.devices()[0].device_kind} on a {host} host, jax {jax.__version__}"
 
 
 def small_config():
@@ -260,7 +282,7 @@ def write_markdown(
         f"# {title}",
         "",
         f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {MACHINE}" if _on_cpu() else f"- machine: {_device_desc()}",
+        f"- machine: {describe_machine()}",
         f"- dataset: {dataset_desc}",
         f"- command: `{command}`",
         f"- setup: {describe_config(base)}; seeds {list(seeds)}",
@@ -274,18 +296,6 @@ def write_markdown(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
-
-
-def _on_cpu() -> bool:
-    import jax
-
-    return jax.default_backend() == "cpu"
-
-
-def _device_desc() -> str:
-    import jax
-
-    return f"{jax.device_count()} × {jax.devices()[0].device_kind}"
 
 
 def dataset_description(base) -> str:

@@ -18,7 +18,7 @@ LEARNING_RATES = (1e-3, 1e-2, 3e-2, 1e-1)
 COUPLINGS = {
     "additive": ("additive", {}),
     "affine": ("affine", {}),
-    "matrix exp": ("matrix_exp", {"rank": 2, "bound": 2.0}),
+    "matrix exp": ("matrix_exp", {}),  # the official form: full S per pixel for c ≤ 24
 }
 DEFAULT_STEPS = 400
 

@@ -18,7 +18,7 @@ MODULE = "experiments.compare_models"
 MODELS = {
     "Glow": {"conv": "lu", "coupling": "affine", "conv_kwargs": {}, "coupling_kwargs": {}},
     "MEF": {"conv": "matrix_exp", "coupling": "matrix_exp", "mask": "channel",
-            "conv_kwargs": {"init_scale": 0.1}, "coupling_kwargs": {"rank": 2, "bound": 2.0}},
+            "conv_kwargs": {"init_scale": 0.1}, "coupling_kwargs": {}},
     "Emerging": {"conv": "emerging", "coupling": "affine", "conv_kwargs": {"kernel_size": 3},
                  "coupling_kwargs": {}},
 }  # fmt: skip

@@ -98,6 +98,9 @@ def main(argv=None) -> None:
         if "flow_bits_per_dim_without_ema" in scores:
             raw = scores["flow_bits_per_dim_without_ema"]
             say(f"held-out bits/dim (flow, without EMA):        {raw:.4f}")
+        for name in [k for k in scores if k.startswith("flow_bits_per_dim_iw")]:
+            samples = name.removeprefix("flow_bits_per_dim_iw")
+            say(f"held-out bits/dim (flow, {samples} importance samples): {scores[name]:.4f}")
         say(f"held-out bits/dim (per-pixel histogram base): {scores['baseline_bits_per_dim']:.4f}")
         levels = sorted({k.split("/")[1] for k in scores if k.startswith("bpd_term/")})
         say("per level (first held-out examples): " + "; ".join(

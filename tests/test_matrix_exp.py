@@ -15,14 +15,24 @@ TINY_MODEL = dict(levels=2, steps=1, hidden=8, conv="matrix_exp", coupling="matr
 
 # Shapes repeat across cases and tests: eager (op-by-op) execution compiles once per shape.
 COUPLING_CASES = [
+    BijectorCase("mexp_coupling_full", lambda: MatrixExpCoupling(hidden=8), (2, 3, 3, 4), perturb=0.5),
     BijectorCase(
-        "mexp_coupling_rank1", lambda: MatrixExpCoupling(hidden=8, rank=1), (2, 3, 3, 4), perturb=0.5
-    ),
-    BijectorCase(
-        "mexp_coupling_rank3_p1_bound5",
-        lambda: MatrixExpCoupling(hidden=8, rank=3, parity=1, bound=5.0),
+        "mexp_coupling_full_p1",
+        lambda: MatrixExpCoupling(hidden=8, form="full", parity=1),
         (2, 3, 3, 6),
         perturb=0.5,
+    ),
+    BijectorCase(
+        "mexp_coupling_low_rank1",
+        lambda: MatrixExpCoupling(hidden=8, form="low_rank", rank=1),
+        (2, 3, 3, 4),
+        perturb=0.5,
+    ),
+    BijectorCase(
+        "mexp_coupling_auto_low_rank3_p1",  # 6 active channels > max_full_channels=4: low rank
+        lambda: MatrixExpCoupling(hidden=8, rank=3, parity=1, max_full_channels=4),
+        (2, 3, 3, 12),
+        perturb=0.25,  # with 0.5 the bounding scalars reach ‖S‖∞ ≈ 13: exp(±S) too ill-conditioned
     ),
 ]
 CASES = [
@@ -39,20 +49,22 @@ def test_bijector_properties(case, check):
 
 
 def coupling_factors(module, variables, x):
-    """The per-pixel shift, A₁ and A₂ the coupling uses on x (network output → factors)."""
+    """The active part, shift b and S (a full matrix, or A₁A₂) the coupling uses on x."""
     bound = module.bind(variables)
     active, cond = bound._mask().split(x)
     h = bound._conditioner(cond, bound.num_params(active.shape[-1]))
-    return active, bound.factors(h, active.shape[-1])
+    shift, *factors = bound.factors(h, active.shape[-1])
+    s = factors[0] if len(factors) == 1 else factors[0] @ factors[1]
+    return active, shift, s
 
 
 @pytest.mark.parametrize("case", COUPLING_CASES, ids=str)
 def test_coupling_matches_dense_expm(case):
-    """y_b = expm(S) x_b + b with a dense scipy expm of S = A₁A₂ per pixel; log_det = Σ tr S."""
+    """y_b = expm(S) x_b + b with a dense scipy expm of S per pixel; log_det = Σ tr S."""
     module, variables, x = setup_case(case)
     y, log_det = module.apply(variables, x)
-    active, (shift, a1, a2) = coupling_factors(module, variables, x)
-    s = np.einsum("...it,...tj->...ij", np.float64(a1), np.float64(a2))
+    active, shift, s = coupling_factors(module, variables, x)
+    s = np.float64(s)
     dense_exp = np.vectorize(scipy.linalg.expm, signature="(n,n)->(n,n)")(s)
     assert np.abs(dense_exp - np.eye(s.shape[-1])).max() > 1e-2, "S is too small to test anything"
     expected = np.einsum("...ij,...j->...i", dense_exp, np.float64(active)) + np.float64(shift)
@@ -64,29 +76,39 @@ def test_coupling_matches_dense_expm(case):
     np.testing.assert_allclose(log_det, trace_sum, rtol=1e-5, atol=1e-5)
 
 
-def test_coupling_scale_is_bounded():
-    """Huge network outputs saturate the tanh: ‖A₁A₂‖_∞ ≤ bound and the inverse stays exact."""
-    _, variables, x = setup_case(COUPLING_CASES[1])  # same parameter shapes, tighter bound
-    module = MatrixExpCoupling(hidden=8, rank=3, parity=1, bound=2.0)
-    # Blow up the network outputs for A₁ and A₂ (not the shift b, whose size is unrelated).
+def test_auto_form_follows_the_official_rule():
+    """Full c×c matrices up to 24 active channels, rank-3 factors above (official MEF code)."""
+    module = MatrixExpCoupling(hidden=8)
+    assert module.is_full(24) and not module.is_full(25)
+    assert module.num_params(24) == 24 * 25 and module.num_params(25) == 25 * 7
+
+
+@pytest.mark.parametrize("case", [COUPLING_CASES[1], COUPLING_CASES[3]], ids=str)
+def test_coupling_entries_are_bounded(case):
+    """Huge network outputs saturate the tanh: entries of S (or of A₁, A₂) stay within
+    |rescale| + |reshift| and the inverse stays exact."""
+    module, variables, x = setup_case(case)
     conv_out = variables["params"]["network"]["conv_out"]
-    gain = jnp.ones(conv_out["bias"].shape).at[3:].set(100.0)
+    c = module.bind(variables)._mask().split(x)[0].shape[-1]
+    gain = jnp.ones(conv_out["bias"].shape).at[c:].set(100.0)  # blow up S's outputs, not b's
     conv_out = {"kernel": conv_out["kernel"] * gain + 3.0 * (gain - 1), "bias": conv_out["bias"] * gain}
-    variables = {
-        "params": {**variables["params"], "network": {**variables["params"]["network"], "conv_out": conv_out}}
-    }
-    _, (_, a1, a2) = coupling_factors(module, variables, x)
-    norms = jnp.max(jnp.sum(jnp.abs(a1 @ a2), axis=-1), axis=-1)
-    assert float(norms.max()) <= 2.0 + 1e-5
-    assert float(norms.max()) > 1.0  # saturated, not trivially small
+    params = {**variables["params"], "network": {**variables["params"]["network"], "conv_out": conv_out}}
+    variables = {"params": params}
+    limit = abs(float(params["bound"]["rescale"])) + abs(float(params["bound"]["reshift"]))
+    bound = module.bind(variables)
+    _, cond = bound._mask().split(x)
+    _, *factors = bound.factors(bound._conditioner(cond, bound.num_params(c)), c)
+    largest = max(float(jnp.abs(f).max()) for f in factors)
+    assert 0.9 * limit < largest <= limit + 1e-6  # saturated, and bounded
     y, _ = module.apply(variables, x)
     x_back, _ = module.apply(variables, y, method="inverse")
-    np.testing.assert_allclose(x_back, x, atol=1e-4)
+    np.testing.assert_allclose(x_back, x, atol=1e-3)  # saturated S: exp(±S) amplify rounding
 
 
-def test_coupling_starts_as_identity_and_learns_s():
-    """Zero-initialised last conv: identity at init, yet A₁ (hence S) gets a gradient (no saddle)."""
-    module = MatrixExpCoupling(hidden=8, rank=1)
+@pytest.mark.parametrize("form", ["full", "low_rank"])
+def test_coupling_starts_as_identity_and_learns_s(form):
+    """Zero-initialised last conv: identity at init, yet S gets a gradient (no saddle)."""
+    module = MatrixExpCoupling(hidden=8, form=form, rank=1)
     x = 1.5 * jax.random.normal(jax.random.key(0), (2, 3, 3, 4)) + 0.3
     variables = module.init(jax.random.key(1), x)
     y, log_det = module.apply(variables, x)
@@ -98,8 +120,18 @@ def test_coupling_starts_as_identity_and_learns_s():
         return -jnp.mean(-0.5 * jnp.sum(y**2, axis=(1, 2, 3)) + ld)
 
     kernel_grad = jax.jit(jax.grad(loss))(variables["params"])["network"]["conv_out"]["kernel"]
-    c, t = 2, 1
-    assert float(jnp.abs(kernel_grad[..., c : c + c * t]).max()) > 1e-4, "A₁ gets no gradient"
+    c = 2
+    assert float(jnp.abs(kernel_grad[..., c:]).max()) > 1e-4, "S gets no gradient"
+
+
+def test_series_terms_adapt_to_the_matrix():
+    """m (MEF Table 6) is 0 for S = 0 and positive otherwise; the layer reports it per pixel."""
+    module, variables, x = setup_case(COUPLING_CASES[0])
+    terms = module.apply(variables, x, method="series_terms")
+    assert terms.shape == x.shape[:3] and terms.dtype == jnp.int32
+    assert int(terms.min()) >= 1 and int(terms.max()) <= 16
+    start = module.init(jax.random.key(0), x)
+    np.testing.assert_array_equal(module.apply(start, x, method="series_terms"), 0)
 
 
 def test_conv_is_a_rotation_at_init_and_uses_no_inverse():
@@ -128,7 +160,8 @@ def test_conv_is_a_rotation_at_init_and_uses_no_inverse():
     [
         (dict(rank=0), "rank"),
         (dict(rank=1.5), "rank"),
-        (dict(bound=0.0), "bound"),
+        (dict(form="dense"), "form"),
+        (dict(tolerance=0.0), "tolerance"),
         (dict(mask="checkerboard"), "mask='channel'"),
     ],
 )

@@ -2,9 +2,12 @@
 
 From the paper: the Glow-style multi-scale architecture with L = 3 levels, matrix exponential
 1x1 convolutions and matrix exponential coupling layers (Fig. 1), 8-bit CIFAR-10, Adam.
-Guesses (not stated in the notes available to us): K = 32 steps per level and 512 hidden channels
-(Glow's CIFAR-10 setting, which MEF compares against), rank t = 2 for S = A₁A₂, the bound on S,
-learning rate 1e-3 with warm-up, batch size 64, gradient clipping and the number of steps.
+From the official code (changyi7231/MEF, Section 6.1 settings): the coupling's S is a full c×c
+matrix per pixel while c ≤ 24 (every level of CIFAR-10) with bounded entries and series of adaptive
+length (the `MatrixExpCoupling` defaults), Polyak averaging 0.999, batch 64. It also uses K = 8, 4, 2
+steps per level, 128 hidden channels in 8 residual blocks and Adamax at 1e-2 for 50 epochs; our
+coupling network is Glow's, so K = 32, 512 hidden channels and Adam at 1e-3 (Glow's CIFAR-10
+setting, which MEF compares against) are guesses, as are warm-up, clipping and the number of steps.
 """
 
 from jaxflows.train.config import TrainConfig
@@ -22,9 +25,10 @@ def get_config() -> TrainConfig:
             "coupling": "matrix_exp",  # paper
             "mask": "channel",  # paper: channel-wise split (S mixes channels of a pixel)
             "conv_kwargs": {"init_scale": 0.1},  # paper: skew-symmetric init; the scale is a guess
-            "coupling_kwargs": {"rank": 2, "bound": 2.0},  # guesses
+            "coupling_kwargs": {},  # official: full S for c ≤ 24, rank 3 above; tolerance 1e-8
         },
-        batch_size=64,  # guess
+        batch_size=64,  # official code
+        ema_decay=0.999,  # official code: Polyak averaging
         optimizer="adam",  # paper: Adam
         learning_rate=1e-3,  # guess (Glow's)
         warmup_steps=2000,  # guess

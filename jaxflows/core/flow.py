@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.objective import check_pixels, dequantize, discrete_log_prob_offset
 from jaxflows.core.validation import check_finite, check_image, check_range
 
 
@@ -22,6 +25,8 @@ class Flow(Bijector):
     base: nn.Module
     event_shape: tuple[int, ...]
     data_range: tuple[float, float] | None = (0.0, 1.0)
+    # q(u | x) called as dequantizer(key, pixels, bins) -> (u, log q); None: uniform dequantisation
+    dequantizer: nn.Module | None = None
 
     def _check(self, x: Array) -> None:
         check_image(x)
@@ -44,6 +49,19 @@ class Flow(Bijector):
             check_range(x, *self.data_range)
         z, log_det = self.forward(x)
         return self.base.log_prob(z) + log_det
+
+    def discrete_log_prob(self, pixels: Array, key: Array, bins: int) -> Array:
+        """One draw of the lower bound on log P(pixels) (nats) for integer pixels in {0, …, bins−1}:
+        log p((x + u)/K) − D log K − log q(u | x), u from `dequantizer` (uniform when None, log q = 0).
+        """
+        if self.dequantizer is None:
+            x, log_q = dequantize(key, pixels, bins), 0.0
+        else:
+            check_pixels(pixels, bins)
+            u, log_q = self.dequantizer(key, pixels, bins)
+            x = (pixels.astype(u.dtype) + u) / bins
+        offset = discrete_log_prob_offset(math.prod(self.event_shape), bins)
+        return self.log_prob(x) + offset - log_q
 
     def sample(self, key: Array, num_samples: int, temperature: float = 1.0) -> Array:
         """`num_samples` draws with the base standard deviation scaled by `temperature`."""

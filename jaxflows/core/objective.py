@@ -22,13 +22,18 @@ def num_bins(n_bits: int) -> int:
     return 2**n_bits
 
 
-def dequantize(key: Array, pixels: Array, bins: int) -> Array:
-    """Uniform dequantisation of integer pixels in {0, …, bins−1} to floats in [0, 1)."""
+def check_pixels(pixels: Array, bins: int) -> None:
+    """Require integer intensities in {0, …, bins−1} (integer dtype, or integral floats)."""
     if jnp.issubdtype(pixels.dtype, jnp.floating) and is_concrete(pixels):
         check_finite(pixels, "pixels")
         if not bool(jnp.all(pixels == jnp.round(pixels))):
             raise ValueError("pixels: expected integer intensities (already dequantized?)")
     check_range(pixels, 0, bins - 1, "pixels")
+
+
+def dequantize(key: Array, pixels: Array, bins: int) -> Array:
+    """Uniform dequantisation of integer pixels in {0, …, bins−1} to floats in [0, 1)."""
+    check_pixels(pixels, bins)
     noise = jax.random.uniform(key, pixels.shape, jnp.float32)
     return (pixels.astype(jnp.float32) + noise) / bins
 

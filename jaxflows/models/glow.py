@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
+
 from jaxflows.bijectors import (
     ActNorm,
     AdditiveCoupling,
@@ -60,6 +62,7 @@ def glow(
     conv_kwargs: dict[str, Any] | None = None,
     coupling_kwargs: dict[str, Any] | None = None,
     gradient: str = "standard",
+    dequantizer: nn.Module | None = None,
 ) -> Flow:
     """Build a multi-scale Glow-style flow on images of `image_shape` = (height, width, channels).
 
@@ -71,6 +74,8 @@ def glow(
     ("parity0", "parity1") and an odd K ends with one more step, "last_step".
     gradient: "standard" | "remat" | "invertible" (rebuild activations with the inverse in the
     backward pass: activation memory constant in K; see `jaxflows.core.backprop`).
+    dequantizer: q(u | x) for `Flow.discrete_log_prob` (e.g. `VariationalDequantizer()`); None
+    dequantises uniformly.
     Returns a `Flow` with a standard normal base over a latent of `image_shape`.
     """
     if len(image_shape) != 3:
@@ -121,4 +126,5 @@ def glow(
         bijector=MultiScaleFlow(level_list),
         base=StandardNormal(),
         event_shape=tuple(image_shape),
+        dequantizer=dequantizer,
     )

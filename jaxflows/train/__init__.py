@@ -24,7 +24,13 @@ from jaxflows.train.loop import (
     write_samples,
 )
 from jaxflows.train.optim import make_optimizer, skip_nonfinite
-from jaxflows.train.steps import TrainState, init_state, make_mesh, make_train_step
+from jaxflows.train.steps import (
+    TrainState,
+    importance_weighted_log_prob,
+    init_state,
+    make_mesh,
+    make_train_step,
+)
 
 __all__ = [
     "Experiment",
@@ -37,6 +43,7 @@ __all__ = [
     "evaluate_bits_per_dim",
     "fit_pixel_histogram",
     "histogram_bits_per_dim",
+    "importance_weighted_log_prob",
     "init_fn",
     "init_state",
     "load_config",

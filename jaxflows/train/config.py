@@ -22,6 +22,7 @@ class TrainConfig:
     optimizer: str = "adam"  # "adam" | "adamax"
     learning_rate: float = 1e-3
     warmup_steps: int = 200
+    lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" (to 0 at num_steps)
     grad_clip_norm: float | None = 50.0
     # Polyak averaging (jaxflows.train.ema): evaluation and sampling use the debiased moving
     # average of the parameters with this decay (MEF uses 0.999); None trains without it.
@@ -37,6 +38,12 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None  # tfds data_dir
     eval_dequant_draws: int = 1  # held-out bits/dim averaged over this many dequantisation draws
+    # Variational dequantisation (Flow++): keyword arguments of models.VariationalDequantizer
+    # (e.g. {"hidden": 32, "steps": 2}); None dequantises uniformly.
+    dequantizer: dict[str, Any] | None = None
+    # Held-out bits/dim as the importance-weighted estimate over this many dequantisation draws
+    # per example (1: the training bound). Reported next to the bound when > 1.
+    eval_importance_samples: int = 1
     baseline_smoothing: float = 1.0  # Laplace pseudo-count of the per-pixel histogram baseline
     interpolation_steps: int = 8
     prefetch: int = 2  # host batches prepared ahead by a background thread

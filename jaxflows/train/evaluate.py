@@ -29,8 +29,11 @@ def evaluate_bits_per_dim(
     batch_size: int = 256,
     draws: int = 1,
     seed: int = 0,
+    importance_samples: int = 1,
 ) -> float:
-    """Mean bits/dim over every example of `source`, averaged over `draws` dequantisation draws.
+    """Mean bits/dim over every example of `source`, averaged over `draws` dequantisation draws;
+    each example's value is the importance-weighted estimate over `importance_samples` draws
+    (1: the one-draw bound, as in training).
 
     The split is cut into global batches (rounded up to a multiple of the device count) and each
     host evaluates its share; the last batch is padded with zero-weight examples. Non-finite
@@ -40,7 +43,10 @@ def evaluate_bits_per_dim(
     hosts, host = jax.process_count(), jax.process_index()
     global_size = math.ceil(batch_size / devices) * devices
     local = global_size // hosts
-    eval_step = cached(("eval", flow, bins, mesh), lambda: make_eval_step(flow, bins, mesh))
+    eval_step = cached(
+        ("eval", flow, bins, mesh, importance_samples),
+        lambda: make_eval_step(flow, bins, mesh, importance_samples),
+    )
     key = jax.random.PRNGKey(seed)
     total, count, bad = 0.0, 0.0, 0
     n = len(source)

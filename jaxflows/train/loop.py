@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jaxflows.core import Flow
 from jaxflows.data import BatchIterator, Dataset, batch_indices, load_dataset, validate_batch
-from jaxflows.models import glow
+from jaxflows.models import VariationalDequantizer, glow
 from jaxflows.train import checkpoint
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.evaluate import evaluate_bits_per_dim, level_diagnostics, pixel_baseline_bits_per_dim
@@ -71,7 +71,8 @@ class TrainResult(NamedTuple):
 
 
 def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
-    return glow(tuple(image_shape), **config.model)
+    deq = None if config.dequantizer is None else VariationalDequantizer(**config.dequantizer)
+    return glow(tuple(image_shape), **config.model, dequantizer=deq)
 
 
 def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
@@ -89,7 +90,8 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
 
 def _optimizer_key(config: TrainConfig) -> tuple:
     return (
-        config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm, config.ema_decay
+        config.optimizer, config.learning_rate, config.warmup_steps, config.grad_clip_norm, config.ema_decay,
+        config.lr_decay, config.num_steps if config.lr_decay != "constant" else None,
     )  # fmt: skip
 
 
@@ -269,6 +271,11 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     scores = {"flow_bits_per_dim": held_out(averaged=True)}
     if state.ema_params is not None:
         scores["flow_bits_per_dim_without_ema"] = held_out(averaged=False)
+    if c.eval_importance_samples > 1:
+        scores[f"flow_bits_per_dim_iw{c.eval_importance_samples}"] = evaluate_bits_per_dim(
+            exp.flow, state.variables(averaged=True), d.test, d.num_bins, exp.mesh, c.eval_batch_size,
+            1, c.seed, c.eval_importance_samples,
+        )  # fmt: skip
     baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
     return {
         **scores,

@@ -42,7 +42,17 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant."""
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant, or with
+    `lr_decay="cosine"` a cosine decay to 0 at `num_steps`."""
+    if config.lr_decay not in ("constant", "cosine"):
+        raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {config.lr_decay!r}")
+    if config.lr_decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0,
+            config.learning_rate,
+            max(config.warmup_steps, 1),
+            max(config.num_steps, config.warmup_steps + 1),
+        )
     if config.warmup_steps <= 0:
         return optax.constant_schedule(config.learning_rate)
     return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)

@@ -1,0 +1,95 @@
+"""Uniform against variational dequantisation (Flow++), each with and without Polyak averaging.
+
+    python -m experiments.compare_dequantization [--config PATH] [--steps N] [--ema 0.999] [--iw 8]
+
+Trains the main job's model (`experiments/configs/default.py` unless --config) twice, with uniform
+and with variational dequantisation, both keeping a moving average of the parameters, and reports
+held-out bits/dim: the one-draw bound (what training optimises) with the raw and the averaged
+parameters, and the importance-weighted estimate over `--iw` draws (closer to the true discrete
+likelihood, Burda et al. 2016). Writes compare_dequantization.md with command, date and machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
+VARIANTS = {"uniform": None, "variational": {"hidden": 32, "steps": 2}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--steps", type=int, default=None, help="override num_steps")
+    parser.add_argument("--ema", type=float, default=0.999, help="ema_decay of both runs")
+    parser.add_argument("--iw", type=int, default=8, help="importance samples of the estimate")
+    parser.add_argument("--out", type=Path, default=Path("experiments/results"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    import jax
+
+    from experiments.compare import describe_machine
+    from jaxflows import train as jft
+
+    base = jft.load_config(args.config)
+    if args.steps is not None:
+        base = base.replace(num_steps=args.steps)
+    base = base.replace(ema_decay=args.ema, eval_importance_samples=args.iw, train_time_limit_s=None)
+    if base.prng_impl is not None:
+        jax.config.update("jax_default_prng_impl", base.prng_impl)
+    start, rows, dataset = time.perf_counter(), [], None
+    for name, dequantizer in VARIANTS.items():
+        config = base.replace(dequantizer=dequantizer)
+        with tempfile.TemporaryDirectory() as workdir:
+            tick = time.perf_counter()
+            result = jft.train(config, workdir, progress=False)
+            seconds = time.perf_counter() - tick
+            scores = jft.evaluate(result.experiment, result.state)
+        dataset = result.experiment.dataset
+        rows.append(
+            f"| {name} | {int(result.state.step)} | {1e3 * seconds / int(result.state.step):.1f} | "
+            f"{scores['flow_bits_per_dim_without_ema']:.4f} | {scores['flow_bits_per_dim']:.4f} | "
+            f"{scores[f'flow_bits_per_dim_iw{args.iw}']:.4f} | {scores['baseline_bits_per_dim']:.4f} |"
+        )
+        print(rows[-1], flush=True)
+    cli = sys.argv[1:] if argv is None else list(argv)
+    lines = [
+        "# Uniform vs variational dequantisation, with and without Polyak averaging",
+        "",
+        f"- command: `python -m experiments.compare_dequantization {shlex.join(cli)}`",
+        f"- date: {time.strftime('%Y-%m-%d')}; machine: {describe_machine()}; "
+        f"wall time {time.perf_counter() - start:.0f} s",
+        f"- data: {dataset.name} {dataset.image_shape}, {len(dataset.test)} held-out images; model "
+        f"{base.model}; {base.num_steps} steps of batch {base.batch_size}, lr {base.learning_rate} "
+        f"({base.lr_decay}); EMA decay {args.ema}; variational q: `VariationalDequantizer"
+        f"({VARIANTS['variational']})`",
+        "",
+        f"| dequantisation | steps | ms/step | held-out bpd, bound | bound, EMA weights | "
+        f"EMA weights, {args.iw}-sample IW estimate | per-pixel histogram |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "The bound is E_q[log p((x+u)/K) − D log K − log q(u|x)] with one draw per image; the "
+        "importance-weighted estimate log (1/S) Σ_s exp(...) over S draws is a tighter lower bound "
+        "on log P(x). MEF's Table 2 reports results with variational dequantisation in brackets "
+        "(lower bits/dim than uniform), and Flow++ attributes a large part of its gain to it.",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "compare_dequantization.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -128,14 +128,15 @@ class MatrixExpCoupling(Coupling):
       max_full_channels: the largest c for which "auto" uses the full form.
       tolerance: the series stops after its last term with norm above this (None: 1e-8 in float32,
         1e-16 in float64).
-      max_squarings: cap on the squarings of the full form (‖S‖∞ up to 2^(max_squarings − 1)).
+      max_squarings: cap on the squarings (‖S‖∞ up to 2^(max_squarings − 1) is scaled exactly;
+        beyond, exp(±S) would amplify rounding by more than e^16 and the layer is useless anyway).
     """
 
     form: str = "auto"
     rank: int = 3
     max_full_channels: int = 24
     tolerance: float | None = None
-    max_squarings: int = 8
+    max_squarings: int = 5
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:

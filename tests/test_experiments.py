@@ -2,6 +2,8 @@
 
 import textwrap
 
+import pytest
+
 from experiments import compare_1x1
 
 TINY_CONFIG = """
@@ -32,3 +34,29 @@ def test_compare_1x1_writes_table_and_plot(tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["plain", "QR"]
     assert len(result["runs"]) == 2
     assert all(r.metrics["epoch_s"] > 0 and r.metrics["params"] > 0 for r in result["runs"])
+
+
+def test_table3_counts_parameters_by_family(tmp_path):
+    from experiments import table3_parameters
+
+    text = table3_parameters.main(["--out", str(tmp_path)]).read_text()
+    rows = {r.split("|")[1].strip(): r for r in text.splitlines() if r.startswith("| ") and "**" in r}
+    assert {"Glow", "Emerging", "MEF"} <= set(rows)
+    assert "- command: `python -m experiments.table3_parameters`" in text
+
+
+@pytest.mark.slow
+def test_table6_and_dequantization_entries_run(tmp_path):
+    from experiments import compare_dequantization, table6_series_terms
+
+    table6 = table6_series_terms.main(
+        ["--dataset", "digits", "--steps", "4", "--every", "2", "--levels", "1", "--flow-steps", "1",
+         "--hidden", "8", "--batch", "16", "--out", str(tmp_path)]
+    ).read_text()  # fmt: skip
+    assert "| matrix-exp coupling (per call, as the official code) |" in table6
+    config = tmp_path / "tiny.py"
+    config.write_text(textwrap.dedent(TINY_CONFIG))
+    deq = compare_dequantization.main(
+        ["--config", str(config), "--iw", "2", "--out", str(tmp_path)]
+    ).read_text()
+    assert "| uniform | 3 |" in deq and "| variational | 3 |" in deq

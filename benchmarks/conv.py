@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script
@@ -42,16 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def median_ms(fn, *args, repeats: int) -> float:
-    import jax
     import numpy as np
 
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+    from benchmarks.timing import call_times
+
+    return 1000 * float(np.median(call_times(fn, *args, repeats=repeats)))
 
 
 def main(argv=None) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script
@@ -47,13 +46,9 @@ class DenseMatrixExpCoupling(MatrixExpCoupling):
 
 def best_time(fn, *args, repeats: int) -> float:
     """Best wall time of `repeats` calls after one warm-up (compile) call, in seconds."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
+    from benchmarks.timing import call_times
+
+    return min(call_times(fn, *args, repeats=repeats))
 
 
 def expm_accuracy(size: int, samples: int) -> None:
@@ -84,7 +79,7 @@ def coupling_speed(batch: int, size: int, channels: int, rank: int, hidden: int,
         ("low-rank φ series", MatrixExpCoupling),
         ("vmapped jax.scipy expm", DenseMatrixExpCoupling),
     ):
-        module = cls(hidden=hidden, rank=rank)
+        module = cls(hidden=hidden, rank=rank, form="low_rank")
         params = module.init(jax.random.key(1), x)["params"]
         params = jax.tree_util.tree_map(lambda p: p + 0.05 * jnp.ones_like(p), params)
 

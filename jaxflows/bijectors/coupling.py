@@ -138,12 +138,16 @@ class Coupling(Bijector):
     def _conditioner(self, cond: Array, out_channels: int) -> Array:
         return CouplingNetwork(self.hidden, out_channels, name="network")(cond)
 
+    def conditioned(self, x: Array):
+        """(mask, active part of x, network output h computed from the conditioning part)."""
+        mask = self._mask()
+        active, cond = mask.split(x)
+        return mask, active, self._conditioner(cond, self.num_params(active.shape[-1]))
+
     def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
         check_channels(x.shape[-1], 2 if self.mask == "channel" else 1, type(self).__name__)
-        mask = self._mask()
-        active, cond = mask.split(x)
-        h = self._conditioner(cond, self.num_params(active.shape[-1]))
+        mask, active, h = self.conditioned(x)
         out, log_det_terms = self.couple(active, h, inverse)
         weights = mask.weights(x)
         if weights is not None:

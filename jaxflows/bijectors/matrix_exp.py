@@ -201,7 +201,6 @@ class MatrixExpCoupling(Coupling):
 
     def series_terms(self, x: Array) -> Array:
         """m per pixel: the power of the last series term of exp(S) (or φ) used (MEF Table 6)."""
-        active, cond = self._mask().split(x)
-        h = self._conditioner(cond, self.num_params(active.shape[-1]))
+        _, active, h = self.conditioned(x)
         _, *s_factors = self.factors(h, active.shape[-1])
         return self._exp_times(s_factors, active, 1.0)[1]

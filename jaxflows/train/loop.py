@@ -262,20 +262,18 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     the per-level log-det terms and reconstruction errors (`level_diagnostics`)."""
     c, d = exp.config, exp.dataset
 
-    def held_out(averaged: bool) -> float:
+    def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
         variables = state.variables(averaged)
         return evaluate_bits_per_dim(
-            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, c.eval_dequant_draws, c.seed
+            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed, samples
         )  # fmt: skip
 
     scores = {"flow_bits_per_dim": held_out(averaged=True)}
     if state.ema_params is not None:
         scores["flow_bits_per_dim_without_ema"] = held_out(averaged=False)
     if c.eval_importance_samples > 1:
-        scores[f"flow_bits_per_dim_iw{c.eval_importance_samples}"] = evaluate_bits_per_dim(
-            exp.flow, state.variables(averaged=True), d.test, d.num_bins, exp.mesh, c.eval_batch_size,
-            1, c.seed, c.eval_importance_samples,
-        )  # fmt: skip
+        iw = held_out(averaged=True, draws=1, samples=c.eval_importance_samples)
+        scores[f"flow_bits_per_dim_iw{c.eval_importance_samples}"] = iw
     baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
     return {
         **scores,

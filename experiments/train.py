@@ -71,24 +71,41 @@ def main(argv=None) -> None:
 
     from jaxflows import train as jft
     from jaxflows.data import DatasetNotPreparedError
+    from jaxflows.train.errors import ConfigError, TrainingError
 
     start = time.perf_counter()
-    config = resolve_config(args)
+    try:
+        config = resolve_config(args)
+    except (ConfigError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
     if config.prng_impl is not None:
         jax.config.update("jax_default_prng_impl", config.prng_impl)
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
-    if args.mode == "train":
-        try:
+    try:
+        if args.mode == "train":
             result = jft.train(config, args.workdir, progress=not args.no_progress)
-        except (DatasetNotPreparedError, FileNotFoundError) as error:
-            sys.exit(f"error: {error}")
-        exp, state = result.experiment, result.state
-        if result.preempted:
-            say(f"preempted at step {int(state.step)}; checkpoint saved in {args.workdir}")
-            return
-    else:
-        exp, state = jft.restore_for_inference(config, args.workdir)
+            exp, state = result.experiment, result.state
+            if result.preempted:
+                step = int(state.step)
+                say(f"stopped by {result.signal} at step {step}; checkpoint saved in {args.workdir}")
+                if result.signal == "SIGINT":
+                    sys.exit(130)
+                return
+        else:
+            exp, state = jft.restore_for_inference(config, args.workdir)
+        report(args, config, exp, state, say, lead)
+    except (DatasetNotPreparedError, FileNotFoundError, TrainingError, ConfigError) as error:
+        sys.exit(f"error: {error}")
+    say(f"wall time: {time.perf_counter() - start:.1f} s")
+
+
+def report(args, config, exp, state, say, lead: bool) -> None:
+    """Evaluate, and write the curve, samples or interpolation the mode asks for."""
+    import jax
+
+    from jaxflows import train as jft
+
     say(f"dataset: {exp.dataset.name} ({len(exp.dataset.train)} train / {len(exp.dataset.test)} held-out, "
         f"{exp.dataset.image_shape}, {exp.dataset.num_bins} levels); step {int(state.step)}; "
         f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
@@ -117,7 +134,6 @@ def main(argv=None) -> None:
         )
     if args.mode == "interpolate" and lead:
         say(f"interpolation: {jft.write_interpolation(exp, state, args.workdir)}")
-    say(f"wall time: {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,15 @@
 """Training: configs, the training loop, checkpoints, evaluation and sampling."""
 
 from jaxflows.train.config import TrainConfig, load_config
+from jaxflows.train.errors import (
+    CheckpointError,
+    ConfigError,
+    ConfigMismatchError,
+    DivergenceError,
+    TrainingError,
+    WorkdirLockedError,
+    WorkdirWriteError,
+)
 from jaxflows.train.evaluate import (
     evaluate_bits_per_dim,
     fit_pixel_histogram,
@@ -14,7 +23,6 @@ from jaxflows.train.loop import (
     compiled_train_step,
     evaluate,
     init_fn,
-    load_workdir_config,
     maybe_initialize_distributed,
     restore_for_inference,
     setup,
@@ -31,12 +39,20 @@ from jaxflows.train.steps import (
     make_mesh,
     make_train_step,
 )
+from jaxflows.train.workdir import load_workdir_config
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConfigMismatchError",
+    "DivergenceError",
     "Experiment",
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainingError",
+    "WorkdirLockedError",
+    "WorkdirWriteError",
     "build_flow",
     "compiled_train_step",
     "evaluate",

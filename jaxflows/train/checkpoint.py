@@ -1,32 +1,202 @@
-"""Checkpoints with orbax: save every N steps, keep the last K, restore into a sharded template."""
+"""Checkpoints with orbax, each sealed with a checksum record and verified before it is restored.
+
+Orbax saves asynchronously; once a save has finished, `CheckpointStore` hashes every file of the
+step's directory into `<step>/jaxflows_checksums.json`. Restoring takes the newest checkpoint whose
+files match their record and that orbax can read; a corrupt or unreadable one is named in a one-line
+warning and (for a writer) moved to `checkpoints_corrupt/` so that training cannot rotate the good
+ones out behind it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import sys
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
+from jaxflows.train.errors import CheckpointError, WorkdirWriteError
 from jaxflows.train.steps import TrainState
 
-
-def checkpoint_manager(workdir: Path, every: int, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True)
-    return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
+CHECKSUMS = "jaxflows_checksums.json"
+UNVERIFIED = "unverified (no checksum record: written before a crash or by an older jaxflows)"
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, force: bool = False) -> bool:
-    """Save `state` under its step (if the interval says so, or `force`)."""
-    return manager.save(int(state.step), args=ocp.args.StandardSave(state), force=force)
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def restore(manager: ocp.CheckpointManager, template: TrainState, sharding: NamedSharding, step=None):
-    """Restore the latest (or `step`) checkpoint into the structure of `template` (arrays or shapes)."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        return None
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template
-    )
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Record the size and SHA-256 of every file of a finished checkpoint."""
+    record = {str(p.relative_to(step_dir)): [p.stat().st_size, _digest(p)] for p in _files(step_dir)}
+    tmp = step_dir / (CHECKSUMS + ".tmp")
+    tmp.write_text(json.dumps(record, indent=0))
+    tmp.replace(step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path) -> str | None:
+    """None if every file of the checkpoint matches its record, else what is wrong (one line)."""
+    record_path = step_dir / CHECKSUMS
+    if not record_path.is_file():
+        return UNVERIFIED
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as error:
+        return f"unreadable checksum record ({error})"
+    present = {str(p.relative_to(step_dir)) for p in _files(step_dir)}
+    missing = sorted(set(record) - present)
+    if missing:
+        return f"missing file(s) {missing[:3]}"
+    for name, (size, digest) in record.items():
+        path = step_dir / name
+        if path.stat().st_size != size:
+            return f"corrupt: {name} has {path.stat().st_size} bytes, {size} were saved"
+        if _digest(path) != digest:
+            return f"corrupt: {name} does not match its checksum"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs every failed read at length (hundreds of lines); the caller reports one line."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class CheckpointStore:
+    """Save every `every` steps keeping the last `keep`; seal finished saves; restore verified ones.
+
+    `writer=False` (evaluation, sampling) never moves or deletes anything in the workdir.
+    """
+
+    def __init__(self, workdir: Path, every: int, keep: int, writer: bool = True):
+        self.workdir = Path(workdir).absolute()
+        self.directory = self.workdir / "checkpoints"
+        self.writer = writer
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every, create=writer, read_only=not writer
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._unsealed: int | None = None
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def due(self, step: int) -> bool:
+        return self.manager.should_save(step)
+
+    def save(self, state: TrainState, force: bool = False) -> bool:
+        """Start saving `state` under its step (if the interval says so, or `force`)."""
+        step = int(state.step)
+        if not (force or self.due(step)):
+            self._seal(wait=False)
+            return False
+        self._seal(wait=True)
+        try:
+            saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        except Exception as error:
+            raise WorkdirWriteError(f"could not save the checkpoint of step {step}: {error}") from error
+        if saved:
+            self._unsealed = step
+        return saved
+
+    def _seal(self, wait: bool) -> None:
+        """Checksum the last save once orbax has finished it (without blocking unless `wait`)."""
+        if self._unsealed is None or (not wait and self.manager.is_saving_in_progress()):
+            return
+        step, self._unsealed = self._unsealed, None
+        try:
+            self.manager.wait_until_finished()
+            self.manager.check_for_errors()
+        except Exception as error:
+            raise WorkdirWriteError(f"the checkpoint of step {step} could not be written: {error}") from error
+        step_dir = self.directory / str(step)
+        self.manager.reload()
+        if step not in self.manager.all_steps() or not step_dir.is_dir():
+            raise WorkdirWriteError(f"the checkpoint of step {step} was not written to {step_dir}")
+        try:
+            write_checksums(step_dir)
+        except OSError as error:
+            raise WorkdirWriteError(f"could not write the checksums of {step_dir}: {error}") from error
+
+    def finish(self) -> None:
+        """Wait for the last save and seal it."""
+        self._seal(wait=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.manager.close()
+
+    def restore(self, template: TrainState, sharding: NamedSharding) -> TrainState | None:
+        """The newest verified checkpoint that orbax can read into the structure of `template`
+        (arrays or shapes); None if the workdir has no checkpoint.
+
+        Each rejected checkpoint gets a one-line warning. A checkpoint without a checksum record is
+        used only when no verified one is left. Raises CheckpointError if none can be restored.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        abstract = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template
+        )
+        problems = {step: verify_checksums(self.directory / str(step)) for step in steps}
+        unverified = [s for s in reversed(steps) if problems[s] == UNVERIFIED]
+        verified = [s for s in reversed(steps) if problems[s] is None]
+        for step in reversed(steps):
+            if problems[step] is not None and step not in unverified:
+                self._reject(step, problems[step])
+        for step in verified + unverified:
+            try:
+                with _quiet_orbax():
+                    state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:
+                problems[step] = f"unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+                self._reject(step, problems[step])
+                continue
+            for newer in (s for s in unverified if s > step):
+                self._reject(newer, problems[newer])  # training would otherwise save over it
+            if problems[step] is not None:
+                _warn(f"warning: restored the checkpoint at step {step}, which is {problems[step]}")
+            return state
+        details = "; ".join(f"step {s}: {problems[s]}" for s in steps)
+        raise CheckpointError(f"no checkpoint in {self.directory} could be restored ({details})")
+
+    def _reject(self, step: int, problem: str) -> None:
+        moved = ""
+        if self.writer and jax.process_index() == 0:
+            target = self.workdir / "checkpoints_corrupt" / str(step)
+            target.parent.mkdir(exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.move(str(self.directory / str(step)), target)
+            self.manager.reload()
+            moved = f" (moved to {target})"
+        _warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr)

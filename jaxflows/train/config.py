@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any
+
+from jaxflows.train.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamax")
+LR_DECAYS = ("constant", "cosine")
+PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
 @dataclasses.dataclass
@@ -52,9 +59,88 @@ class TrainConfig:
     # for this use; its streams differ from threefry's, so keep one choice per run.
     prng_impl: str | None = None
     train_time_limit_s: float | None = None  # stop (and checkpoint) early after this much training time
+    # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
+    # DivergenceError, keeping its last good checkpoint.
+    max_consecutive_skips: int = 20
+
+    def __post_init__(self):
+        self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
+        validate_config(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+_POSITIVE = ("num_steps", "batch_size", "eval_batch_size", "init_batch_size", "log_every", "checkpoint_every",
+             "keep_checkpoints", "samples_per_temperature", "eval_dequant_draws", "eval_importance_samples",
+             "max_consecutive_skips")  # fmt: skip
+_NON_NEGATIVE = ("eval_every", "warmup_steps", "prefetch")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Raise ConfigError naming the first field no run can use (before any data is read or compiled)."""
+
+    def fail(field: str, expected: str) -> None:
+        raise ConfigError(f"TrainConfig.{field} must be {expected}, got {getattr(config, field)!r}")
+
+    for field in _POSITIVE:
+        if not _is_int(getattr(config, field)) or getattr(config, field) <= 0:
+            fail(field, "a positive integer")
+    for field in _NON_NEGATIVE:
+        if not _is_int(getattr(config, field)) or getattr(config, field) < 0:
+            fail(field, "an integer >= 0 (0 turns it off)" if field == "eval_every" else "an integer >= 0")
+    if not _is_int(config.seed):
+        fail("seed", "an integer")
+    if not _is_int(config.interpolation_steps) or config.interpolation_steps < 2:
+        fail("interpolation_steps", "an integer >= 2")
+    if not isinstance(config.dataset, str) or not config.dataset:
+        fail("dataset", "a dataset name")
+    if not isinstance(config.model, dict):
+        fail("model", "a dict of models.glow keyword arguments")
+    if config.dequantizer is not None and not isinstance(config.dequantizer, dict):
+        fail("dequantizer", "None or a dict of VariationalDequantizer keyword arguments")
+    if config.n_bits is not None and (not _is_int(config.n_bits) or not 1 <= config.n_bits <= 16):
+        fail("n_bits", "None or an integer in 1..16")
+    if not _is_number(config.learning_rate) or config.learning_rate <= 0:
+        fail("learning_rate", "a finite number > 0")
+    if config.grad_clip_norm is not None and (
+        not _is_number(config.grad_clip_norm) or config.grad_clip_norm <= 0
+    ):
+        fail("grad_clip_norm", "None or a finite number > 0")
+    if config.ema_decay is not None and (not _is_number(config.ema_decay) or not 0 < config.ema_decay < 1):
+        fail("ema_decay", "None or a number in (0, 1)")
+    if not _is_number(config.baseline_smoothing) or config.baseline_smoothing <= 0:
+        fail("baseline_smoothing", "a finite number > 0")
+    if config.train_time_limit_s is not None and (
+        not _is_number(config.train_time_limit_s) or config.train_time_limit_s <= 0
+    ):
+        fail("train_time_limit_s", "None or a number of seconds > 0")
+    if config.optimizer not in OPTIMIZERS:
+        fail("optimizer", f"one of {OPTIMIZERS}")
+    if config.lr_decay not in LR_DECAYS:
+        fail("lr_decay", f"one of {LR_DECAYS}")
+    if config.prng_impl is not None and config.prng_impl not in PRNG_IMPLS:
+        fail("prng_impl", f"None or one of {PRNG_IMPLS}")
+    temperatures = config.sample_temperatures
+    if not temperatures or not all(_is_number(t) and t > 0 for t in temperatures):
+        fail("sample_temperatures", "a non-empty sequence of temperatures > 0")
+
+
+def config_from_dict(fields: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A TrainConfig from a dict (e.g. a workdir's config.json); unknown fields are a ConfigError."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
+    return TrainConfig(**fields)
 
 
 def load_config(path: str | Path) -> TrainConfig:

@@ -30,6 +30,7 @@ def evaluate_bits_per_dim(
     draws: int = 1,
     seed: int = 0,
     importance_samples: int = 1,
+    warn: bool = True,
 ) -> float:
     """Mean bits/dim over every example of `source`, averaged over `draws` dequantisation draws;
     each example's value is the importance-weighted estimate over `importance_samples` draws
@@ -63,7 +64,7 @@ def evaluate_bits_per_dim(
                 variables, global_batch(padded, mesh), global_batch(weights, mesh), step_key
             )
             total, count, bad = total + float(s), count + float(c), bad + int(nonfinite)
-    if bad:
+    if bad and warn:
         print(f"warning: {bad} held-out example(s) had non-finite bits/dim; the mean is NaN")
     return total / count
 

@@ -8,10 +8,10 @@ and an uninterrupted one produce identical losses.
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +23,11 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxflows.core import Flow
-from jaxflows.data import BatchIterator, Dataset, batch_indices, load_dataset, validate_batch
+from jaxflows.data import ArraySource, BatchIterator, Dataset, batch_indices, load_dataset, validate_batch
 from jaxflows.models import VariationalDequantizer, glow
-from jaxflows.train import checkpoint
+from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
+from jaxflows.train.errors import DivergenceError
 from jaxflows.train.evaluate import evaluate_bits_per_dim, level_diagnostics, pixel_baseline_bits_per_dim
 from jaxflows.train.metrics import MetricsWriter, plot_training_curve
 from jaxflows.train.optim import learning_rate_schedule, make_optimizer
@@ -39,6 +40,13 @@ from jaxflows.train.steps import (
     make_mesh,
     make_train_step,
     replicated,
+)
+from jaxflows.train.workdir import (
+    check_resume,
+    record_config_changes,
+    save_config,
+    workdir_lock,
+    writing,
 )
 
 MULTIHOST_ENV = "JAXFLOWS_MULTIHOST"
@@ -67,7 +75,8 @@ class TrainResult(NamedTuple):
     state: TrainState
     experiment: Experiment
     history: list[dict[str, float]]  # one entry per logged step
-    preempted: bool
+    preempted: bool  # stopped early by a signal (checkpointed)
+    signal: str | None = None  # "SIGTERM" or "SIGINT" when preempted
 
 
 def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
@@ -102,12 +111,11 @@ def init_fn(exp: Experiment):
     return lambda pixels: init_state(exp.flow, optimizer, pixels, exp.dataset.num_bins, c.seed, c.ema_decay)
 
 
-def initial_state(exp: Experiment, manager) -> TrainState:
-    """The latest checkpoint if there is one, else data-dependent initialisation."""
+def initial_state(exp: Experiment, store: CheckpointStore) -> TrainState:
+    """The newest verified checkpoint if there is one, else data-dependent initialisation."""
     init = init_fn(exp)
-    if manager.latest_step() is not None:
-        abstract = jax.eval_shape(init, exp.init_pixels)
-        return checkpoint.restore(manager, abstract, replicated(exp.mesh))
+    if store.steps():
+        return store.restore(jax.eval_shape(init, exp.init_pixels), replicated(exp.mesh))
     key = ("init", exp.flow, _optimizer_key(exp.config), exp.dataset.num_bins, exp.config.seed, exp.mesh)
     return cached(key, lambda: jax.jit(init, out_shardings=replicated(exp.mesh)))(exp.init_pixels)
 
@@ -120,41 +128,35 @@ def compiled_train_step(exp: Experiment):
     return cached(key, build)
 
 
-def save_config(config: TrainConfig, workdir: Path) -> None:
-    if jax.process_index() == 0:
-        (Path(workdir) / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+class _StopSignals:
+    """Sets `received` on SIGTERM or the first SIGINT (main thread only) so the loop can checkpoint
+    and stop cleanly; a second Ctrl-C interrupts at once."""
 
-
-def load_workdir_config(workdir: Path) -> TrainConfig:
-    """The config a workdir was trained with (written by `train`)."""
-    path = Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: train in this workdir first, or pass --config")
-    fields = json.loads(path.read_text())
-    fields["sample_temperatures"] = tuple(fields["sample_temperatures"])
-    return TrainConfig(**fields)
-
-
-class _Preemption:
-    """Sets a flag on SIGTERM (main thread only) so the loop can checkpoint and stop cleanly."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self.previous = None
+        self.received: str | None = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self.previous = None
+        for sig in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread
+                self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self.previous.get(signal.SIGINT, signal.default_int_handler))
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 def train(
@@ -165,18 +167,37 @@ def train(
     on_step: Callable[[int, TrainState], Any] | None = None,
     mesh: Mesh | None = None,
 ) -> TrainResult:
-    """Train (or resume training) up to `config.num_steps` updates; checkpoints land in `workdir`."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    exp = setup(config, mesh)
-    bins, lead = exp.dataset.num_bins, jax.process_index() == 0
-    manager = checkpoint.checkpoint_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
-    state = initial_state(exp, manager)
-    save_config(config, workdir)
+    """Train (or resume training) up to `config.num_steps` updates; checkpoints land in `workdir`.
+
+    Raises WorkdirLockedError if another process trains in `workdir`, ConfigMismatchError if its
+    checkpoints belong to a different model or data, DivergenceError after
+    `config.max_consecutive_skips` non-finite updates in a row, and WorkdirWriteError when a write
+    fails; in every case the last good checkpoint is kept.
+    """
+    workdir, lead = Path(workdir), jax.process_index() == 0
+    with writing(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock(workdir, enabled=lead):
+        store = CheckpointStore(workdir, config.checkpoint_every, config.keep_checkpoints)
+        try:
+            changes = check_resume(config, workdir) if store.steps() else {}
+            return _train(setup(config, mesh), workdir, store, changes, progress, on_step)
+        finally:
+            with contextlib.suppress(Exception):  # after an error: still seal a save that completed
+                store.finish()
+            store.close()
+
+
+def _train(exp: Experiment, workdir: Path, store: CheckpointStore, changes, progress, on_step) -> TrainResult:
+    config, bins, lead = exp.config, exp.dataset.num_bins, jax.process_index() == 0
+    state = initial_state(exp, store)
+    start = int(state.step)
+    if lead:
+        record_config_changes(workdir, start, changes)
+        save_config(config, workdir)
     train_step = compiled_train_step(exp)
     schedule = learning_rate_schedule(config)
-    writer = MetricsWriter(workdir, enabled=lead)
-    start = int(state.step)
+    writer = MetricsWriter(workdir, enabled=lead, start_step=start)
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
         jax.process_index(), jax.process_count(), config.prefetch,
@@ -184,66 +205,120 @@ def train(
     history: list[dict[str, float]] = []
     window: list[dict[str, jax.Array]] = []
     bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
-    tick, last_saved = time.perf_counter(), None
+    tick, saved = time.perf_counter(), True
     deadline = tick + config.train_time_limit_s if config.train_time_limit_s else None
-    with _Preemption() as preemption:
-        for step, pixels in batches if start < config.num_steps else ():
-            state, metrics = train_step(state, global_batch(pixels, exp.mesh))
-            done = step + 1
-            window.append(metrics)
-            out_of_time = deadline is not None and time.perf_counter() > deadline
-            last = done == config.num_steps or preemption.requested or out_of_time
-            if done % config.log_every == 0 or last:
-                fetched = jax.device_get(window)
-                elapsed = time.perf_counter() - tick
-                row = {
-                    "loss": float(fetched[-1]["loss"]),
-                    "bits_per_dim": float(np.mean([m["loss"] for m in fetched])),
-                    "images_per_sec": len(fetched) * config.batch_size / max(elapsed, 1e-9),
-                    "learning_rate": float(schedule(step)),
-                    "grad_norm": float(fetched[-1]["grad_norm"]),
-                    "skipped_updates": int(fetched[-1]["skipped_updates"]),
-                }
-                if config.eval_every and done % config.eval_every == 0 and not last:
-                    row["eval_bits_per_dim"] = evaluate_bits_per_dim(
-                        exp.flow, state.variables(averaged=True), exp.dataset.test, bins, exp.mesh,
-                        config.eval_batch_size, config.eval_dequant_draws, config.seed,
-                    )  # fmt: skip
-                    row.update(_diagnostics(exp, state))
-                history.append({"step": done, **row})
-                writer.write(done, row)
-                bar.set_postfix(
-                    loss=f"{row['loss']:.3f}", bpd=f"{row['bits_per_dim']:.3f}",
-                    img_s=f"{row['images_per_sec']:.0f}", skipped=row["skipped_updates"],
-                )  # fmt: skip
-                bar.update(len(fetched))
-                window, tick = [], time.perf_counter()
-            if checkpoint.save(manager, state, force=last):
-                last_saved = done
-            if on_step is not None:
-                on_step(done, state)
-            if last or preemption.requested:
-                break
-    bar.close()
-    if deadline is not None and int(state.step) < config.num_steps and not preemption.requested:
+    try:
+        with _StopSignals() as signals:
+            for step, pixels in batches if start < config.num_steps else ():
+                state, metrics = train_step(state, global_batch(pixels, exp.mesh))
+                done = step + 1
+                window.append(metrics)
+                out_of_time = deadline is not None and time.perf_counter() > deadline
+                last = done == config.num_steps or signals.received is not None or out_of_time
+                if done % config.log_every == 0 or last:
+                    row = _log_row(exp, state, window, tick, schedule(step), done, last)
+                    history.append({"step": done, **row})
+                    writer.write(done, row)
+                    _show(bar, row)
+                    bar.update(len(window))
+                    window, tick = [], time.perf_counter()
+                save = last or store.due(done)
+                if save or done % config.max_consecutive_skips == 0:
+                    _check_divergence(config, store, done, int(metrics["skipped_in_a_row"]))
+                if save:
+                    saved = _save_if_healthy(exp, store, state)
+                else:
+                    store.save(state)  # only seals a finished save
+                if on_step is not None:
+                    on_step(done, state)
+                if last:
+                    break
+                if signals.received is not None:  # arrived during on_step
+                    saved = _save_if_healthy(exp, store, state)
+                    break
+        store.finish()
+    finally:
+        bar.close()
+        writer.close()
+    if not saved:
+        raise DivergenceError(
+            f"the state at step {int(state.step)} has non-finite held-out bits/dim; it was not saved "
+            f"(last good checkpoint: step {store.latest_step()})"
+        )
+    if deadline is not None and int(state.step) < config.num_steps and signals.received is None:
         print(f"train_time_limit_s={config.train_time_limit_s} reached: stopped at step {int(state.step)}")
-    if preemption.requested and last_saved != int(state.step):
-        checkpoint.save(manager, state, force=True)
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    return TrainResult(state, exp, history, preemption.requested)
+    return TrainResult(state, exp, history, signals.received is not None, signals.received)
+
+
+def _show(bar, row: dict) -> None:
+    postfix = {"loss": f"{row['loss']:.3f}", "bpd": f"{row['bits_per_dim']:.3f}"}
+    bar.set_postfix(**postfix, img_s=f"{row['images_per_sec']:.0f}", skipped=row["skipped_updates"])
+
+
+def _log_row(exp: Experiment, state: TrainState, window, tick: float, lr, done: int, last: bool) -> dict:
+    config = exp.config
+    fetched = jax.device_get(window)
+    row = {
+        "loss": float(fetched[-1]["loss"]),
+        "bits_per_dim": float(np.mean([m["loss"] for m in fetched])),
+        "images_per_sec": len(fetched) * config.batch_size / max(time.perf_counter() - tick, 1e-9),
+        "learning_rate": float(lr),
+        "grad_norm": float(fetched[-1]["grad_norm"]),
+        "skipped_updates": int(fetched[-1]["skipped_updates"]),
+    }
+    if config.eval_every and done % config.eval_every == 0 and not last:
+        row["eval_bits_per_dim"] = evaluate_bits_per_dim(
+            exp.flow, state.variables(averaged=True), exp.dataset.test, exp.dataset.num_bins, exp.mesh,
+            config.eval_batch_size, config.eval_dequant_draws, config.seed,
+        )  # fmt: skip
+        row.update(_diagnostics(exp, state))
+    return row
+
+
+def _check_divergence(config: TrainConfig, store: CheckpointStore, done: int, in_a_row: int) -> None:
+    if in_a_row < config.max_consecutive_skips:
+        return
+    first = done - in_a_row + 1
+    kept = store.latest_step()
+    raise DivergenceError(
+        f"diverged at step {first}: the {in_a_row} updates of steps {first}-{done} all had a non-finite "
+        f"loss or gradient (max_consecutive_skips={config.max_consecutive_skips}); "
+        + (
+            f"the last good checkpoint (step {kept}) is kept"
+            if kept is not None
+            else "no checkpoint was saved"
+        )
+        + f"; lower learning_rate (now {config.learning_rate}) or raise grad clipping"
+    )
+
+
+def _save_if_healthy(exp: Experiment, store: CheckpointStore, state: TrainState) -> bool:
+    """Save `state` unless its bits/dim on the first held-out batch are non-finite (a checkpoint of a
+    broken state would rotate the good ones out)."""
+    c, test = exp.config, exp.dataset.test
+    check = ArraySource(test[np.arange(min(c.eval_batch_size, len(test)))])
+    bpd = evaluate_bits_per_dim(exp.flow, state.variables(averaged=True), check, exp.dataset.num_bins,
+                                exp.mesh, c.eval_batch_size, 1, c.seed, warn=False)  # fmt: skip
+    if not np.isfinite(bpd):
+        _warn(f"warning: step {int(state.step)}: held-out bits/dim is {bpd}; not checkpointed "
+              f"(last good checkpoint: step {store.latest_step()})")  # fmt: skip
+        return False
+    store.save(state, force=True)
+    return True
 
 
 def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Experiment, TrainState]:
     """Experiment and the latest checkpointed state of `workdir` (raises if there is none)."""
     exp = setup(config)
-    manager = checkpoint.checkpoint_manager(Path(workdir), config.checkpoint_every, config.keep_checkpoints)
-    if manager.latest_step() is None:
+    if not (Path(workdir) / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first")
-    state = initial_state(exp, manager)
-    manager.close()
-    return exp, state
+    store = CheckpointStore(Path(workdir), config.checkpoint_every, config.keep_checkpoints, writer=False)
+    try:
+        if not store.steps():
+            raise FileNotFoundError(f"no checkpoint in {store.directory}: train first")
+        return exp, initial_state(exp, store)
+    finally:
+        store.close()
 
 
 DIAGNOSTIC_EXAMPLES = 64
@@ -295,7 +370,8 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
         c.samples_per_temperature,
     )
     path = sample_grid_path(workdir, c.sample_temperatures)
-    image.save(path)
+    with writing(path):
+        image.save(path)
     return path
 
 
@@ -306,7 +382,8 @@ def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path,
         exp.flow, state.variables(averaged=True), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
     )
     path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
-    image.save(path)
+    with writing(path):
+        image.save(path)
     return path
 
 

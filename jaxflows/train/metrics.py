@@ -1,52 +1,116 @@
-"""Metrics sinks: CSV, TensorBoard event files and a PNG plot of the training curve."""
+"""Metrics sinks: CSV, TensorBoard event files and a PNG plot of the training curve.
+
+Both sinks write from the training thread, so a failed write (disk full) stops the run at once with
+WorkdirWriteError instead of killing a background writer and blocking on its queue.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
+import logging
+import time
 from pathlib import Path
+
+from jaxflows.train.workdir import write_text_atomically, writing
 
 FIELDS = ["step", "loss", "bits_per_dim", "images_per_sec", "learning_rate", "grad_norm", "skipped_updates",
           "eval_bits_per_dim"]  # fmt: skip
 
 
-class MetricsWriter:
-    """Appends rows to `workdir/metrics.csv` and scalars to `workdir/tensorboard/`."""
+def _parse_rows(text: str) -> list[dict[str, str]]:
+    """Complete rows of a metrics CSV (with or without its header; a cut-off last row is dropped)."""
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a row cut off by a crash
+    if lines and lines[0].strip() == ",".join(FIELDS):
+        lines = lines[1:]
+    rows = []
+    for row in csv.reader(lines):
+        if len(row) == len(FIELDS) and row[0].isdigit():
+            rows.append(dict(zip(FIELDS, row, strict=True)))
+    return rows
 
-    def __init__(self, workdir: Path, enabled: bool = True):
+
+def _csv_text(rows: list[dict[str, str]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class _EventFile:
+    """A TensorBoard event file written synchronously (tensorboardX's record format)."""
+
+    def __init__(self, directory: Path):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.writer = EventsWriter(str(directory / "events"))
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)  # NaN losses are logged as such
+
+    def add_scalars(self, metrics: dict[str, float], step: int) -> None:
+        from tensorboardX.proto import event_pb2
+        from tensorboardX.summary import scalar
+
+        for name, value in metrics.items():
+            event = event_pb2.Event(wall_time=time.time(), step=step, summary=scalar(name, value))
+            self.writer.write_event(event)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MetricsWriter:
+    """Appends rows to `workdir/metrics.csv` and scalars to `workdir/tensorboard/`.
+
+    Opening rewinds the CSV to `start_step` (rows of steps a resumed run will redo are dropped),
+    restores a missing header and drops a row cut off by a crash.
+    """
+
+    def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.csv_path = Path(workdir) / "metrics.csv"
-        self.tensorboard = None
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
-        new = not self.csv_path.exists()
-        self.csv_file = self.csv_path.open("a", newline="")
-        self.csv = csv.DictWriter(self.csv_file, fieldnames=FIELDS, extrasaction="ignore")
-        if new:
-            self.csv.writeheader()
-        self.tensorboard = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        old = self.csv_path.read_text() if self.csv_path.exists() else ""
+        rows = [r for r in _parse_rows(old) if int(r["step"]) <= start_step]
+        text = _csv_text(rows)
+        if text != old:
+            write_text_atomically(self.csv_path, text)
+        with writing(self.csv_path):
+            self.csv_file = self.csv_path.open("a", newline="")
+        self.csv = csv.DictWriter(
+            self.csv_file, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n"
+        )
+        tensorboard = Path(workdir) / "tensorboard"
+        with writing(tensorboard):
+            self.tensorboard = _EventFile(tensorboard)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self.csv.writerow({"step": step, **metrics})
-        self.csv_file.flush()
-        for name, value in metrics.items():
-            self.tensorboard.add_scalar(name, value, step)
+        with writing(self.csv_path):
+            self.csv.writerow({"step": step, **metrics})
+            self.csv_file.flush()
+        with writing(self.csv_path.parent / "tensorboard"):
+            self.tensorboard.add_scalars(metrics, step)
 
     def close(self) -> None:
         if self.enabled:
-            self.csv_file.close()
-            self.tensorboard.close()
+            for close in (self.csv_file.close, self.tensorboard.close):
+                with contextlib.suppress(OSError):  # a write error has already stopped the run
+                    close()
 
 
 def read_metrics(workdir: Path) -> list[dict[str, float]]:
     path = Path(workdir) / "metrics.csv"
     if not path.exists():
         return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in _parse_rows(path.read_text())]
 
 
 def plot_training_curve(workdir: Path, baseline_bits_per_dim: float | None = None) -> Path:
@@ -72,6 +136,7 @@ def plot_training_curve(workdir: Path, baseline_bits_per_dim: float | None = Non
     ax.grid(alpha=0.3)
     path = Path(workdir) / "training_curve.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with writing(path):
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

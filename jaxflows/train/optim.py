@@ -14,6 +14,7 @@ from jaxflows.train.config import TrainConfig
 class SkipNonFiniteState(NamedTuple):
     inner_state: optax.OptState
     skipped: jax.Array  # int32: updates skipped so far because a gradient or update was not finite
+    skipped_in_a_row: jax.Array  # int32: consecutive skipped updates up to now (0 after an applied one)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -25,18 +26,20 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     """Like `optax.apply_if_finite`, but a non-finite update is never applied, however many in a row.
 
     On a non-finite gradient or update the returned update is zero, the inner state is left as it
-    was and `skipped` grows by one.
+    was and `skipped` and `skipped_in_a_row` grow by one; an applied update resets `skipped_in_a_row`
+    (the training loop stops a run whose count reaches `TrainConfig.max_consecutive_skips`).
     """
 
     def init(params):
-        return SkipNonFiniteState(inner.init(params), jnp.zeros((), jnp.int32))
+        return SkipNonFiniteState(inner.init(params), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None):
         updates, new_inner = inner.update(grads, state.inner_state, params)
         finite = jnp.logical_and(_all_finite(grads), _all_finite(updates))
         updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
         new_inner = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_inner, state.inner_state)
-        return updates, SkipNonFiniteState(new_inner, state.skipped + (~finite).astype(jnp.int32))
+        bad = (~finite).astype(jnp.int32)
+        return updates, SkipNonFiniteState(new_inner, state.skipped + bad, (state.skipped_in_a_row + 1) * bad)
 
     return optax.GradientTransformation(init, update)
 
@@ -67,7 +70,3 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
     chain.append(optimizers[config.optimizer](learning_rate_schedule(config)))
     return optax.flatten(skip_nonfinite(optax.chain(*chain)))
-
-
-def skipped_updates(opt_state: SkipNonFiniteState) -> jax.Array:
-    return opt_state.skipped

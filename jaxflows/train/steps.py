@@ -174,6 +174,7 @@ def make_train_step(
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
             "skipped_updates": opt_state.skipped,
+            "skipped_in_a_row": opt_state.skipped_in_a_row,
         }
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params

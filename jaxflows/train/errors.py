@@ -1,0 +1,31 @@
+"""Named errors of the training pipeline: each says what went wrong and what was kept."""
+
+from __future__ import annotations
+
+
+class TrainingError(RuntimeError):
+    """Base class: a run stopped (or refused to start) without losing the last good checkpoint."""
+
+
+class ConfigError(ValueError):
+    """A config field has a value no run can use (checked at load, before anything compiles)."""
+
+
+class ConfigMismatchError(TrainingError):
+    """Resuming a workdir with a config that changes the model, the data or the optimiser state."""
+
+
+class DivergenceError(TrainingError):
+    """Too many consecutive non-finite updates: training stopped, the last good checkpoint is kept."""
+
+
+class CheckpointError(TrainingError):
+    """No checkpoint of the workdir could be read and verified, or one could not be written."""
+
+
+class WorkdirLockedError(TrainingError):
+    """Another process is training in this workdir."""
+
+
+class WorkdirWriteError(TrainingError):
+    """A write into the workdir failed (disk full, quota, permissions): the run stops."""

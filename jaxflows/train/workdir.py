@@ -1,0 +1,133 @@
+"""The workdir: one writer at a time (a lock), writes that fail loudly, and resume-compatible configs."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from jaxflows.train.config import TrainConfig, config_from_dict
+from jaxflows.train.errors import ConfigMismatchError, WorkdirLockedError, WorkdirWriteError
+
+LOCK = ".lock"
+CONFIG = "config.json"
+CONFIG_HISTORY = "config_history.jsonl"
+
+# Fields a resumed run may change: they alter neither the model, the data, its order, nor the
+# structure of the optimiser state. Every other field must equal the one the workdir was trained with.
+RESUMABLE_CHANGES = frozenset({
+    "num_steps", "learning_rate", "warmup_steps", "lr_decay", "grad_clip_norm", "max_consecutive_skips",
+    "eval_every", "eval_batch_size", "eval_dequant_draws", "eval_importance_samples", "baseline_smoothing",
+    "checkpoint_every", "keep_checkpoints", "log_every", "sample_temperatures", "samples_per_temperature",
+    "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir",
+})  # fmt: skip
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` (disk full, quota, permissions) into WorkdirWriteError."""
+    try:
+        yield
+    except OSError as error:
+        raise WorkdirWriteError(f"could not write {path}: {error.strerror or error}") from error
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename: readers see the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with writing(path):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on `workdir/.lock` (recording this process) while training.
+
+    The lock is an advisory `flock`: the kernel drops it when its holder exits, however it dies, so
+    a lock file left by a killed run is stale by construction and is simply taken over.
+    """
+    if not enabled:
+        yield
+        return
+    path = Path(workdir) / LOCK
+    with writing(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise WorkdirLockedError(
+                f"{workdir} is already being trained by {holder}; wait for it to finish, stop it, "
+                f"or train in another --workdir"
+            ) from None
+        with writing(path):
+            os.ftruncate(fd, 0)
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def save_config(config: TrainConfig, workdir: Path) -> None:
+    write_text_atomically(Path(workdir) / CONFIG, json.dumps(dataclasses.asdict(config), indent=2))
+
+
+def load_workdir_config(workdir: Path) -> TrainConfig:
+    """The config a workdir was trained with (written by `train`)."""
+    path = Path(workdir) / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: train in this workdir first, or pass --config")
+    return config_from_dict(json.loads(path.read_text()), str(path))
+
+
+def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{field: (saved value, new value)} for every field that differs (JSON-normalised)."""
+    new = _jsonable(config)
+    return {k: (saved.get(k), v) for k, v in new.items() if k not in saved or saved[k] != v}
+
+
+def check_resume(config: TrainConfig, workdir: Path) -> dict[str, tuple[Any, Any]]:
+    """Before resuming a workdir's checkpoints: refuse a config that changes the model, the data or
+    the structure of the optimiser state (ConfigMismatchError listing the differences); return the
+    allowed changes (see `record_config_changes`)."""
+    path = Path(workdir) / CONFIG
+    if not path.exists():
+        raise ConfigMismatchError(
+            f"{workdir} has checkpoints but no {CONFIG}: cannot check that this config matches them; "
+            f"train in a new --workdir"
+        )
+    changes = config_changes(json.loads(path.read_text()), config)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+    if refused:
+        lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))
+        raise ConfigMismatchError(
+            f"{workdir} was trained with a different model, data or optimiser; these fields differ from "
+            f"its {CONFIG}:\n{lines}\nuse another --workdir, or the saved values to resume "
+            f"(fields that may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))})"
+        )
+    return changes
+
+
+def record_config_changes(workdir: Path, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
+    """Append the fields a resumed run changed, and the step it resumed at, to config_history.jsonl."""
+    if not changes:
+        return
+    record = {"step": step, "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}
+    history = Path(workdir) / CONFIG_HISTORY
+    with writing(history), history.open("a") as f:
+        f.write(json.dumps(record) + "\n")

@@ -136,6 +136,8 @@ class CheckpointStore:
         self.manager.reload()
         if step not in self.manager.all_steps() or not step_dir.is_dir():
             raise WorkdirWriteError(f"the checkpoint of step {step} was not written to {step_dir}")
+        if jax.process_index() != 0:  # one host writes the record of a shared directory
+            return
         try:
             write_checksums(step_dir)
         except OSError as error:

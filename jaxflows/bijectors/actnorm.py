@@ -14,10 +14,14 @@ class ActNorm(Bijector):
 
     Data-dependent initialisation: `init` on a batch sets bias = −mean and
     log_scale = −log(std + eps) per channel, so the output on that batch has zero mean and unit
-    variance. eps is used at initialisation only; forward and inverse are exact inverses.
+    variance. A channel that is constant on the init batch (std ≤ min_std · (1 + |mean|), e.g. a
+    batch of identical examples) is centred but not scaled (log_scale = 0): scaling it by
+    1/eps would send any other input, and the log-density, to ±inf. eps and min_std are used at
+    initialisation only; forward and inverse are exact inverses.
     """
 
     eps: float = 1e-6
+    min_std: float = 1e-5
 
     @nn.compact
     def _params(self, x: Array, from_data: bool) -> tuple[Array, Array]:
@@ -25,7 +29,9 @@ class ActNorm(Bijector):
         if from_data and self.is_initializing():
             mean = jnp.mean(x, axis=(0, 1, 2))
             std = jnp.std(x, axis=(0, 1, 2))
-            bias_init, scale_init = -mean, -jnp.log(std + self.eps)
+            constant = std <= self.min_std * (1 + jnp.abs(mean))
+            bias_init = -mean
+            scale_init = jnp.where(constant, jnp.zeros_like(std), -jnp.log(std + self.eps))
         else:
             bias_init = scale_init = jnp.zeros(channels, x.dtype)
         bias = self.param("bias", lambda _: bias_init)

@@ -14,6 +14,7 @@ from jaxflows.core.distributions import DiagonalGaussian, StandardNormal, gaussi
 from jaxflows.core.flow import Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
 from jaxflows.core.repeat import Repeat
+from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, check_variables
 
 __all__ = [
     "GRADIENT_MODES",
@@ -26,7 +27,10 @@ __all__ = [
     "Invert",
     "Repeat",
     "StandardNormal",
+    "UnusedVariablesError",
+    "VariablesMismatchError",
     "bits_per_dim",
+    "check_variables",
     "dequantize",
     "functional",
     "gaussian_log_prob",

@@ -8,7 +8,8 @@ import flax.linen as nn
 
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.objective import check_pixels, dequantize, discrete_log_prob_offset
-from jaxflows.core.validation import check_finite, check_image, check_range
+from jaxflows.core.validation import check_count, check_finite, check_image, check_nonempty, check_range
+from jaxflows.core.variables import check_variables
 
 
 class Flow(Bijector):
@@ -18,7 +19,9 @@ class Flow(Bijector):
     `data_range` is the documented domain of `log_prob`'s input (dequantised pixels lie in
     [0, 1)); concrete inputs outside it are rejected, `None` turns the check off.
     The flow is itself a bijector (its forward is the bijector's), so every tool that takes a
-    bijector takes a flow.
+    bijector takes a flow. `apply` first checks that the variables fit this flow
+    (`jaxflows.core.check_variables`): variables from another model raise `UnusedVariablesError`
+    or `VariablesMismatchError` instead of running silently.
     """
 
     bijector: Bijector
@@ -28,8 +31,16 @@ class Flow(Bijector):
     # q(u | x) called as dequantizer(key, pixels, bins) -> (u, log q); None: uniform dequantisation
     dequantizer: nn.Module | None = None
 
+    @nn.nowrap
+    def apply(self, variables, *args, **kwargs):
+        """`flax.linen.Module.apply`, after checking the variables' paths and shapes against the
+        ones `init` creates (at trace time under `jit`; the reference is computed once per flow)."""
+        check_variables(self, variables)
+        return super().apply(variables, *args, **kwargs)
+
     def _check(self, x: Array) -> None:
         check_image(x)
+        check_nonempty(x)
         check_finite(x)
         if tuple(x.shape[1:]) != tuple(self.event_shape):
             raise ValueError(
@@ -54,6 +65,7 @@ class Flow(Bijector):
         """One draw of the lower bound on log P(pixels) (nats) for integer pixels in {0, …, bins−1}:
         log p((x + u)/K) − D log K − log q(u | x), u from `dequantizer` (uniform when None, log q = 0).
         """
+        check_nonempty(pixels, "pixels")
         if self.dequantizer is None:
             x, log_q = dequantize(key, pixels, bins), 0.0
         else:
@@ -65,12 +77,15 @@ class Flow(Bijector):
 
     def sample(self, key: Array, num_samples: int, temperature: float = 1.0) -> Array:
         """`num_samples` draws with the base standard deviation scaled by `temperature`."""
+        num_samples = check_count(num_samples, "num_samples", "Flow.sample")
         z = self.base.sample(key, (num_samples, *self.event_shape), temperature)
         return self.inverse(z)[0]
 
     def sample_and_log_prob(
         self, key: Array, num_samples: int, temperature: float = 1.0
     ) -> tuple[Array, Array]:
+        """`sample` and the log-density of each draw under the flow."""
+        num_samples = check_count(num_samples, "num_samples", "Flow.sample_and_log_prob")
         z = self.base.sample(key, (num_samples, *self.event_shape), temperature)
         x, log_det = self.inverse(z)
         return x, self.base.log_prob(z) - log_det

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxflows.core.backprop import check_gradient_mode, run_scan
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, flat_shapes
 
 
 def select(stacked: Any, index: int) -> Any:
@@ -70,15 +71,36 @@ class Repeat(Bijector):
         (y, total), _ = scan(self, (x, jnp.zeros(x.shape[0], x.dtype)), None)
         return y, total
 
+    def _check_depth(self, variables: Any) -> None:
+        """Every variable must be stacked `length` deep: a longer stack would run extra steps."""
+        for path, shape in flat_shapes(variables).items():
+            depth = shape[0] if shape else None
+            if depth == self.length:
+                continue
+            where = "/".join(self.scope.path) or "the top level"
+            found = f"Repeat of length {self.length} at {where}: its variables are stacked {depth} deep"
+            name = f"{'/'.join(path)} has shape {shape}"
+            if depth is not None and depth > self.length:
+                raise UnusedVariablesError(
+                    f"{found} ({name}); steps {self.length}…{depth - 1} would never run: "
+                    "variables from a deeper model?"
+                )
+            raise VariablesMismatchError(
+                f"{found} ({name}), expected a leading axis of {self.length}: "
+                "variables from a shallower model?"
+            )
+
     def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         if self.is_initializing():
             return self._initialize(x, inverse)
+        variables = dict(self.variables)
+        self._check_depth(variables)
         template = self.template()
 
         def step(variables, h, step_inverse):
             return template.apply(variables, h, method="inverse" if step_inverse else "forward")
 
-        return run_scan(step, dict(self.variables), x, inverse, self.gradient)
+        return run_scan(step, variables, x, inverse, self.gradient)
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         return self._run(x, inverse=False)

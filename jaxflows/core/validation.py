@@ -7,6 +7,8 @@ the training pipeline runs them on host batches before anything reaches the devi
 
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,23 @@ def check_image(x, name: str = "x") -> None:
             f"{name}: expected a floating dtype, got {x.dtype}; integer pixels must be "
             "dequantized first (jaxflows.dequantize)"
         )
+
+
+def check_nonempty(x, name: str = "x") -> None:
+    """Require at least one example along the batch axis (static: raises under `jit` too)."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: empty batch (shape {tuple(x.shape)}); expected at least one example")
+
+
+def check_count(value, name: str, owner: str) -> int:
+    """Require a static integer ≥ 1 (sizes, depths, sample counts): not a bool, float or tracer."""
+    try:
+        count = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:  # floats, and tracers (jax.errors.TracerIntegerConversionError)
+        count = None
+    if count is None or count < 1:
+        raise ValueError(f"{owner}: {name} must be an integer ≥ 1, got {value!r}")
+    return count
 
 
 def check_finite(x, name: str = "x") -> None:

@@ -9,6 +9,7 @@ serves deterministic, per-host-sharded, prefetched batches of it.
 from jaxflows.data.datasets import (
     FASHION_MNIST_DIR,
     ArraySource,
+    CorruptDatasetError,
     Dataset,
     Source,
     digits,
@@ -26,6 +27,7 @@ __all__ = [
     "TFDS_DATASETS",
     "ArraySource",
     "BatchIterator",
+    "CorruptDatasetError",
     "Dataset",
     "DatasetNotPreparedError",
     "Source",

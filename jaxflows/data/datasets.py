@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -14,6 +15,10 @@ _FASHION_FILES = {
     "train": "train-images-idx3-ubyte.gz",
     "test": "t10k-images-idx3-ubyte.gz",
 }
+
+
+class CorruptDatasetError(ValueError):
+    """A dataset file that exists but cannot be read: the message names the file and the fault."""
 
 
 class Source(Protocol):
@@ -83,29 +88,73 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     return Dataset("digits", ArraySource(train), ArraySource(test), 17, (8, 8, 1))
 
 
-def _read_idx_images(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, count, rows, cols = np.frombuffer(data[:16], dtype=">u4")
-    if magic != 2051:
-        raise ValueError(f"{path}: not an idx3 image file (magic {magic})")
-    return np.frombuffer(data[16:], dtype=np.uint8).reshape(int(count), int(rows), int(cols), 1)
+_IDX3_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_IDX3_HEADER = 16  # magic, count, rows, cols: four big-endian uint32
 
 
-def fashion_mnist_available(directory: Path = FASHION_MNIST_DIR) -> bool:
-    return all((Path(directory) / f).is_file() for f in _FASHION_FILES.values())
+def _gunzip(path: Path) -> bytes:
+    """The decompressed bytes of `path`, every gzip fault a `CorruptDatasetError` naming the file."""
+    raw = Path(path).read_bytes()
+    if not raw:
+        raise CorruptDatasetError(f"{path}: empty file (0 bytes); expected a gzipped idx file")
+    if raw[:2] != b"\x1f\x8b":
+        raise CorruptDatasetError(
+            f"{path}: not a gzip file (starts with {raw[:4]!r}, expected the gzip magic b'\\x1f\\x8b')"
+        )
+    try:
+        return gzip.decompress(raw)
+    except EOFError as error:
+        raise CorruptDatasetError(f"{path}: truncated gzip stream ({len(raw)} bytes on disk)") from error
+    except gzip.BadGzipFile as error:
+        if "CRC check failed" in str(error):
+            raise CorruptDatasetError(f"{path}: gzip CRC check failed: the data is damaged") from error
+        raise CorruptDatasetError(f"{path}: corrupt gzip stream ({error})") from error
+    except zlib.error as error:
+        raise CorruptDatasetError(f"{path}: corrupt gzip stream ({error})") from error
 
 
-def fashion_mnist(directory: Path = FASHION_MNIST_DIR) -> Dataset:
-    """Fashion-MNIST (60k train, 10k test, 28x28x1, 256 levels) from local idx files."""
-    directory = Path(directory)
+def _read_idx_images(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """uint8 images (count, rows, cols, 1) from a gzipped idx3 file; `image_size` = (rows, cols)
+    checks the header's image size. Any fault raises `CorruptDatasetError` naming the file."""
+    data = _gunzip(path)
+    if len(data) < _IDX3_HEADER:
+        raise CorruptDatasetError(
+            f"{path}: expected a {_IDX3_HEADER}-byte idx3 header, the decompressed file has {len(data)} bytes"
+        )
+    magic, count, rows, cols = (int(v) for v in np.frombuffer(data[:_IDX3_HEADER], dtype=">u4"))
+    if magic != _IDX3_MAGIC:
+        raise CorruptDatasetError(
+            f"{path}: not an idx3 image file (magic number {magic}, expected {_IDX3_MAGIC})"
+        )
+    if image_size is not None and (rows, cols) != tuple(image_size):
+        raise CorruptDatasetError(
+            f"{path}: idx header says {rows}×{cols} images, expected {image_size[0]}×{image_size[1]}"
+        )
+    expected, payload = count * rows * cols, len(data) - _IDX3_HEADER
+    if payload != expected:
+        raise CorruptDatasetError(
+            f"{path}: idx header says {count}×{rows}×{cols} = {expected} bytes but the payload has {payload}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=_IDX3_HEADER).reshape(count, rows, cols, 1)
+
+
+def fashion_mnist_available(directory: Path | None = None) -> bool:
+    """Whether both image files are in `directory` (default `FASHION_MNIST_DIR`)."""
+    directory = Path(FASHION_MNIST_DIR if directory is None else directory)
+    return all((directory / f).is_file() for f in _FASHION_FILES.values())
+
+
+def fashion_mnist(directory: Path | None = None) -> Dataset:
+    """Fashion-MNIST (60k train, 10k test, 28x28x1, 256 levels) from local idx files in `directory`
+    (default `FASHION_MNIST_DIR`). A damaged file raises `CorruptDatasetError` naming it."""
+    directory = Path(FASHION_MNIST_DIR if directory is None else directory)
     if not fashion_mnist_available(directory):
         raise FileNotFoundError(
             f"Fashion-MNIST idx files not found in {directory} (expected {sorted(_FASHION_FILES.values())}); "
             "install the Debian package dataset-fashion-mnist or set JAXFLOWS_FASHION_MNIST_DIR"
         )
-    train = _read_idx_images(directory / _FASHION_FILES["train"])
-    test = _read_idx_images(directory / _FASHION_FILES["test"])
+    train = _read_idx_images(directory / _FASHION_FILES["train"], (28, 28))
+    test = _read_idx_images(directory / _FASHION_FILES["test"], (28, 28))
     return Dataset("fashion_mnist", ArraySource(train), ArraySource(test), 256, (28, 28, 1))
 
 

@@ -25,6 +25,7 @@ from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
+from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
 
 # name -> factory(**conv_kwargs) returning a channel-mixing bijector.
@@ -81,8 +82,9 @@ def glow(
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
     height, width, _ = image_shape
-    if levels < 1 or steps < 1:
-        raise ValueError(f"levels and steps must be ≥ 1, got levels={levels}, steps={steps}")
+    levels = check_count(levels, "levels", "glow")
+    steps = check_count(steps, "steps", "glow")
+    hidden = check_count(hidden, "hidden", "glow")
     scale = 2**levels
     if height % scale or width % scale:
         raise ValueError(

@@ -1,0 +1,117 @@
+"""Variables that do not fit the model they are applied to.
+
+Flax reads only the variables a module asks for, so variables from another model (a deeper Glow,
+one with more levels, a stray entry) used to run silently: extra entries were ignored, and a
+`Repeat` scanned over however many stacked steps it was given. `Flow.apply` now compares the
+variables' paths and shapes with those `Flow.init` creates (computed once per flow, abstractly,
+with `jax.eval_shape`; under `jit` the comparison runs at trace time only), and `Repeat` checks
+the depth of its stack. Missing entries are left to Flax, which names them when they are read.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+Path = tuple[str, ...]
+Shapes = dict[Path, tuple[int, ...]]
+_SHOWN = 5  # paths listed per problem
+_CACHE = "_jaxflows_variable_shapes"
+
+
+class VariablesMismatchError(ValueError):
+    """Variables whose paths or shapes differ from the ones the model creates."""
+
+
+class UnusedVariablesError(VariablesMismatchError):
+    """Variables the model never reads: extra entries, or more stacked steps than a `Repeat` has."""
+
+
+def _leaf_shape(leaf: Any) -> tuple[int, ...]:
+    shape = getattr(leaf, "shape", None)
+    return tuple(np.shape(leaf) if shape is None else shape)
+
+
+def flat_shapes(variables: Any) -> Shapes:
+    """Path (collection, module names…, variable name) -> shape of every leaf of a variables dict."""
+    return {path: _leaf_shape(leaf) for path, leaf in traverse_util.flatten_dict(variables).items()}
+
+
+def _listed(paths: list[str]) -> str:
+    more = f", … ({len(paths) - _SHOWN} more)" if len(paths) > _SHOWN else ""
+    return ", ".join(paths[:_SHOWN]) + more
+
+
+def _abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) -> Shapes:
+    """Shapes of `init(example)`'s variables, traced in a fresh thread: Flax method interceptors,
+    module contexts and JAX traces are thread-local, so none of the caller's (e.g. an enclosing
+    `flax.linen.intercept_methods`, as `jaxflows.analysis` uses) sees or alters this trace."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return flat_shapes(pool.submit(jax.eval_shape, init, example).result())
+
+
+def variable_shapes(module, example_input: Any = None) -> Shapes:
+    """Path -> shape of every variable `module.init` creates, computed abstractly (no FLOPs).
+
+    A `Flow` needs no example (it is ignored): its `event_shape` fixes every shape, and it is
+    initialised through `discrete_log_prob`, so its dequantizer's variables count as its own. The
+    result is cached on the flow. Other modules are initialised on `example_input`'s shape and dtype.
+    """
+    from jaxflows.core.flow import Flow
+
+    if isinstance(module, Flow):
+        cached = module.__dict__.get(_CACHE)
+        if cached is None:
+            pixels = jax.ShapeDtypeStruct((1, *module.event_shape), jnp.int32)
+            key = lambda seed: jax.random.key(seed)  # made inside the trace, never in the caller's
+            init = lambda p: module.init(key(0), p, key(1), 2, method="discrete_log_prob")
+            cached = _abstract_init(init, pixels)
+            object.__setattr__(module, _CACHE, cached)  # modules are frozen dataclasses: a private cache
+        return cached
+    if example_input is None:
+        raise ValueError(f"{type(module).__name__}: check_variables needs an example input (not a Flow)")
+    example = jax.ShapeDtypeStruct(jnp.shape(example_input), jnp.result_type(example_input))
+    return _abstract_init(lambda x: module.init(jax.random.key(0), x), example)
+
+
+def compare_variables(expected: Shapes, given: Shapes, owner: str) -> None:
+    """Raise if `given` has paths `expected` lacks, or other shapes; missing paths are allowed."""
+    unused = ["/".join(p) for p in given if p not in expected]
+    mismatched = [p for p in given if p in expected and given[p] != expected[p]]
+    problems = []
+    if unused:
+        problems.append(f"{len(unused)} variable(s) the model does not have: {_listed(unused)}")
+    longer = False
+    if mismatched:
+        shapes = [f"{'/'.join(p)} has shape {given[p]} where the model has {expected[p]}" for p in mismatched]
+        problems.append(f"{len(mismatched)} variable(s) of another shape: {_listed(shapes)}")
+        # Only the leading axis differs, by the same amount everywhere: a `Repeat` stack of another depth.
+        leading_only = lambda p: given[p] and expected[p] and given[p][1:] == expected[p][1:]
+        depths = {(given[p][0], expected[p][0]) if leading_only(p) else None for p in mismatched}
+        if len(depths) == 1 and None not in depths:
+            ((have, want),) = depths
+            longer = have > want
+            kind = "deeper" if longer else "shallower"
+            problems.append(
+                f"{have} stacked steps where the model's Repeat has {want} "
+                f"(only the leading axis differs): variables from a {kind} model?"
+            )
+    if problems:
+        error = UnusedVariablesError if unused or longer else VariablesMismatchError
+        raise error(f"{owner}: variables do not fit the model: " + "; ".join(problems))
+
+
+def check_variables(module, variables: Any, example_input: Any = None) -> None:
+    """Raise `UnusedVariablesError` if `variables` hold entries `module` never reads (extra paths,
+    or more stacked steps than a `Repeat` has), `VariablesMismatchError` for other shapes.
+
+    `Flow.apply` runs this itself; call it to check variables before use, or for other modules
+    (which need `example_input`, an array or `jax.ShapeDtypeStruct` that `module.init` accepts).
+    """
+    compare_variables(variable_shapes(module, example_input), flat_shapes(variables), type(module).__name__)

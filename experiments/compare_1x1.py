@@ -1,6 +1,6 @@
 """1x1 convolutions in the same Glow (MEF paper, Table 5): plain, LU, QR and matrix-exponential.
 
-    .venv/bin/python -m experiments.compare_1x1 [--config PATH] [--steps N] [--seeds S] [--out DIR]
+    .venv/bin/python -m experiments.compare_1x1 [--config PATH] [--set num_steps=N] [--seeds S]
 
 Held-out bits/dim and wall time per epoch (per pass over the training split, after compilation),
 mean ± std over seeds. Writes compare_1x1.md and compare_1x1.png.
@@ -9,6 +9,7 @@ mean ± std over seeds. Writes compare_1x1.md and compare_1x1.png.
 from __future__ import annotations
 
 from experiments import compare as cmp
+from experiments import report
 
 MODULE = "experiments.compare_1x1"
 VARIANTS = [
@@ -26,11 +27,11 @@ def main(argv=None) -> dict:
     rows = [
         [
             v.name,
-            cmp.mean_std(cmp.values(runs, v, "bpd")),
-            cmp.mean_std(cmp.values(runs, v, "epoch_s"), "{:.2f}"),
-            cmp.mean_std(cmp.values(runs, v, "step_s") * 1e3, "{:.1f}"),
-            int(cmp.values(runs, v, "params")[0]),
-            int(cmp.values(runs, v, "skipped").sum()),
+            report.mean_std(report.values(runs, v, "bpd")),
+            report.mean_std(report.values(runs, v, "epoch_s"), "{:.2f}"),
+            report.mean_std(report.values(runs, v, "step_s") * 1e3, "{:.1f}"),
+            int(report.values(runs, v, "params")[0]),
+            int(report.values(runs, v, "skipped").sum()),
         ]
         for v in variants
     ]

@@ -1,6 +1,6 @@
 """Convolutions at equal depth (Emerging convolutions paper): LU 1x1 vs emerging 3x3 vs periodic 3x3.
 
-    .venv/bin/python -m experiments.compare_convs [--config PATH] [--steps N] [--seeds S] [--out DIR]
+    .venv/bin/python -m experiments.compare_convs [--config PATH] [--set num_steps=N] [--seeds S]
 
 Held-out bits/dim, parameter count and sampling time (one jitted inverse of a batch of 64 latents,
 after compilation). Writes compare_convs.md and compare_convs.png.
@@ -9,6 +9,7 @@ after compilation). Writes compare_convs.md and compare_convs.png.
 from __future__ import annotations
 
 from experiments import compare as cmp
+from experiments import report
 
 MODULE = "experiments.compare_convs"
 VARIANTS = [
@@ -26,10 +27,10 @@ def main(argv=None) -> dict:
     rows = [
         [
             v.name,
-            cmp.mean_std(cmp.values(runs, v, "bpd")),
-            int(cmp.values(runs, v, "params")[0]),
-            f"{cmp.values(runs, v, 'sample_s')[0] * 1e3:.1f}",
-            cmp.mean_std(cmp.values(runs, v, "step_s") * 1e3, "{:.1f}"),
+            report.mean_std(report.values(runs, v, "bpd")),
+            int(report.values(runs, v, "params")[0]),
+            f"{report.values(runs, v, 'sample_s')[0] * 1e3:.1f}",
+            report.mean_std(report.values(runs, v, "step_s") * 1e3, "{:.1f}"),
         ]
         for v in variants
     ]

@@ -1,6 +1,6 @@
 """Couplings × learning rates (MEF paper, Table 4): additive, affine and matrix-exponential coupling.
 
-    .venv/bin/python -m experiments.compare_coupling [--config PATH] [--steps N] [--seeds S] [--out DIR]
+    .venv/bin/python -m experiments.compare_coupling [--config PATH] [--set num_steps=N] [--seeds S]
 
 Final held-out bits/dim and how many runs diverged at each learning rate. Writes compare_coupling.md
 and compare_coupling.png. Each learning rate compiles its own train step (the rate is a constant of
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import compare as cmp
+from experiments import report
 
 MODULE = "experiments.compare_coupling"
 LEARNING_RATES = (1e-3, 1e-2, 3e-2, 1e-1)
@@ -52,8 +53,8 @@ def main(argv=None) -> dict:
         ok = [r for r in mine if not diverged(r)]
         rows.append([
             v.group, f"{v.x:g}",
-            cmp.mean_std(np.asarray([r.metrics["bpd"] for r in ok])) if ok else "—",
-            cmp.mean_std(np.asarray([r.metrics["bpd"] for r in mine])),
+            report.mean_std(np.asarray([r.metrics["bpd"] for r in ok])) if ok else "—",
+            report.mean_std(np.asarray([r.metrics["bpd"] for r in mine])),
             f"{len(mine) - len(ok)}/{len(mine)}",
             sum(r.metrics["skipped"] for r in mine),
         ])  # fmt: skip

@@ -1,6 +1,6 @@
 """Uniform against variational dequantisation (Flow++), each with and without Polyak averaging.
 
-    python -m experiments.compare_dequantization [--config PATH] [--steps N] [--ema 0.999] [--iw 8]
+    python -m experiments.compare_dequantization [--config PATH] [--set FIELD=VALUE] [--ema 0.999]
 
 Trains the main job's model (`experiments/configs/default.py` unless --config) twice, with uniform
 and with variational dequantisation, both keeping a moving average of the parameters, and reports
@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from jaxflows.train.config import add_override_argument, apply_overrides
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 VARIANTS = {"uniform": None, "variational": {"hidden": 8, "steps": 2}}  # 32 hidden: 10x slower steps
 
@@ -27,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--steps", type=int, default=None, help="override num_steps")
+    add_override_argument(parser)
     parser.add_argument("--ema", type=float, default=0.999, help="ema_decay of both runs")
     parser.add_argument("--iw", type=int, default=8, help="importance samples of the estimate")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
@@ -38,12 +40,10 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     import jax
 
-    from experiments.compare import describe_machine
+    from experiments.report import describe_machine
     from jaxflows import train as jft
 
-    base = jft.load_config(args.config)
-    if args.steps is not None:
-        base = base.replace(num_steps=args.steps)
+    base = apply_overrides(jft.load_config(args.config), args.overrides)
     base = base.replace(ema_decay=args.ema, eval_importance_samples=args.iw, train_time_limit_s=None)
     if base.prng_impl is not None:
         jax.config.update("jax_default_prng_impl", base.prng_impl)

@@ -1,6 +1,6 @@
 """Glow vs MEF vs Emerging at roughly equal parameter budget, with a sample grid for each.
 
-    .venv/bin/python -m experiments.compare_models [--config PATH] [--steps N] [--seeds S] [--out DIR]
+    .venv/bin/python -m experiments.compare_models [--config PATH] [--set num_steps=N] [--seeds S]
 
 Glow (LU 1x1 conv, affine coupling) keeps the base config's hidden width; MEF (matrix-exponential
 conv and coupling) and Emerging (3x3 emerging conv, affine coupling) get the hidden width whose
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from experiments import compare as cmp
+from experiments import report
 
 MODULE = "experiments.compare_models"
 MODELS = {
@@ -51,12 +52,12 @@ def main(argv=None) -> dict:
     runs = c.run(variants, samples_to=grid)
     rows = []
     for v in variants:
-        params = int(cmp.values(runs, v, "params")[0])
+        params = int(report.values(runs, v, "params")[0])
         rows.append([
             v.name, v.model["conv"], v.model["coupling"], v.model["hidden"],
             f"{params} ({100 * (params / target - 1):+.1f}%)",
-            cmp.mean_std(cmp.values(runs, v, "bpd")),
-            cmp.mean_std(cmp.values(runs, v, "step_s") * 1e3, "{:.1f}"),
+            report.mean_std(report.values(runs, v, "bpd")),
+            report.mean_std(report.values(runs, v, "step_s") * 1e3, "{:.1f}"),
             f"[{grid(v).name}]({grid(v).name})",
         ])  # fmt: skip
     header = ["model", "conv", "coupling", "hidden", "params (vs Glow)", "held-out bits/dim",

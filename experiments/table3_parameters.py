@@ -71,7 +71,7 @@ def main(argv=None) -> Path:
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args(argv)
-    from experiments.compare import describe_machine
+    from experiments.report import describe_machine
     from jaxflows.train import load_config
 
     start = time.perf_counter()

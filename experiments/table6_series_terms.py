@@ -67,7 +67,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     import jax
 
-    from experiments.compare import describe_machine
+    from experiments.report import describe_machine
     from jaxflows.core import dequantize
     from jaxflows.train import TrainConfig, train
 

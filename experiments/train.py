@@ -1,11 +1,12 @@
 """Train, evaluate or sample a flow from a config file.
 
     python -m experiments.train                          # the main job: experiments/configs/default.py
-    python -m experiments.train --config experiments/configs/digits.py --workdir runs/digits --steps 500
+    python -m experiments.train --config experiments/configs/digits.py --set num_steps=500
     python -m experiments.train --workdir runs/default --mode eval         # held-out bits/dim + baseline
     python -m experiments.train --workdir runs/default --mode sample       # sample grid PNG
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
 
+`--set FIELD=VALUE ...` overrides any TrainConfig field (`model.hidden=64` one key of a dict field).
 Training in a workdir with checkpoints resumes from the latest one. Without --config, the eval,
 sample and interpolate modes use the config saved in the workdir. Multi-host: set
 JAXFLOWS_MULTIHOST=1 (or pass --multihost) and run the same command on every host.
@@ -22,20 +23,15 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from jaxflows.train.config import add_override_argument
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=None, help="a config file defining get_config()")
     parser.add_argument("--workdir", type=Path, default=Path("runs/default"))
     parser.add_argument("--mode", choices=["train", "eval", "sample", "interpolate"], default="train")
-    parser.add_argument("--steps", type=int, default=None, help="override num_steps")
-    parser.add_argument(
-        "--dataset", default=None, help="override dataset (digits, fashion_mnist, auto, cifar10…)"
-    )
-    parser.add_argument("--data_dir", default=None, help="tfds data_dir")
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--learning_rate", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    add_override_argument(parser)
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize()")
     return parser.parse_args(argv)
@@ -43,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace):
     from jaxflows.train import load_config, load_workdir_config
+    from jaxflows.train.config import apply_overrides
 
     if args.config is not None:
         config = load_config(args.config)
@@ -50,15 +47,7 @@ def resolve_config(args: argparse.Namespace):
         config = load_workdir_config(args.workdir)
     else:
         config = load_config(DEFAULT_CONFIG)
-    overrides = {
-        "num_steps": args.steps,
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
-        "seed": args.seed,
-    }
-    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return apply_overrides(config, args.overrides)
 
 
 def main(argv=None) -> None:

@@ -23,12 +23,11 @@ def test_compare_1x1_writes_table_and_plot(tmp_path):
     config = tmp_path / "tiny.py"
     config.write_text(textwrap.dedent(TINY_CONFIG))
     out = tmp_path / "results"
-    result = compare_1x1.main(
-        ["--config", str(config), "--steps", "3", "--seeds", "1", "--out", str(out), "--only", "plain,QR"]
-    )
+    argv = ["--config", str(config), "--set", "num_steps=3", "--seeds", "1", "--out", str(out)]
+    result = compare_1x1.main([*argv, "--only", "plain,QR"])
     text = (out / "compare_1x1.md").read_text()
     assert (out / "compare_1x1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for line in ("- machine:", "- dataset: digits", "- command: `", "--steps 3"):
+    for line in ("- machine:", "- dataset: digits", "- command: `", "--set num_steps=3"):
         assert line in text
     rows = [r for r in text.splitlines() if r.startswith("| ") and not r.startswith("| 1x1 conv")]
     assert [r.split("|")[1].strip() for r in rows] == ["plain", "QR"]

@@ -217,7 +217,7 @@ def test_bad_config_values_from_the_command_line_fail_before_anything_compiles(t
     from experiments.train import main
 
     with pytest.raises(SystemExit, match="batch_size must be a positive integer, got 0"):
-        main(["--workdir", str(tmp_path), "--batch_size", "0"])
+        main(["--workdir", str(tmp_path), "--set", "batch_size=0"])
     assert not tmp_path.joinpath("checkpoints").exists()
 
 

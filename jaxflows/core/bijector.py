@@ -59,6 +59,14 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
+def hashable_sequences(module: nn.Module, *fields: str) -> None:
+    """Store a module's sequence fields as tuples, so the module hashes (jit and caches key on it)."""
+    for field in fields:
+        value = getattr(module, field)
+        if value is not None and not isinstance(value, tuple):
+            object.__setattr__(module, field, tuple(value))
+
+
 class Chain(Bijector):
     """Composition `layers[-1] ∘ … ∘ layers[0]`: forward runs the layers in order; log-dets add.
 
@@ -70,6 +78,10 @@ class Chain(Bijector):
     layers: Sequence[Bijector]
     names: Sequence[str] | None = None
     gradient: str = "standard"
+
+    def __post_init__(self) -> None:
+        hashable_sequences(self, "layers", "names")
+        super().__post_init__()
 
     def setup(self):
         check_gradient_mode(self.gradient, "Chain")

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxflows.bijectors.split import Split
 from jaxflows.bijectors.squeeze import squeeze2d, unsqueeze2d
-from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.bijector import Array, Bijector, hashable_sequences
 
 
 class MultiScaleFlow(Bijector):
@@ -25,6 +25,10 @@ class MultiScaleFlow(Bijector):
 
     levels: Sequence[Bijector]
     names: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        hashable_sequences(self, "levels", "names")
+        super().__post_init__()
 
     def setup(self):
         names = self.names or [f"level{i + 1}" for i in range(len(self.levels))]

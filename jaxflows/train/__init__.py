@@ -1,5 +1,12 @@
 """Training: configs, the training loop, checkpoints, evaluation and sampling."""
 
+from jaxflows.train.commands import (
+    evaluate,
+    restore_for_inference,
+    write_curve,
+    write_interpolation,
+    write_samples,
+)
 from jaxflows.train.config import TrainConfig, load_config
 from jaxflows.train.errors import (
     CheckpointError,
@@ -16,21 +23,15 @@ from jaxflows.train.evaluate import (
     histogram_bits_per_dim,
     pixel_baseline_bits_per_dim,
 )
-from jaxflows.train.loop import (
+from jaxflows.train.experiment import (
     Experiment,
-    TrainResult,
     build_flow,
     compiled_train_step,
-    evaluate,
     init_fn,
     maybe_initialize_distributed,
-    restore_for_inference,
     setup,
-    train,
-    write_curve,
-    write_interpolation,
-    write_samples,
 )
+from jaxflows.train.loop import TrainResult, train
 from jaxflows.train.optim import make_optimizer, skip_nonfinite
 from jaxflows.train.steps import (
     TrainState,

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import importlib.util
+import inspect
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
+from jaxflows.models import glow
 from jaxflows.train.errors import ConfigError
 
+# models.glow's keyword arguments a config's `model` may set (the image shape comes from the data)
+GLOW_ARGUMENTS = frozenset(inspect.signature(glow).parameters) - {"image_shape", "dequantizer"}
 OPTIMIZERS = ("adam", "adamax")
 LR_DECAYS = ("constant", "cosine")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -105,6 +113,11 @@ def validate_config(config: TrainConfig) -> None:
         fail("dataset", "a dataset name")
     if not isinstance(config.model, dict):
         fail("model", "a dict of models.glow keyword arguments")
+    unknown = sorted(set(config.model) - GLOW_ARGUMENTS)
+    if unknown:
+        raise ConfigError(
+            f"TrainConfig.model has unknown key(s) {unknown}; models.glow takes {sorted(GLOW_ARGUMENTS)}"
+        )
     if config.dequantizer is not None and not isinstance(config.dequantizer, dict):
         fail("dequantizer", "None or a dict of VariationalDequantizer keyword arguments")
     if config.n_bits is not None and (not _is_int(config.n_bits) or not 1 <= config.n_bits <= 16):
@@ -141,6 +154,74 @@ def config_from_dict(fields: dict[str, Any], source: str = "config") -> TrainCon
     if unknown:
         raise ConfigError(f"{source}: unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
     return TrainConfig(**fields)
+
+
+def _coerce(field: str, raw: str, value: Any, annotation: Any) -> Any:
+    """`value` as the type `annotation` of TrainConfig.`field` wants, or a ConfigError."""
+    options = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    for option in options:
+        kind = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return None
+        if kind is float and _is_number(value):
+            return float(value)
+        if kind is int and _is_int(value):
+            return value
+        if kind is str and isinstance(value, str):
+            return value
+        if kind is tuple and isinstance(value, list | tuple):
+            return tuple(value)
+        if kind is dict and isinstance(value, dict):
+            return value
+    expected = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"--set {field}={raw}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare word: a string
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """`config` with `field=value` overrides (`model.hidden=64` sets one key of a dict field).
+
+    Values are Python literals (`1e-3`, `(0.7, 1.0)`, `None`, `{"hidden": 8}`) or bare words
+    (strings); each is checked against the field's type. An unknown field, a value of the wrong
+    type or a value the field cannot take is a ConfigError.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--set expects field=value, got {item!r}")
+        field, _, key = name.partition(".")
+        if field not in hints:
+            raise ConfigError(f"--set {item}: TrainConfig has no field {field!r}; fields: {sorted(hints)}")
+        value = _parse_value(raw.strip())
+        if key:
+            current = changes.get(field, getattr(config, field))
+            if not isinstance(current, dict):
+                raise ConfigError(f"--set {item}: {field} is {current!r}, not a dict with keys")
+            changes[field] = {**current, key: value}
+        else:
+            changes[field] = _coerce(field, raw, value, hints[field])
+    return config.replace(**changes)
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """`--set FIELD=VALUE ...` (repeatable) on a command line; apply it with `apply_overrides`."""
+    parser.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+        help="override any TrainConfig field, e.g. --set num_steps=500 model.hidden=64 learning_rate=1e-3",
+    )  # fmt: skip
 
 
 def load_config(path: str | Path) -> TrainConfig:

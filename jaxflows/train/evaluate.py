@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 
@@ -12,7 +13,7 @@ from jax.sharding import Mesh
 from jaxflows.analysis import log_det_breakdown, reconstruction_errors
 from jaxflows.core import Flow, dequantize
 from jaxflows.data import Source, validate_batch
-from jaxflows.train.steps import cached, global_batch, make_eval_step
+from jaxflows.train.steps import global_batch, make_eval_step
 
 
 def _chunks(n: int, size: int):
@@ -44,10 +45,7 @@ def evaluate_bits_per_dim(
     hosts, host = jax.process_count(), jax.process_index()
     global_size = math.ceil(batch_size / devices) * devices
     local = global_size // hosts
-    eval_step = cached(
-        ("eval", flow, bins, mesh, importance_samples),
-        lambda: make_eval_step(flow, bins, mesh, importance_samples),
-    )
+    eval_step = make_eval_step(flow, bins, mesh, importance_samples)
     key = jax.random.PRNGKey(seed)
     total, count, bad = 0.0, 0.0, 0
     n = len(source)
@@ -109,6 +107,11 @@ def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key) -> dict[st
     return dict(out)
 
 
+@functools.lru_cache(16)
+def _compiled_diagnostics(flow: Flow, bins: int):
+    return jax.jit(functools.partial(_level_diagnostics, flow, bins))
+
+
 def level_diagnostics(
     flow: Flow, variables, pixels: np.ndarray, bins: int, seed: int = 0
 ) -> dict[str, float]:
@@ -116,8 +119,6 @@ def level_diagnostics(
     level's log-det in bits/dim (`bpd_term/base` is the base log-density's share; all terms plus
     log2(bins) give the batch's bits/dim) and `reconstruction_error/<level>` the worst float32
     |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`)."""
-    fn = cached(
-        ("diagnostics", flow, bins), lambda: jax.jit(lambda v, p, k: _level_diagnostics(flow, bins, v, p, k))
-    )
+    fn = _compiled_diagnostics(flow, bins)
     values = fn(variables, np.asarray(pixels), jax.random.PRNGKey(seed))
     return {name: float(value) for name, value in sorted(values.items())}

@@ -71,11 +71,11 @@ class MetricsWriter:
     restores a missing header and drops a row cut off by a crash.
     """
 
-    def __init__(self, workdir: Path, enabled: bool = True, start_step: int = 0):
-        self.enabled = enabled
-        self.csv_path = Path(workdir) / "metrics.csv"
-        if not enabled:
+    def __init__(self, workdir: Path | None, enabled: bool = True, start_step: int = 0):
+        self.enabled = enabled and workdir is not None
+        if not self.enabled:
             return
+        self.csv_path = Path(workdir) / "metrics.csv"
         old = self.csv_path.read_text() if self.csv_path.exists() else ""
         rows = [r for r in _parse_rows(old) if int(r["step"]) <= start_step]
         text = _csv_text(rows)

@@ -1,7 +1,9 @@
-"""The optimiser: clipping, Adam/Adamax with linear warm-up, and skipping of non-finite updates."""
+"""The optimiser: clipping, Adam/Adamax with warm-up and decay, skipping of non-finite updates; its
+numbers live in the optimiser state (optax.inject_hyperparams)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -44,29 +46,77 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     return optax.GradientTransformation(init, update)
 
 
+OPTIMIZERS = {"adam": optax.adam, "adamax": optax.adamax}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """What the optimiser's compiled code depends on. Its numbers (learning rate, warm-up, decay,
+    clipping threshold) are hyperparameters held in the optimiser state, so that changing them
+    (a learning-rate sweep, a longer run) reuses the compiled train step."""
+
+    name: str = "adam"  # "adam" | "adamax"
+    clip: bool = True  # clip gradients by global norm (threshold: hyperparameter `grad_clip_norm`)
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> OptimizerSpec:
+        return cls(config.optimizer, config.grad_clip_norm is not None)
+
+
+def hyperparameters(config: TrainConfig) -> dict[str, float]:
+    """The optimiser-state hyperparameters of `config` (see `learning_rate_at`)."""
+    cosine = config.lr_decay == "cosine"
+    warmup = max(config.warmup_steps, 1) if cosine else config.warmup_steps
+    return {
+        "learning_rate": float(config.learning_rate),
+        "warmup_steps": float(warmup),
+        "decay_steps": float(max(config.num_steps, warmup + 1)),
+        "cosine": float(cosine),
+        "grad_clip_norm": float(config.grad_clip_norm or 0.0),
+    }
+
+
+def learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine) -> jax.Array:
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps` updates, then constant, or (when
+    `cosine` is 1) a cosine decay to 0 at `decay_steps` (optax's warmup_cosine_decay_schedule)."""
+    count = jnp.asarray(count, jnp.float32)
+    warm = count / jnp.maximum(warmup_steps, 1.0)
+    progress = jnp.clip((count - warmup_steps) / jnp.maximum(decay_steps - warmup_steps, 1.0), 0.0, 1.0)
+    decay = jnp.where(cosine > 0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)), 1.0)
+    return learning_rate * jnp.where(count < warmup_steps, warm, decay)
+
+
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then constant, or with
-    `lr_decay="cosine"` a cosine decay to 0 at `num_steps`."""
-    if config.lr_decay not in ("constant", "cosine"):
-        raise ValueError(f"lr_decay must be 'constant' or 'cosine', got {config.lr_decay!r}")
-    if config.lr_decay == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0,
-            config.learning_rate,
-            max(config.warmup_steps, 1),
-            max(config.num_steps, config.warmup_steps + 1),
-        )
-    if config.warmup_steps <= 0:
-        return optax.constant_schedule(config.learning_rate)
-    return optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+    """`learning_rate_at` with `config`'s hyperparameters: step -> learning rate."""
+    h = hyperparameters(config)
+    return lambda count: learning_rate_at(
+        count, h["learning_rate"], h["warmup_steps"], h["decay_steps"], h["cosine"]
+    )
+
+
+def build_optimizer(spec: OptimizerSpec, **values: float) -> optax.GradientTransformation:
+    """Clipping and Adam/Adamax on `learning_rate_at`, with every number an injected hyperparameter
+    (`values`: initial ones, default 0: set them with `set_hyperparameters`), skipping non-finite
+    updates, over one flat parameter vector (`optax.flatten`: compiles much faster)."""
+    if spec.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {spec.name!r}; expected one of {sorted(OPTIMIZERS)}")
+
+    def factory(learning_rate, warmup_steps, decay_steps, cosine, grad_clip_norm):
+        schedule = lambda count: learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine)
+        optimizer = OPTIMIZERS[spec.name](schedule)
+        return optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer) if spec.clip else optimizer
+
+    initial = dict.fromkeys(("learning_rate", "warmup_steps", "decay_steps", "cosine", "grad_clip_norm"), 0.0)
+    return optax.flatten(skip_nonfinite(optax.inject_hyperparams(factory)(**{**initial, **values})))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    optimizers = {"adam": optax.adam, "adamax": optax.adamax}
-    if config.optimizer not in optimizers:
-        raise ValueError(f"unknown optimizer {config.optimizer!r}; expected one of {sorted(optimizers)}")
-    chain = []
-    if config.grad_clip_norm is not None:
-        chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-    chain.append(optimizers[config.optimizer](learning_rate_schedule(config)))
-    return optax.flatten(skip_nonfinite(optax.chain(*chain)))
+    """The optimiser of `config`, its hyperparameters initialised from it."""
+    return build_optimizer(OptimizerSpec.of(config), **hyperparameters(config))
+
+
+def set_hyperparameters(opt_state: SkipNonFiniteState, config: TrainConfig) -> SkipNonFiniteState:
+    """`opt_state` (of `build_optimizer`) with `config`'s hyperparameters: no recompilation."""
+    inner = opt_state.inner_state
+    values = {k: jnp.asarray(v, inner.hyperparams[k].dtype) for k, v in hyperparameters(config).items()}
+    return opt_state._replace(inner_state=inner._replace(hyperparams=values))

@@ -12,6 +12,13 @@ from PIL import Image, ImageDraw
 
 from jaxflows.core import Flow
 
+SAMPLE_STREAM = 7  # sample grids draw from fold_in(PRNGKey(seed), SAMPLE_STREAM): apart from training's keys
+
+
+def sample_key(seed: int) -> jax.Array:
+    """The key of a run's sample grids: the same grid for the same seed and parameters."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_STREAM)
+
 
 def to_uint8(x: np.ndarray, bins: int) -> np.ndarray:
     """Floats in [0, 1) -> their intensity level -> 0..255 for display."""

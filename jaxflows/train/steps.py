@@ -7,6 +7,7 @@ same code runs on 1 device, many devices or many hosts.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -20,20 +21,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow
 from jaxflows.train.ema import check_decay, update_ema
+from jaxflows.train.optim import OptimizerSpec, build_optimizer
 
-_COMPILED: list[tuple[tuple, Callable]] = []
-
-
-def cached(key: tuple, build: Callable[[], Callable]) -> Callable:
-    """Reuse the jitted function built for an equal key (flax modules compare equal but do not
-    hash), so evaluating repeatedly, resuming or re-running in one process does not compile again."""
-    for k, fn in _COMPILED:
-        if k == key:
-            return fn
-    fn = build()
-    _COMPILED.append((key, fn))
-    del _COMPILED[:-16]
-    return fn
+# The compiled functions below are cached on their arguments (hashable: flows are frozen modules of
+# tuples, optimisers an `OptimizerSpec`, meshes hash), so a process that trains, resumes or
+# evaluates the same model again reuses them, and nothing outside the arguments can change them.
+_COMPILED_FUNCTIONS = 16
 
 
 class TrainState(struct.PyTreeNode):
@@ -189,6 +182,24 @@ def make_train_step(
     )
 
 
+@functools.lru_cache(_COMPILED_FUNCTIONS)
+def jit_init(
+    flow: Flow, bins: int, optimizer: OptimizerSpec, ema_decay: float | None, mesh: Mesh
+) -> Callable[[jax.Array, jax.Array], TrainState]:
+    """jit(init_pixels, seed) -> replicated TrainState, the seed traced (one compile per model).
+    The optimiser hyperparameters are left at 0: set them with `optim.set_hyperparameters`."""
+    tx = build_optimizer(optimizer)
+    init = lambda pixels, seed: init_state(flow, tx, pixels, bins, seed, ema_decay)
+    return jax.jit(init, out_shardings=replicated(mesh))
+
+
+@functools.lru_cache(_COMPILED_FUNCTIONS)
+def jit_train_step(flow: Flow, bins: int, optimizer: OptimizerSpec, ema_decay: float | None, mesh: Mesh):
+    """`make_train_step` with `build_optimizer(optimizer)`: its numbers come from the state."""
+    return make_train_step(flow, build_optimizer(optimizer), bins, mesh, ema_decay)
+
+
+@functools.lru_cache(_COMPILED_FUNCTIONS)
 def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
     """jit(variables, pixels, weights, key) -> (Σ weight·bits/dim, Σ weight, # non-finite); with
     `samples` > 1 the bits/dim are the importance-weighted estimate over that many draws."""

@@ -1,0 +1,151 @@
+"""Reports of the paper comparisons: the detected machine, mean ± std tables, markdown files with
+command, date and machine, and bar or line plots of held-out bits/dim."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import jax
+import matplotlib
+import numpy as np
+
+from jaxflows.data import load_dataset
+
+if TYPE_CHECKING:
+    from experiments.compare import Run, Variant
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def describe_machine() -> str:
+    """The machine as detected: accelerator (or CPU) model, cores, memory, JAX version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    host = f"{os.cpu_count()}-core {cpu}{memory}"
+    if jax.default_backend() == "cpu":
+        return f"{host}, no accelerator, jax {jax.__version__}"
+    return f"{jax.device_count()} × {jax.devices()[0].device_kind} on a {host} host, jax {jax.__version__}"
+
+
+def values(runs: Sequence[Run], variant: Variant, metric: str) -> np.ndarray:
+    return np.asarray([r.metrics[metric] for r in runs if r.variant == variant and metric in r.metrics])
+
+
+def mean_std(xs: np.ndarray, fmt: str = "{:.3f}") -> str:
+    """`mean ± std` (sample std, n-1) over finite values; notes how many were not finite."""
+    xs = np.asarray(xs, np.float64)
+    finite = xs[np.isfinite(xs)]
+    if len(finite) == 0:
+        return "n/a" if len(xs) == 0 else "non-finite"
+    text = fmt.format(finite.mean())
+    if len(finite) > 1:
+        text += " ± " + fmt.format(finite.std(ddof=1))
+    if len(finite) < len(xs):
+        text += f" ({len(xs) - len(finite)} non-finite)"
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe_config(base) -> str:
+    return (
+        f"base model {base.model}; {base.num_steps} steps of batch {base.batch_size}, "
+        f"{base.optimizer} lr {base.learning_rate:g} (linear warm-up {base.warmup_steps}), "
+        f"grad clip {base.grad_clip_norm}"
+    )
+
+
+def write_markdown(
+    path: Path, title: str, base, seeds: Sequence[int], table: str, notes: Sequence[str], command: str,
+    wall_s: float, dataset_desc: str,
+) -> Path:  # fmt: skip
+    lines = [
+        f"# {title}",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {describe_machine()}",
+        f"- dataset: {dataset_desc}",
+        f"- command: `{command}`",
+        f"- setup: {describe_config(base)}; seeds {list(seeds)}",
+        f"- wall time of the whole command: {wall_s:.0f} s",
+        "",
+        table,
+        "",
+        *[f"- {n}" for n in notes],
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def dataset_description(base) -> str:
+    d = load_dataset(base.dataset, base.data_dir, base.n_bits)
+    return f"{d.name} ({len(d.train)} train / {len(d.test)} held-out, {d.image_shape}, {d.num_bins} levels)"
+
+
+def bar_plot(path: Path, runs: Sequence[Run], variants: Sequence[Variant], metric: str, ylabel: str,
+             title: str, baseline: float | None = None) -> Path:  # fmt: skip
+    """Mean ± std of `metric` per variant (non-finite runs left out), one bar per variant; or, when the
+    variants carry an `x`, one line per group against x (log scale)."""
+
+    def stats(v):
+        xs = values(runs, v, metric)
+        xs = xs[np.isfinite(xs)]
+        sd = xs.std(ddof=1) if len(xs) > 1 else 0.0
+        return (xs.mean() if len(xs) else np.nan), sd
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    if all(v.x is not None for v in variants):
+        groups = list(dict.fromkeys(v.group or v.name for v in variants))
+        for g in groups:
+            vs = [v for v in variants if (v.group or v.name) == g]
+            m, s = zip(*(stats(v) for v in vs), strict=True)
+            ax.errorbar([v.x for v in vs], m, yerr=s, marker="o", capsize=3, label=g)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.legend()
+    else:
+        m, s = zip(*(stats(v) for v in variants), strict=True)
+        ax.bar(range(len(variants)), m, yerr=s, capsize=4, color="tab:blue")
+        ax.set_xticks(range(len(variants)), [v.name for v in variants], rotation=15)
+        finite = [a for a in m if np.isfinite(a)] + ([baseline] if baseline is not None else [])
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = max(0.05, (hi - lo) * 0.5)
+            ax.set_ylim(lo - pad - max(s), hi + pad + max(s))
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label="per-pixel histogram")
+        ax.legend()
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def command_line(module: str, argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, map(str, argv))])

@@ -1,0 +1,91 @@
+"""Workdir commands after training: restore the latest checkpoint, evaluate, write sample grids,
+interpolations and the training curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxflows.train.checkpoint import CheckpointStore
+from jaxflows.train.config import TrainConfig
+from jaxflows.train.evaluate import evaluate_bits_per_dim, pixel_baseline_bits_per_dim
+from jaxflows.train.experiment import Experiment, diagnostics, initial_state, setup
+from jaxflows.train.metrics import plot_training_curve
+from jaxflows.train.sampling import interpolate, sample_grid, sample_grid_path, sample_key
+from jaxflows.train.steps import TrainState
+from jaxflows.train.workdir import writing
+
+
+def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Experiment, TrainState]:
+    """Experiment and the latest checkpointed state of `workdir` (raises if there is none)."""
+    exp = setup(config)
+    if not (Path(workdir) / "checkpoints").is_dir():
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first")
+    store = CheckpointStore(Path(workdir), config.checkpoint_every, config.keep_checkpoints, writer=False)
+    try:
+        if not store.steps():
+            raise FileNotFoundError(f"no checkpoint in {store.directory}: train first")
+        return exp, initial_state(exp, store)
+    finally:
+        store.close()
+
+
+def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """Held-out bits/dim of the flow (its parameters' moving average when trained with one; then also
+    `flow_bits_per_dim_without_ema`) and of the per-pixel histogram baseline on the same split, and
+    the per-level log-det terms and reconstruction errors (`level_diagnostics`)."""
+    c, d = exp.config, exp.dataset
+
+    def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
+        variables = state.variables(averaged)
+        return evaluate_bits_per_dim(
+            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed, samples
+        )  # fmt: skip
+
+    scores = {"flow_bits_per_dim": held_out(averaged=True)}
+    if state.ema_params is not None:
+        scores["flow_bits_per_dim_without_ema"] = held_out(averaged=False)
+    if c.eval_importance_samples > 1:
+        iw = held_out(averaged=True, draws=1, samples=c.eval_importance_samples)
+        scores[f"flow_bits_per_dim_iw{c.eval_importance_samples}"] = iw
+    baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
+    return {
+        **scores,
+        "baseline_bits_per_dim": baseline,
+        "held_out_examples": len(d.test),
+        **diagnostics(exp, state),
+    }
+
+
+def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Path:
+    c = exp.config
+    key = sample_key(c.seed)
+    image, _ = sample_grid(
+        exp.flow,
+        state.variables(averaged=True),
+        key,
+        exp.dataset.num_bins,
+        c.sample_temperatures,
+        c.samples_per_temperature,
+    )
+    path = sample_grid_path(workdir, c.sample_temperatures)
+    with writing(path):
+        image.save(path)
+    return path
+
+
+def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
+    test = exp.dataset.test
+    a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
+    image = interpolate(
+        exp.flow, state.variables(averaged=True), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
+    )
+    path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
+    with writing(path):
+        image.save(path)
+    return path
+
+
+def write_curve(workdir: str | Path, baseline: float | None = None) -> Path:
+    return plot_training_curve(Path(workdir), baseline)

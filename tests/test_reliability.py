@@ -258,3 +258,29 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     resumed = train(TINY, tmp_path, progress=False)
     assert [int(r["step"]) for r in resumed.history] == [4, 5, 6]
+
+
+def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
+    import time
+
+    config = tmp_path / "long.py"
+    config.write_text(
+        "from tests.test_train import TINY\n\ndef get_config():\n"
+        "    return TINY.replace(num_steps=100000, checkpoint_every=1000, log_every=5)\n"
+    )
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "experiments.train", "--config", str(config), "--workdir", str(workdir),
+               "--no_progress"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(read_metrics(workdir)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    step = int(out.split("stopped by SIGINT at step ")[1].split(";")[0])
+    assert _steps(workdir) == [1, step]  # orbax's first save, and the one Ctrl-C asked for
+    assert "cannot schedule new futures" not in err and "Traceback" not in err

@@ -128,6 +128,30 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
             np.testing.assert_allclose(log_det[0], expected, rtol=1e-7, atol=1e-7)
 
 
+def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
+    """float32 parameters (as `init` makes them) and float64 inputs: every derived quantity is
+    computed in the promoted dtype, float64, so the round trip and the log-det against the dense
+    float64 jacobian are float64-exact (a layer that builds W⁻¹ in float32 is off by ~1e-7)."""
+    module, variables, x = setup_case(case)
+    floats = [a for a in jax.tree_util.tree_leaves(variables) if jnp.issubdtype(a.dtype, jnp.floating)]
+    assert all(a.dtype == jnp.float32 for a in floats), "init should make float32 parameters"
+    with jax.enable_x64(True):
+        x1 = jnp.asarray(x[:1], jnp.float64)
+        y, ld_fwd = _apply(module, variables, x1, "forward")
+        assert y.dtype == ld_fwd.dtype == jnp.float64, (y.dtype, ld_fwd.dtype)
+        x_back, ld_inv = _apply(module, variables, y, "inverse")
+        assert x_back.dtype == ld_inv.dtype == jnp.float64, (x_back.dtype, ld_inv.dtype)
+        np.testing.assert_allclose(x_back, x1, rtol=0, atol=1e-10 * max(1.0, float(jnp.abs(x1).max())))
+        for method, point, log_det in (("forward", x1, ld_fwd), ("inverse", y, ld_inv)):
+
+            def flat(v, method=method, shape=point.shape):
+                return _apply(module, variables, v.reshape(shape), method)[0].reshape(-1)
+
+            jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
+            _, expected = jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
+            np.testing.assert_allclose(log_det[0], expected, rtol=1e-10, atol=1e-9, err_msg=method)
+
+
 def check_jit_matches_eager(case: BijectorCase) -> None:
     module, variables, x = setup_case(case)
     y, _ = _apply(module, variables, x, "forward")
@@ -160,6 +184,7 @@ PROPERTIES = [
     check_round_trip,
     check_log_det_antisymmetric,
     check_log_det_matches_jacobian,
+    check_float64_inputs_with_float32_params,
     check_jit_matches_eager,
     check_gradients_finite,
 ]

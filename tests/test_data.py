@@ -133,3 +133,27 @@ def test_tfds_path_on_mock_data(monkeypatch):
         np.testing.assert_array_equal(again.batch(0), batch)
         reduced = load_dataset("mnist", n_bits=5)
         assert reduced.num_bins == 32 and reduced.train[np.arange(4)].max() < 32
+
+
+def test_data_modules_import_each_other_in_one_direction():
+    """No import circle: the shared types live in `source`, which imports no other data module."""
+    import ast
+    from pathlib import Path
+
+    import jaxflows.data
+
+    package = Path(jaxflows.data.__file__).parent
+    imports = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imports[path.stem] = {m.split(".")[-1] for m in names if m.startswith("jaxflows.data.")}
+    assert imports["source"] == set()
+    assert "datasets" not in imports["tfds_source"]
+
+    def reaches(start, target, seen=()):
+        return any(m == target or (m not in seen and reaches(m, target, (*seen, m))) for m in imports[start])
+
+    for module in imports:
+        if module != "__init__":
+            assert not reaches(module, module), f"{module} imports itself through a circle"

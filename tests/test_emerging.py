@@ -59,7 +59,7 @@ def test_each_autoregressive_conv_is_triangular_in_its_raster_order(kernel_size)
     variables = perturb_params(module.init(jax.random.key(1), x), 0.5, jax.random.key(2))
     with jax.enable_x64(True):
         variables = _x64(variables)
-        first, second, _ = module.apply(variables, 3, method="kernels")
+        first, second, _ = module.apply(variables, jnp.zeros(shape, jnp.float64), method="kernels")
         params = variables["params"]
         point = jnp.asarray(x, jnp.float64).reshape(-1)
         stages = {
@@ -124,7 +124,7 @@ def test_qr_conv_starts_as_a_rotation_and_inverts_without_inv():
     module = Conv1x1QR()
     x = jax.random.normal(jax.random.key(0), (1, 2, 2, 6))
     variables = module.init(jax.random.key(1), x)
-    weight, log_abs_det = module.apply(variables, 6, False, method="matrix")
+    weight, log_abs_det = module.apply(variables, x, method="matrix")
     np.testing.assert_allclose(weight @ weight.T, np.eye(6), atol=1e-5)
     np.testing.assert_allclose(np.linalg.det(weight), 1.0, atol=1e-5)  # Glow's random rotation
     np.testing.assert_allclose(log_abs_det, 0.0, atol=1e-5)
@@ -132,9 +132,10 @@ def test_qr_conv_starts_as_a_rotation_and_inverts_without_inv():
     variables = perturb_params(variables, 0.3, jax.random.key(2))
     q = householder_product(variables["params"]["householder"])
     np.testing.assert_allclose(q @ q.T, np.eye(6), atol=1e-5)
-    weight, log_abs_det = module.apply(variables, 6, False, method="matrix")
-    inverse, _ = module.apply(variables, 6, True, method="matrix")
+    weight, log_abs_det = module.apply(variables, x, method="matrix")
+    inverse, inverse_log_abs_det = module.apply(variables, x, method="inverse_matrix")
     np.testing.assert_allclose(inverse @ weight, np.eye(6), atol=1e-4)
+    np.testing.assert_allclose(inverse_log_abs_det, -log_abs_det, atol=1e-6)
     np.testing.assert_allclose(log_abs_det, np.linalg.slogdet(np.asarray(weight))[1], atol=1e-5)
 
 

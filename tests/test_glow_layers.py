@@ -21,9 +21,7 @@ CASES = [
     BijectorCase("conv1x1_lu", Conv1x1LU, (2, 3, 3, 4)),
     BijectorCase("affine_channel_p0", lambda: AffineCoupling(hidden=8), (2, 4, 4, 4)),
     BijectorCase("affine_channel_p1", lambda: AffineCoupling(hidden=8, parity=1), (2, 4, 4, 3)),
-    BijectorCase(
-        "affine_checkerboard", lambda: AffineCoupling(hidden=8, mask="checkerboard"), (2, 4, 4, 2)
-    ),
+    BijectorCase("affine_checkerboard", lambda: AffineCoupling(hidden=8, mask="checkerboard"), (2, 4, 4, 2)),
     BijectorCase(
         "affine_checkerboard_p1",
         lambda: AffineCoupling(hidden=8, mask="checkerboard", parity=1),

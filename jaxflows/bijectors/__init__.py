@@ -12,15 +12,15 @@ from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
 from jaxflows.bijectors.coupling import (
     AdditiveCoupling,
     AffineCoupling,
-    ChannelMask,
-    CheckerboardMask,
     Coupling,
     CouplingNetwork,
 )
+from jaxflows.bijectors.elementwise import ScalarAffine, Shift
 from jaxflows.bijectors.emerging import EmergingConv
+from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
-from jaxflows.bijectors.split import LearnedPrior, Split, whiten
+from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 
 __all__ = [
@@ -40,11 +40,12 @@ __all__ = [
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
     "PeriodicConv",
+    "ScalarAffine",
+    "Shift",
     "Split",
     "Squeeze",
     "apply_1x1",
     "random_rotation",
     "squeeze2d",
     "unsqueeze2d",
-    "whiten",
 ]

@@ -4,24 +4,35 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
 from jaxflows.core.validation import check_image
 
 
 class ActNorm(Bijector):
-    """Per-channel affine map y = (x + bias) · exp(log_scale); log_det = h·w·Σ log_scale.
+    """Per-channel affine map with data-dependent initialisation (Glow Sec 3.1, Table 1).
 
-    Data-dependent initialisation: `init` on a batch sets bias = −mean and
-    log_scale = −log(std + eps) per channel, so the output on that batch has zero mean and unit
-    variance. A channel that is constant on the init batch (std ≤ min_std · (1 + |mean|), e.g. a
-    batch of identical examples) is centred but not scaled (log_scale = 0): scaling it by
-    1/eps would send any other input, and the log-density, to ±inf. eps and min_std are used at
-    initialisation only; forward and inverse are exact inverses.
+    Forward: y = (x + bias) · exp(log_scale), log_det = h·w·Σ_c log_scale_c.
+    Inverse: x = y · exp(−log_scale) − bias, log_det = −h·w·Σ_c log_scale_c.
+
+    `init` on a batch sets bias = −mean and log_scale = −log(std + eps) per channel, so the output
+    on that batch has zero mean and unit variance. A channel that is constant on the init batch
+    (std ≤ min_std · (1 + |mean|), e.g. a batch of identical examples) is centred but not scaled
+    (log_scale = 0): scaling it by 1/eps would send any other input, and the log-density, to ±inf.
+    eps and min_std are used at initialisation only; forward and inverse are exact inverses.
+
+    Attributes:
+      eps: added to the init batch's std before its log.
+      min_std: relative std at or below which a channel counts as constant at init.
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of bias and log_scale (initialised from the data, then cast).
     """
 
     eps: float = 1e-6
     min_std: float = 1e-5
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def _params(self, x: Array, from_data: bool) -> tuple[Array, Array]:
@@ -33,13 +44,14 @@ class ActNorm(Bijector):
             bias_init = -mean
             scale_init = jnp.where(constant, jnp.zeros_like(std), -jnp.log(std + self.eps))
         else:
-            bias_init = scale_init = jnp.zeros(channels, x.dtype)
-        bias = self.param("bias", lambda _: bias_init)
-        log_scale = self.param("log_scale", lambda _: scale_init)
-        return bias, log_scale
+            bias_init = scale_init = jnp.zeros(channels)
+        bias = self.param("bias", lambda _: bias_init.astype(self.param_dtype))
+        log_scale = self.param("log_scale", lambda _: scale_init.astype(self.param_dtype))
+        dtype = compute_dtype(self.dtype, x, bias, log_scale)
+        return bias.astype(dtype), log_scale.astype(dtype)
 
     def _log_det(self, x: Array, log_scale: Array) -> Array:
-        return jnp.full(x.shape[0], x.shape[1] * x.shape[2] * jnp.sum(log_scale), x.dtype)
+        return per_example(x.shape[1] * x.shape[2] * jnp.sum(log_scale), x)
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         check_image(x)

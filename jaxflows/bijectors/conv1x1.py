@@ -1,17 +1,25 @@
 """Invertible 1x1 convolutions (Glow, Kingma & Dhariwal 2018, Sec 3.2).
 
-Every 1x1 convolution applies one c×c matrix W at each pixel: y_ij = W x_ij, with
-log|det J| = h·w·log|det W|. Subclasses say only how W, W⁻¹ and log|det W| are built from their
-parameters; applying the matrix and scaling the log-det is shared in `InvertibleConv1x1`.
+Every 1x1 convolution applies one c×c matrix W at each pixel:
+
+    forward: y_ij = W x_ij,     log_det = h·w·log|det W|
+    inverse: x_ij = W⁻¹ y_ij,   log_det = h·w·log|det W⁻¹| = −h·w·log|det W|
+
+Subclasses say only how W and W⁻¹ (with their log|det|) are built from their parameters, each
+in its own method over one shared helper that reads the parameters; applying the matrix and
+scaling the log-det is shared in `InvertibleConv1x1`.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
 from jaxflows.core.validation import check_image
 
 
@@ -20,7 +28,7 @@ def apply_1x1(x: Array, matrix: Array) -> Array:
     return jnp.einsum("...j,ij->...i", x, matrix)
 
 
-def random_rotation(key: Array, channels: int, dtype=jnp.float32) -> Array:
+def random_rotation(key: Array, channels: int, dtype: DTypeLike = jnp.float32) -> Array:
     """A uniformly random orthogonal matrix with det +1 (Glow's initialisation)."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (channels, channels), dtype))
     q = q * jnp.sign(jnp.diag(r))[None, :]
@@ -28,70 +36,124 @@ def random_rotation(key: Array, channels: int, dtype=jnp.float32) -> Array:
 
 
 class InvertibleConv1x1(Bijector):
-    """Base class: a subclass implements `matrix(channels, inverse)`.
+    """Base class: y_ij = W x_ij at every pixel; log_det = h·w·log|det W| (Glow Table 1).
 
-    `matrix` returns (M, log|det W|) where M is W for the forward direction and W⁻¹ for the
-    inverse one; both directions then share `apply_1x1`.
+    A subclass implements `matrix(x)` → (W, log|det W|) and `inverse_matrix(y)` →
+    (W⁻¹, log|det W⁻¹|), both in the computation dtype for inputs like x; `forward` applies the
+    first, `inverse` the second, through the same `apply_1x1`.
+
+    Attributes:
+      dtype: computation dtype of W, W⁻¹ and the output (None: promoted from the input and
+        parameters, so float64 inputs get a float64 W⁻¹ from float32 parameters).
+      param_dtype: dtype of the parameters at init.
     """
 
-    def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
+
+    def matrix(self, x: Array) -> tuple[Array, Array]:
+        """(W, log|det W|) for inputs like x (its channels and dtype)."""
         raise NotImplementedError
 
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
-        check_image(x)
-        matrix, log_abs_det = self.matrix(x.shape[-1], inverse)
+    def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
+        """(W⁻¹, log|det W⁻¹|) for inputs like y (its channels and dtype)."""
+        raise NotImplementedError
+
+    def _multiply(self, x: Array, matrix: Array, log_abs_det: Array) -> tuple[Array, Array]:
         pixels = x.shape[1] * x.shape[2]
-        sign = -1.0 if inverse else 1.0
-        log_det = jnp.full(x.shape[0], sign * pixels * log_abs_det, x.dtype)
-        return apply_1x1(x, matrix.astype(x.dtype)), log_det
+        return apply_1x1(x.astype(matrix.dtype), matrix), per_example(pixels * log_abs_det, x)
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        check_image(x)
+        return self._multiply(x, *self.matrix(x))
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        check_image(y)
+        return self._multiply(y, *self.inverse_matrix(y))
 
 
 class Conv1x1(InvertibleConv1x1):
-    """Unconstrained W, initialised as a random rotation; log|det W| by LU (O(c³))."""
+    """Unconstrained W (Glow Sec 3.2), initialised as a random rotation.
+
+    Forward: y = W x, log|det W| by LU (O(c³)). Inverse: x = W⁻¹ y with W⁻¹ = inv(W),
+    log|det W⁻¹| = −log|det W|.
+
+    Attributes:
+      dtype, param_dtype: as `InvertibleConv1x1`.
+    """
 
     @nn.compact
-    def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
-        weight = self.param("kernel", lambda key: random_rotation(key, channels))
-        log_abs_det = jnp.linalg.slogdet(weight)[1]
-        return (jnp.linalg.inv(weight) if inverse else weight), log_abs_det
+    def weight(self, x: Array) -> Array:
+        """W in the computation dtype."""
+        weight = self.param("kernel", lambda key: random_rotation(key, x.shape[-1], self.param_dtype))
+        return weight.astype(compute_dtype(self.dtype, x, weight))
+
+    def matrix(self, x: Array) -> tuple[Array, Array]:
+        weight = self.weight(x)
+        return weight, jnp.linalg.slogdet(weight)[1]
+
+    def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
+        weight = self.weight(y)
+        return jnp.linalg.inv(weight), -jnp.linalg.slogdet(weight)[1]
+
+
+class LUFactors(NamedTuple):
+    """W = P L U: P as a row permutation (P m = m[permutation]), L unit lower, U upper triangular."""
+
+    permutation: Array
+    lower: Array
+    upper: Array
+    log_abs_det: Array  # log|det W| = Σ log_s
 
 
 class Conv1x1LU(InvertibleConv1x1):
     """W = P L (U + diag(sign · exp(log_s))) (Glow Sec 3.2, LU decomposition).
 
+    Forward: y = W x, log|det W| = Σ log_s (O(c)).
+    Inverse: x = W⁻¹ y with W⁻¹ = (U + diag s)⁻¹ L⁻¹ Pᵀ by two triangular solves of c×c
+    matrices; log|det W⁻¹| = −Σ log_s.
     P (a fixed permutation, P[i, permutation[i]] = 1) and sign(s) are constants from the LU
     decomposition of a random rotation; L is unit lower triangular, U strictly upper triangular.
-    log|det W| = Σ log_s, O(c).
-    W⁻¹ = (U + diag s)⁻¹ L⁻¹ Pᵀ by two triangular solves of c×c matrices.
+
+    Attributes:
+      dtype, param_dtype: as `InvertibleConv1x1`.
     """
 
     @nn.compact
-    def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
-        init = None
+    def factors(self, x: Array) -> LUFactors:
+        """P, L and U + diag(s) in the computation dtype, and log|det W|."""
+        channels = x.shape[-1]
         # Flax evaluates param initialisers abstractly at apply time too (a shape check), so every
         # initialiser derives from one key: the params RNG at init, a placeholder afterwards.
         key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda name: lambda *_: _lu_of_random_rotation(key, channels)[name]
+        init = lambda name: lambda *_: _lu_of_random_rotation(key, channels, self.param_dtype)[name]
         perm = self.variable("constants", "permutation", init("permutation")).value
         sign = self.variable("constants", "sign", init("sign")).value
         lower = self.param("lower", init("lower"))
         upper = self.param("upper", init("upper"))
         log_s = self.param("log_s", init("log_s"))
 
-        eye = jnp.eye(channels, dtype=lower.dtype)
-        l_mat = jnp.tril(lower, -1) + eye
+        dtype = compute_dtype(self.dtype, x, lower, upper, log_s)
+        lower, upper, log_s, sign = (a.astype(dtype) for a in (lower, upper, log_s, sign))
+        l_mat = jnp.tril(lower, -1) + jnp.eye(channels, dtype=dtype)
         u_mat = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_s))
-        log_abs_det = jnp.sum(log_s)
-        if not inverse:
-            return (l_mat @ u_mat)[perm], log_abs_det  # P m = m[perm]
-        l_inv = jax.scipy.linalg.solve_triangular(l_mat, eye, lower=True, unit_diagonal=True)
-        lu_inv = jax.scipy.linalg.solve_triangular(u_mat, l_inv, lower=False)
-        return lu_inv[:, perm], log_abs_det  # m Pᵀ = m[:, perm]
+        return LUFactors(perm, l_mat, u_mat, jnp.sum(log_s))
+
+    def matrix(self, x: Array) -> tuple[Array, Array]:
+        perm, lower, upper, log_abs_det = self.factors(x)
+        return (lower @ upper)[perm], log_abs_det  # P m = m[perm]
+
+    def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
+        perm, lower, upper, log_abs_det = self.factors(y)
+        eye = jnp.eye(lower.shape[-1], dtype=lower.dtype)
+        l_inv = jax.scipy.linalg.solve_triangular(lower, eye, lower=True, unit_diagonal=True)
+        lu_inv = jax.scipy.linalg.solve_triangular(upper, l_inv, lower=False)
+        return lu_inv[:, perm], -log_abs_det  # m Pᵀ = m[:, perm]
 
 
-def _lu_of_random_rotation(key: Array, channels: int) -> dict[str, Array]:
+def _lu_of_random_rotation(key: Array, channels: int, dtype: DTypeLike) -> dict[str, Array]:
     """Glow's LU initialisation: W = P L U of a random rotation, split into parameters."""
-    p, lower, upper = jax.scipy.linalg.lu(random_rotation(key, channels))
+    p, lower, upper = jax.scipy.linalg.lu(random_rotation(key, channels, dtype))
     diag = jnp.diag(upper)
     return {
         "permutation": jnp.argmax(p, axis=1),  # row i of P has its 1 in column permutation[i]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, random_rotation
-from jaxflows.core.bijector import Array
+from jaxflows.core.bijector import Array, compute_dtype
 
 
 def householder_product(vectors: Array) -> Array:
@@ -21,34 +24,55 @@ def householder_product(vectors: Array) -> Array:
     return q
 
 
+class QRFactors(NamedTuple):
+    """W = Q R: Q orthogonal, R upper triangular with diagonal sign · exp(log_r)."""
+
+    q: Array
+    r: Array
+    log_abs_det: Array  # log|det W| = Σ log_r
+
+
 class Conv1x1QR(InvertibleConv1x1):
     """W = Q R (Hoogeboom et al. 2019, Eq. 10–11): Q a product of c learnable Householder
     reflections, R upper triangular with diagonal sign · exp(log_r).
 
-    |det Q| = 1, so log|det W| = Σ log_r (O(c)). W⁻¹ = R⁻¹ Qᵀ by one triangular solve; no general
-    inverse. sign is a constant: Householder QR of Glow's random rotation, which is W at init.
+    Forward: y = W x = Q R x; |det Q| = 1, so log|det W| = Σ log_r (O(c)).
+    Inverse: x = W⁻¹ y with W⁻¹ = R⁻¹ Qᵀ by one triangular solve (no general inverse);
+    log|det W⁻¹| = −Σ log_r.
+    sign is a constant: Householder QR of Glow's random rotation, which is W at init.
+
+    Attributes:
+      dtype, param_dtype: as `InvertibleConv1x1`.
     """
 
     @nn.compact
-    def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
+    def factors(self, x: Array) -> QRFactors:
+        """Q and R in the computation dtype, and log|det W|."""
+        channels = x.shape[-1]
         # Flax evaluates param initialisers abstractly at apply time too (a shape check), so every
         # initialiser derives from one key: the params RNG at init, a placeholder afterwards.
         key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda name: lambda *_: _qr_of_random_rotation(key, channels)[name]
+        init = lambda name: lambda *_: _qr_of_random_rotation(key, channels, self.param_dtype)[name]
         sign = self.variable("constants", "sign", init("sign")).value
         vectors = self.param("householder", init("householder"))
         upper = self.param("upper", init("upper"))
         log_r = self.param("log_r", init("log_r"))
 
-        q = householder_product(vectors)
+        dtype = compute_dtype(self.dtype, x, vectors, upper, log_r)
+        vectors, upper, log_r, sign = (a.astype(dtype) for a in (vectors, upper, log_r, sign))
         r = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_r))
-        log_abs_det = jnp.sum(log_r)
-        if not inverse:
-            return q @ r, log_abs_det
-        return jax.scipy.linalg.solve_triangular(r, q.T, lower=False), log_abs_det
+        return QRFactors(householder_product(vectors), r, jnp.sum(log_r))
+
+    def matrix(self, x: Array) -> tuple[Array, Array]:
+        q, r, log_abs_det = self.factors(x)
+        return q @ r, log_abs_det
+
+    def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
+        q, r, log_abs_det = self.factors(y)
+        return jax.scipy.linalg.solve_triangular(r, q.T, lower=False), -log_abs_det
 
 
-def _qr_of_random_rotation(key: Array, channels: int) -> dict[str, Array]:
+def _qr_of_random_rotation(key: Array, channels: int, dtype: DTypeLike) -> dict[str, Array]:
     """Householder QR of a random rotation, split into parameters (then Q R is that rotation)."""
 
     def reflect(k, carry):
@@ -61,7 +85,7 @@ def _qr_of_random_rotation(key: Array, channels: int) -> dict[str, Array]:
         a = a - (2.0 / jnp.dot(v, v)) * jnp.outer(v, v @ a)
         return a, vectors.at[k].set(v)
 
-    rotation = random_rotation(key, channels)
+    rotation = random_rotation(key, channels, dtype)
     r, vectors = lax.fori_loop(0, channels, reflect, (rotation, jnp.zeros_like(rotation)))
     diag = jnp.diag(r)
     return {

@@ -1,23 +1,28 @@
 """Coupling layers: NICE (Dinh et al. 2014), RealNVP (Dinh et al. 2017), Glow (Kingma & Dhariwal 2018).
 
 A mask divides x into an active part x_a and a conditioning part x_b. A network reads x_b and
-produces the parameters h of an invertible element-wise (or per-pixel) transform of x_a:
+produces the parameters h of an invertible element-wise (or per-pixel) map T_h of x_a:
 
-    y_a = T(x_a; h(x_b)),   y_b = x_b,   log_det = Σ log|∂T/∂x_a|.
+    forward: y_a = T_h(x_a),     y_b = x_b,  log_det = Σ log|∂T_h/∂x_a|
+    inverse: x_a = T_h⁻¹(y_a),   x_b = y_b,  log_det = Σ log|∂T_h⁻¹/∂y_a|
 
-`Coupling` owns the mask and the network; subclasses give T, its inverse and its log-det in one
-`couple(active, h, inverse)` so forward and inverse share one piece of maths.
+with h = NN(x_b) = NN(y_b) in both directions. `Coupling` owns the mask and the network; a
+subclass gives T_h as an inner bijector (`jaxflows.bijectors.elementwise`) whose
+`forward_and_log_det` and `inverse_and_log_det` each return their own direction's log-det terms.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, sum_except_batch
+from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
+from jaxflows.bijectors.masks import MASKS, Mask
+from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import Conv
 
@@ -35,151 +40,129 @@ def _relu_jvp(primals, tangents):
 
 
 class CouplingNetwork(nn.Module):
-    """Glow's NN(): 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised 3x3 conv.
+    """Glow's NN() (Kingma & Dhariwal 2018, Sec 3.3): 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 conv.
 
-    The last convolution starts at zero so each coupling starts as the identity (Glow Sec 3.3).
-    Convolutions are `jaxflows.ops.Conv` (the fastest formulation per backend).
+    h = conv_out(relu(conv_hidden(relu(conv_in(x_b))))). The last convolution starts at zero, so
+    each coupling starts as the identity. Convolutions are `jaxflows.ops.Conv` (the fastest
+    formulation per backend).
+
+    Attributes:
+      hidden: channels of the two hidden layers.
+      out_channels: channels of h (the coupling's `num_params`).
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the parameters at init.
     """
 
     hidden: int
     out_channels: int
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        h = relu(Conv(self.hidden, 3, name="conv_in")(x))
-        h = relu(Conv(self.hidden, 1, name="conv_hidden")(h))
-        return Conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
-
-
-@dataclasses.dataclass(frozen=True)
-class ChannelMask:
-    """Split along channels (RealNVP channel-wise mask, Glow's split()).
-
-    parity 0 transforms the second half conditioned on the first; parity 1 the reverse.
-    """
-
-    parity: int = 0
-
-    def _cut(self, channels: int) -> int:
-        return channels // 2
-
-    def active_channels(self, channels: int) -> int:
-        cut = self._cut(channels)
-        return channels - cut if self.parity == 0 else cut
-
-    def split(self, x: Array) -> tuple[Array, Array]:
-        first, second = x[..., : self._cut(x.shape[-1])], x[..., self._cut(x.shape[-1]) :]
-        return (second, first) if self.parity == 0 else (first, second)
-
-    def merge(self, active: Array, x: Array) -> Array:
-        cut = self._cut(x.shape[-1])
-        if self.parity == 0:
-            return jnp.concatenate([x[..., :cut], active], axis=-1)
-        return jnp.concatenate([active, x[..., cut:]], axis=-1)
-
-    def weights(self, x: Array) -> None:
-        return None
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckerboardMask:
-    """RealNVP spatial checkerboard: pixels with (i + j + parity) even condition the others.
-
-    The network reads b ⊙ x; the transform acts on every pixel and is kept only where b = 0.
-    """
-
-    parity: int = 0
-
-    def board(self, x: Array) -> Array:
-        i = jnp.arange(x.shape[1])[:, None]
-        j = jnp.arange(x.shape[2])[None, :]
-        return ((i + j + self.parity) % 2 == 0).astype(x.dtype)[None, :, :, None]
-
-    def active_channels(self, channels: int) -> int:
-        return channels
-
-    def split(self, x: Array) -> tuple[Array, Array]:
-        return x, x * self.board(x)
-
-    def merge(self, active: Array, x: Array) -> Array:
-        b = self.board(x)
-        return b * x + (1 - b) * active
-
-    def weights(self, x: Array) -> Array:
-        return 1 - self.board(x)
-
-
-MASKS = {"channel": ChannelMask, "checkerboard": CheckerboardMask}
+        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        h = relu(conv(self.hidden, 3, name="conv_in")(x))
+        h = relu(conv(self.hidden, 1, name="conv_hidden")(h))
+        return conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
 
 
 class Coupling(Bijector):
-    """Base class: a subclass implements `num_params` and `couple`.
+    """Base class of coupling layers: y_a = T_h(x_a), y_b = x_b with h = NN(x_b).
 
-    `couple(active, h, inverse)` returns the transformed active part and element-wise (or
-    per-pixel, broadcastable) log|det| terms of the forward map; the base masks and sums them.
+    Forward: y_a = T_h(x_a), log_det = Σ_active log|∂T_h/∂x_a|.
+    Inverse: x_a = T_h⁻¹(y_a), log_det = Σ_active log|∂T_h⁻¹/∂y_a|.
+    A subclass implements `num_params(active_channels)`, the channels of h, and
+    `inner_bijector(h, active_channels)`, the map T_h (`jaxflows.bijectors.elementwise`); this
+    class splits and merges with the mask, runs the network and lets the mask sum the inner
+    bijector's log-det terms over the transformed entries.
+
+    Attributes:
+      hidden: channels of the network's hidden layers (Glow: 512).
+      mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
+        (`CheckerboardMask`: a spatial checkerboard).
+      parity: 0 or 1, which half is active; alternate it between successive couplings.
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the network's parameters at init.
     """
 
     hidden: int = 512
     mask: str = "channel"
     parity: int = 0
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
-    def _mask(self):
+    def masking(self) -> Mask:
+        """The mask named by `mask`, with `parity`."""
         if self.mask not in MASKS:
             raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
         return MASKS[self.mask](self.parity)
 
     def num_params(self, active_channels: int) -> int:
+        """Channels of the network output h for `active_channels` active channels."""
         raise NotImplementedError
 
-    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def inner_bijector(self, h: Array, active_channels: int) -> ElementwiseBijector:
+        """T_h, the invertible map of an active part of `active_channels` channels, given h."""
         raise NotImplementedError
 
     @nn.compact
-    def _conditioner(self, cond: Array, out_channels: int) -> Array:
-        return CouplingNetwork(self.hidden, out_channels, name="network")(cond)
+    def conditioner(self, cond: Array, out_channels: int) -> Array:
+        """h = NN(x_b): the network output, `out_channels` channels, from the conditioning part."""
+        network = CouplingNetwork(
+            self.hidden, out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="network"
+        )
+        return network(cond)
 
-    def conditioned(self, x: Array):
+    def conditioned(self, x: Array) -> tuple[Mask, Array, Array]:
         """(mask, active part of x, network output h computed from the conditioning part)."""
-        mask = self._mask()
-        active, cond = mask.split(x)
-        return mask, active, self._conditioner(cond, self.num_params(active.shape[-1]))
-
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
         check_image(x)
-        check_channels(x.shape[-1], 2 if self.mask == "channel" else 1, type(self).__name__)
+        mask = self.masking()
+        check_channels(x.shape[-1], mask.min_channels, type(self).__name__)
+        active, cond = mask.split(x)
+        return mask, active, self.conditioner(cond, self.num_params(active.shape[-1]))
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
         mask, active, h = self.conditioned(x)
-        out, log_det_terms = self.couple(active, h, inverse)
-        weights = mask.weights(x)
-        if weights is not None:
-            log_det_terms = log_det_terms * weights
-        batch_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        log_det = sum_except_batch(log_det_terms + jnp.zeros(batch_shape, x.dtype))
-        return mask.merge(out, x), -log_det if inverse else log_det
+        y_active, terms = self.inner_bijector(h, active.shape[-1]).forward_and_log_det(active)
+        return mask.merge(y_active, x), mask.sum_active(terms, x)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        mask, active, h = self.conditioned(y)
+        x_active, terms = self.inner_bijector(h, active.shape[-1]).inverse_and_log_det(active)
+        return mask.merge(x_active, y), mask.sum_active(terms, y)
 
 
 class AffineCoupling(Coupling):
-    """y_a = s ⊙ x_a + t with s = sigmoid(h_s + 2) (Glow Table 1); log_det = Σ log s.
+    """Glow's affine coupling (Kingma & Dhariwal 2018, Table 1; RealNVP Eq. 6).
 
+    (t, h_s) = NN(x_b) (interleaved channels), s = sigmoid(h_s + 2).
+    Forward: y_a = s ⊙ x_a + t, log_det = Σ log s.
+    Inverse: x_a = (y_a − t) / s, log_det = −Σ log s.
     The sigmoid keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable.
+
+    Attributes:
+      hidden, mask, parity, dtype, param_dtype: as `Coupling`.
     """
 
     def num_params(self, active_channels: int) -> int:
         return 2 * active_channels
 
-    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
+    def inner_bijector(self, h: Array, active_channels: int) -> ScalarAffine:
         shift, raw_scale = h[..., 0::2], h[..., 1::2]
-        log_scale = jax.nn.log_sigmoid(raw_scale + 2.0)
-        if inverse:
-            return (active - shift) * jnp.exp(-log_scale), log_scale
-        return active * jnp.exp(log_scale) + shift, log_scale
+        return ScalarAffine(shift, jax.nn.log_sigmoid(raw_scale + 2.0))
 
 
 class AdditiveCoupling(Coupling):
-    """y_a = x_a + t(x_b) (NICE); volume preserving, log_det = 0."""
+    """NICE's additive coupling (Dinh et al. 2014, Eq. 6); volume preserving.
+
+    t = NN(x_b). Forward: y_a = x_a + t. Inverse: x_a = y_a − t. log_det = 0 both ways.
+
+    Attributes:
+      hidden, mask, parity, dtype, param_dtype: as `Coupling`.
+    """
 
     def num_params(self, active_channels: int) -> int:
         return active_channels
 
-    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
-        out = active - h if inverse else active + h
-        return out, jnp.zeros((), active.dtype)
+    def inner_bijector(self, h: Array, active_channels: int) -> Shift:
+        return Shift(h)

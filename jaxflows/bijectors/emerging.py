@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
 from jaxflows.core.validation import check_image
 from jaxflows.ops import conv2d
 
@@ -133,17 +134,25 @@ class EmergingConv(Bijector):
     """Emerging k×k convolution (Hoogeboom et al. 2019, Sec 3.1): y = flip(A₂(flip(A₁(x)))).
 
     A₁ and A₂ are autoregressive convolutions (Eq. 6), A₂ applied in reversed raster order, so the
-    composition has a dense k×k receptive field. log_det = h·w·Σ_c (log d₁,c + log d₂,c), the
-    diagonal taps parametrised as d = exp(log d). Kernels start at the identity plus N(0, 0.02²).
-
-    Inverse: exact substitution (forward for A₁, in reversed order for A₂) inside `lax.scan`.
+    composition has a dense k×k receptive field; the diagonal taps are d = exp(log d).
+    Forward: two ordinary convolutions; log_det = h·w·Σ_c (log d₁,c + log d₂,c).
+    Inverse: exact substitution, A₂ in reversed raster order then A₁ in raster order, inside
+    `lax.scan`; log_det = −h·w·Σ_c (log d₁,c + log d₂,c).
     `inverse_method="pixels"` scans the h·w pixels (each a c×c triangular solve; cost
     O(h·w·b·k²·c²), h·w sequential steps); `"rows"` scans the h rows, each one (w·c)×(w·c)
-    triangular solve (O(h·b·w²·c²), h steps). The forward pass is two ordinary convolutions.
+    triangular solve (O(h·b·w²·c²), h steps). Kernels start at the identity plus N(0, 0.02²).
+
+    Attributes:
+      kernel_size: k ≥ 2, the side of the composed "SAME" window.
+      inverse_method: "pixels" or "rows", the substitution order of the inverse.
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the parameters at init.
     """
 
     kernel_size: int = 3
     inverse_method: str = "pixels"
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     def __post_init__(self):
         if self.kernel_size < 2:
@@ -155,23 +164,25 @@ class EmergingConv(Bijector):
         super().__post_init__()
 
     @nn.compact
-    def kernels(self, channels: int) -> tuple[Array, Array, Array]:
-        """The masked kernels of A₁ and A₂ (each in its own raster order) and log|det| per pixel."""
+    def kernels(self, x: Array) -> tuple[Array, Array, Array]:
+        """The masked kernels of A₁ and A₂ (each in its own raster order) and log|det| per pixel
+        of the forward map, in the computation dtype for inputs like x."""
+        channels = x.shape[-1]
 
-        def init(size: int):
-            def identity_plus_noise(key, shape, dtype=jnp.float32):
-                noise = 0.02 * jax.random.normal(key, shape, dtype)
-                return noise.at[-1, -1].set(jnp.eye(channels, dtype=dtype))
+        def identity_plus_noise(key, shape, dtype=jnp.float32):
+            noise = 0.02 * jax.random.normal(key, shape, dtype)
+            return noise.at[-1, -1].set(jnp.eye(channels, dtype=dtype))
 
-            return identity_plus_noise
-
-        kernels, log_abs_det = [], 0.0
+        params = []
         for name, size in zip(("first", "second"), window_sizes(self.kernel_size), strict=True):
-            raw = self.param(f"{name}_kernel", init(size), (size, size, channels, channels))
-            log_diag = self.param(f"{name}_log_diag", nn.initializers.zeros, (channels,))
-            kernels.append(autoregressive_kernel(raw, log_diag))
-            log_abs_det = log_abs_det + jnp.sum(log_diag)
-        return kernels[0], kernels[1], log_abs_det
+            shape = (size, size, channels, channels)
+            raw = self.param(f"{name}_kernel", identity_plus_noise, shape, self.param_dtype)
+            log_diag = self.param(f"{name}_log_diag", nn.initializers.zeros, (channels,), self.param_dtype)
+            params += [raw, log_diag]
+        dtype = compute_dtype(self.dtype, x, *params)
+        raw1, log_d1, raw2, log_d2 = (param.astype(dtype) for param in params)
+        log_abs_det = jnp.sum(log_d1) + jnp.sum(log_d2)
+        return autoregressive_kernel(raw1, log_d1), autoregressive_kernel(raw2, log_d2), log_abs_det
 
     def _check(self, x: Array) -> None:
         check_image(x)
@@ -181,16 +192,17 @@ class EmergingConv(Bijector):
                 f"{x.shape[1]}x{x.shape[2]} image"
             )
 
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def forward(self, x: Array) -> tuple[Array, Array]:
         self._check(x)
-        first, second, log_abs_det = self.kernels(x.shape[-1])
-        stages = [(first.astype(x.dtype), False), (second.astype(x.dtype), True)]  # (kernel, reversed?)
-        if inverse:
-            stages.reverse()
-        for kernel, reversed_order in stages:
-            x = flip(x) if reversed_order else x
-            x = SOLVERS[self.inverse_method](x, kernel) if inverse else causal_conv(x, kernel)
-            x = flip(x) if reversed_order else x
-        pixels = x.shape[1] * x.shape[2]
-        sign = -1.0 if inverse else 1.0
-        return x, jnp.full(x.shape[0], sign * pixels * log_abs_det, x.dtype)
+        first, second, log_abs_det = self.kernels(x)
+        h = causal_conv(x.astype(first.dtype), first)  # A₁, raster order
+        y = flip(causal_conv(flip(h), second))  # A₂, reversed raster order
+        return y, per_example(x.shape[1] * x.shape[2] * log_abs_det, x)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        self._check(y)
+        first, second, log_abs_det = self.kernels(y)
+        solve = SOLVERS[self.inverse_method]
+        h = flip(solve(flip(y.astype(second.dtype)), second))  # A₂⁻¹, reversed raster order
+        x = solve(h, first)  # A₁⁻¹, raster order
+        return x, per_example(-y.shape[1] * y.shape[2] * log_abs_det, y)

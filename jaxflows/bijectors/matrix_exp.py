@@ -13,16 +13,18 @@ terms are added until the next one's norm falls below `tolerance`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1
 from jaxflows.bijectors.coupling import Coupling
-from jaxflows.core.bijector import Array
+from jaxflows.core.bijector import Array, compute_dtype
 from jaxflows.linalg import expm_adaptive, phi_adaptive
 
 
@@ -39,29 +41,43 @@ def skew_symmetric_init(scale: float):
 class MatrixExpConv1x1(InvertibleConv1x1):
     """1x1 convolution with weight exp(W) (Xiao & Liu 2020, Sec. 4.3, Table 1).
 
-    log|det exp(W)| = tr W; the inverse weight is exp(−W). W starts skew-symmetric with entries of
-    std `init_scale` (the paper initialises W skew-symmetric, so exp(W) starts as a rotation).
+    Forward: y = exp(W) x, log|det exp(W)| = tr W.
+    Inverse: x = exp(−W) y, log|det exp(−W)| = tr(−W): the forward maths with −W, so no inverse
+    or determinant is ever computed. W starts skew-symmetric with entries of std `init_scale` (the
+    paper initialises W skew-symmetric, so exp(W) starts as a rotation).
 
     Attributes:
       init_scale: std of the Gaussian behind the skew-symmetric initial W.
       tolerance: the exp series stops after its last term with norm above this (None: 1e-8 in
-        float32, 1e-16 in float64).
+        float32, 1e-16 in float64, by the computation dtype).
+      dtype, param_dtype: as `InvertibleConv1x1`.
     """
 
     init_scale: float = 0.1
     tolerance: float | None = None
 
     @nn.compact
-    def matrix(self, channels: int, inverse: bool) -> tuple[Array, Array]:
-        weight = self.param("weight", skew_symmetric_init(self.init_scale), (channels, channels))
-        sign = -1.0 if inverse else 1.0
-        exp, _ = expm_adaptive(sign * weight, tolerance=series_tolerance(self.tolerance, weight.dtype))
-        return exp, jnp.trace(weight)
+    def exponent(self, x: Array) -> Array:
+        """W in the computation dtype."""
+        init = skew_symmetric_init(self.init_scale)
+        weight = self.param("weight", init, (x.shape[-1],) * 2, self.param_dtype)
+        return weight.astype(compute_dtype(self.dtype, x, weight))
+
+    def _exp(self, w: Array) -> tuple[Array, Array]:
+        """(exp(W), m) with m the power of the last series term used."""
+        return expm_adaptive(w, tolerance=series_tolerance(self.tolerance, w.dtype))
+
+    def matrix(self, x: Array) -> tuple[Array, Array]:
+        w = self.exponent(x)
+        return self._exp(w)[0], jnp.trace(w)
+
+    def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
+        w = -self.exponent(y)
+        return self._exp(w)[0], jnp.trace(w)
 
     def series_terms(self, x: Array) -> Array:
         """m, the power of the last series term exp(W) used (MEF Table 6); a scalar."""
-        weight = self.variables["params"]["weight"]
-        return expm_adaptive(weight, tolerance=series_tolerance(self.tolerance, weight.dtype))[1]
+        return self._exp(self.exponent(x))[1]
 
 
 def series_tolerance(tolerance: float | None, dtype) -> float:
@@ -88,27 +104,107 @@ class BoundedEntries(nn.Module):
 
     Starts at scale 1/8, shift 0, rescale 1/c (c active channels), reshift 0: entries within ±1/c,
     so ‖S‖∞ ≤ 1 at initialisation, while training may widen the range.
+
+    Attributes:
+      channels: c, the active channels (sets the initial rescale 1/c).
+      param_dtype: dtype of the four scalars at init.
     """
 
     channels: int
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def __call__(self, s: Array) -> Array:
-        scale = self.param("scale", nn.initializers.constant(1 / 8), ())
-        shift = self.param("shift", nn.initializers.zeros, ())
-        rescale = self.param("rescale", nn.initializers.constant(1 / self.channels), ())
-        reshift = self.param("reshift", nn.initializers.zeros, ())
+        scalar = lambda name, init: self.param(name, init, (), self.param_dtype)
+        scale = scalar("scale", nn.initializers.constant(1 / 8))
+        shift = scalar("shift", nn.initializers.zeros)
+        rescale = scalar("rescale", nn.initializers.constant(1 / self.channels))
+        reshift = scalar("reshift", nn.initializers.zeros)
         return rescale * jnp.tanh(scale * s + shift) + reshift
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelExponential:
+    """exp(S) at every pixel, with S = factors[0] (full, (..., c, c)) or S = A₁A₂ (low rank,
+    factors = (A₁ (..., c, t), A₂ (..., t, c))), applied to vectors.
+
+    Full: exp(S) by scaling and squaring around an adaptive series (`expm_adaptive`). Low rank:
+    exp(A₁A₂) v = v + A₁ φ(A₂A₁) A₂ v with φ a t×t series (`phi_adaptive`); tr S = tr(A₂A₁).
+
+    Attributes:
+      factors: (S,) or (A₁, A₂).
+      tolerance: the series stops after its last term with norm above this.
+      max_squarings: cap on the squarings.
+    """
+
+    factors: tuple[Array, ...]
+    tolerance: float
+    max_squarings: int
+
+    def negated(self) -> PixelExponential:
+        """exp(−S): the factors of −S, (−S,) or (−A₁, A₂)."""
+        return dataclasses.replace(self, factors=(-self.factors[0], *self.factors[1:]))
+
+    def times(self, v: Array) -> tuple[Array, Array]:
+        """(exp(S) v per pixel, m: the power of the last series term used, per pixel)."""
+        options = dict(tolerance=self.tolerance, max_squarings=self.max_squarings)
+        if len(self.factors) == 1:
+            exp, terms = expm_adaptive(self.factors[0], **options)
+            return _matvec(exp, v), terms
+        a1, a2 = self.factors
+        phi, terms = phi_adaptive(a2 @ a1, **options)
+        return v + _matvec(a1, _matvec(phi, _matvec(a2, v))), terms
+
+    def trace(self) -> Array:
+        """tr S per pixel."""
+        if len(self.factors) == 1:
+            return jnp.trace(self.factors[0], axis1=-2, axis2=-1)
+        return jnp.einsum("...ij,...ji->...", *self.factors)
+
+    def matrix(self) -> Array:
+        """S as a dense (..., c, c) matrix."""
+        return self.factors[0] if len(self.factors) == 1 else self.factors[0] @ self.factors[1]
+
+
+def _matvec(m: Array, v: Array) -> Array:
+    return jnp.einsum("...ij,...j->...i", m, v)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixExpAffine:
+    """y = exp(S) x + b at every pixel (Xiao & Liu 2020, Eq. 8), the matrix-exp coupling's map.
+
+    Forward: y = exp(S) x + b, log_det = tr S per pixel.
+    Inverse: x = exp(−S)(y − b), log_det = tr(−S) per pixel: the same product with −S.
+
+    Attributes:
+      shift: b, (..., c).
+      exponential: exp(S) per pixel.
+    """
+
+    shift: Array
+    exponential: PixelExponential
+
+    def forward_and_log_det(self, x: Array) -> tuple[Array, Array]:
+        y, _ = self.exponential.times(x)
+        return y + self.shift, self.exponential.trace()[..., None]
+
+    def inverse_and_log_det(self, y: Array) -> tuple[Array, Array]:
+        inverse = self.exponential.negated()
+        x, _ = inverse.times(y - self.shift)
+        return x, inverse.trace()[..., None]
 
 
 FORMS = ("auto", "full", "low_rank")
 
 
 class MatrixExpCoupling(Coupling):
-    """y_b = exp(S) x_b + b per pixel, S from the network (Xiao & Liu 2020, Eq. 8–9).
+    """Matrix-exponential coupling (Xiao & Liu 2020, Eq. 8–9); (b, S) from the network of x_a.
 
-    Forward: y_b = exp(S) x_b + b. Inverse: x_b = exp(−S)(y_b − b). log_det = Σ_pixels tr S (forward),
-    its negative (inverse). The network reads x_a and gives per pixel b (c values) and S:
+    Forward: y_b = exp(S) x_b + b, log_det = Σ_pixels tr S.
+    Inverse: x_b = exp(−S)(y_b − b), log_det = Σ_pixels tr(−S).
+    Both directions are `MatrixExpAffine`, the inverse being the same product with −S. The network
+    reads x_a and gives per pixel b (c values) and S:
 
     - "full": S = B(h_S), a c×c matrix, applied as exp(S) formed by scaling and squaring around
       a series of adaptive length (`expm_adaptive`).
@@ -122,12 +218,12 @@ class MatrixExpCoupling(Coupling):
     channel mask is supported: S mixes the active channels of one pixel.
 
     Attributes:
-      hidden, mask, parity: as `Coupling` (mask must be "channel").
+      hidden, mask, parity, dtype, param_dtype: as `Coupling` (mask must be "channel").
       form: "auto" | "full" | "low_rank".
       rank: t of the low-rank form (3 in the official code).
       max_full_channels: the largest c for which "auto" uses the full form.
       tolerance: the series stops after its last term with norm above this (None: 1e-8 in float32,
-        1e-16 in float64).
+        1e-16 in float64, by the computation dtype).
       max_squarings: cap on the squarings (‖S‖∞ up to 2^(max_squarings − 1) is scaled exactly;
         beyond, exp(±S) would amplify rounding by more than e^16 and the layer is useless anyway).
     """
@@ -164,7 +260,7 @@ class MatrixExpCoupling(Coupling):
     def factors(self, h: Array, channels: int) -> tuple[Array, ...]:
         """(b, S) for the full form, (b, A₁, A₂) for the low-rank one, from the network output h."""
         c, t, lead = channels, self.rank, h.shape[:-1]
-        bounded = BoundedEntries(c, name="bound")
+        bounded = BoundedEntries(c, param_dtype=self.param_dtype, name="bound")
         shift = h[..., :c]
         if self.is_full(c):
             return shift, bounded(h[..., c:].reshape(*lead, c, c))
@@ -172,35 +268,12 @@ class MatrixExpCoupling(Coupling):
         raw_a2 = h[..., c + c * t :].reshape(*lead, t, c)
         return shift, bounded(raw_a1), bounded(raw_a2 + jnp.asarray(_a2_offset(t, c), h.dtype))
 
-    def _exp_times(self, factors: tuple[Array, ...], v: Array, sign: float) -> tuple[Array, Array]:
-        """(exp(sign·S) v, m) per pixel, and the power m of the last series term used."""
-        tolerance = series_tolerance(self.tolerance, v.dtype)
-        if len(factors) == 1:
-            squarings = self.max_squarings
-            exp, terms = expm_adaptive(sign * factors[0], tolerance=tolerance, max_squarings=squarings)
-            return jnp.einsum("...ij,...j->...i", exp, v), terms
-        a1, a2 = factors
-        phi, terms = phi_adaptive(sign * (a2 @ a1), tolerance=tolerance, max_squarings=self.max_squarings)
-        projected = jnp.einsum("...ij,...j->...i", phi, jnp.einsum("...ij,...j->...i", a2, v))
-        return v + sign * jnp.einsum("...ij,...j->...i", a1, projected), terms
-
-    def couple(self, active: Array, h: Array, inverse: bool) -> tuple[Array, Array]:
-        shift, *s_factors = self.factors(h, active.shape[-1])
-        # Forward exp(S) x + b and inverse exp(−S)(y − b): one product with S → −S.
-        if inverse:
-            out, _ = self._exp_times(s_factors, active - shift, -1.0)
-        else:
-            out, _ = self._exp_times(s_factors, active, 1.0)
-            out = out + shift
-        trace = (
-            jnp.trace(s_factors[0], axis1=-2, axis2=-1)
-            if len(s_factors) == 1
-            else (jnp.einsum("...ij,...ji->...", s_factors[0], s_factors[1]))
-        )
-        return out, trace[..., None]
+    def inner_bijector(self, h: Array, active_channels: int) -> MatrixExpAffine:
+        shift, *s_factors = self.factors(h, active_channels)
+        tolerance = series_tolerance(self.tolerance, h.dtype)
+        return MatrixExpAffine(shift, PixelExponential(tuple(s_factors), tolerance, self.max_squarings))
 
     def series_terms(self, x: Array) -> Array:
         """m per pixel: the power of the last series term of exp(S) (or φ) used (MEF Table 6)."""
         _, active, h = self.conditioned(x)
-        _, *s_factors = self.factors(h, active.shape[-1])
-        return self._exp_times(s_factors, active, 1.0)[1]
+        return self.inner_bijector(h, active.shape[-1]).exponential.times(active)[1]

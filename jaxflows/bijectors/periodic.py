@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
 from jaxflows.core.validation import check_image
 
 
@@ -71,15 +72,24 @@ def lu_solve(lu: Array, permutation: Array, rhs: Array) -> Array:
 class PeriodicConv(Bijector):
     """k×k periodic convolution (Hoogeboom et al. 2019, Sec 3.3), applied with rfft2.
 
-    log_det = Σ_{u,v} log|det K̂(u, v)| over all h·w frequencies, from the ⌊w/2⌋+1 rfft columns
-    weighted by `half_spectrum_weights`, from one LU factorisation per frequency (O(h·w·c³)).
-    Forward: per-frequency matrix products; inverse: per-frequency solves with those factors
-    (`lu_solve`, O(b·h·w·c²)); both O(b·h·w·c·log(h·w)) for the FFTs. kernel_size 1 is a plain
-    1x1 convolution. The kernel starts at the identity plus N(0, 0.02²); nothing keeps K̂
-    non-singular during training (as in the paper).
+    Forward: ŷ(u, v) = K̂(u, v) x̂(u, v), per-frequency matrix products;
+    log_det = Σ_{u,v} log|det K̂(u, v)| over all h·w frequencies.
+    Inverse: x̂(u, v) = K̂(u, v)⁻¹ ŷ(u, v), per-frequency solves (`lu_solve`, O(b·h·w·c²));
+    log_det = −Σ_{u,v} log|det K̂(u, v)|.
+    Both share one LU factorisation per frequency (O(h·w·c³)), whose diagonal gives log|det K̂| on
+    the ⌊w/2⌋+1 rfft columns, weighted by `half_spectrum_weights`; both cost O(b·h·w·c·log(h·w))
+    for the FFTs. kernel_size 1 is a plain 1x1 convolution. The kernel starts at the identity plus
+    N(0, 0.02²); nothing keeps K̂ non-singular during training (as in the paper).
+
+    Attributes:
+      kernel_size: k ≥ 1, the side of the (centred, "SAME") kernel.
+      dtype: real computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the kernel at init.
     """
 
     kernel_size: int = 3
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     def __post_init__(self):
         if self.kernel_size < 1:
@@ -87,8 +97,9 @@ class PeriodicConv(Bijector):
         super().__post_init__()
 
     @nn.compact
-    def spectrum(self, height: int, width: int, channels: int) -> Array:
-        """K̂ on the rfft half-plane, [u, v, c_out, c_in]."""
+    def spectrum(self, x: Array) -> Array:
+        """K̂ on the rfft half-plane, [u, v, c_out, c_in], complex in the computation dtype."""
+        _, height, width, channels = x.shape
         size = self.kernel_size
         centre = (size - 1) // 2
 
@@ -96,26 +107,35 @@ class PeriodicConv(Bijector):
             noise = 0.02 * jax.random.normal(key, shape, dtype)
             return noise.at[centre, centre].add(jnp.eye(channels, dtype=dtype))
 
-        kernel = self.param("kernel", identity_plus_noise, (size, size, channels, channels))
-        return kernel_spectrum(kernel, height, width)
+        shape = (size, size, channels, channels)
+        kernel = self.param("kernel", identity_plus_noise, shape, self.param_dtype)
+        return kernel_spectrum(kernel.astype(compute_dtype(self.dtype, x, kernel)), height, width)
 
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def _factorised(self, x: Array) -> tuple[Array, Array, Array, Array]:
+        """(K̂, its packed LU factors and pivots, log|det| of the forward map)."""
         check_image(x)
-        batch, height, width, channels = x.shape
+        height, width = x.shape[1], x.shape[2]
         if self.kernel_size > min(height, width):
             raise ValueError(
                 f"PeriodicConv: kernel_size {self.kernel_size} is larger than the {height}x{width} image"
             )
-        x_hat = jnp.fft.rfft2(x, axes=(1, 2))
-        matrices = self.spectrum(height, width, channels).astype(x_hat.dtype)
-        lu, _, permutation = lax.linalg.lu(matrices)  # log|det| and, for the inverse, the solve
+        matrices = self.spectrum(x)
+        lu, _, permutation = lax.linalg.lu(matrices)
         log_abs_dets = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(lu, axis1=-2, axis2=-1))), axis=-1)
         log_abs_det = jnp.sum(log_abs_dets * half_spectrum_weights(width).astype(log_abs_dets.dtype))
-        if inverse:
-            rhs = jnp.moveaxis(x_hat, 0, -1)  # [u, v, c, b]: every example shares one factorisation
-            y_hat = jnp.moveaxis(lu_solve(lu, permutation, rhs), -1, 0)
-        else:
-            y_hat = jnp.einsum("uvoi,buvi->buvo", matrices, x_hat)
-        y = jnp.fft.irfft2(y_hat, s=(height, width), axes=(1, 2)).astype(x.dtype)
-        sign = -1.0 if inverse else 1.0
-        return y, jnp.full(batch, sign * log_abs_det, x.dtype)
+        return matrices, lu, permutation, log_abs_det
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        matrices, _, _, log_abs_det = self._factorised(x)
+        x_hat = jnp.fft.rfft2(x.astype(log_abs_det.dtype), axes=(1, 2))
+        y_hat = jnp.einsum("uvoi,buvi->buvo", matrices, x_hat)
+        y = jnp.fft.irfft2(y_hat, s=x.shape[1:3], axes=(1, 2))
+        return y, per_example(log_abs_det, x)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        _, lu, permutation, log_abs_det = self._factorised(y)
+        y_hat = jnp.fft.rfft2(y.astype(log_abs_det.dtype), axes=(1, 2))
+        rhs = jnp.moveaxis(y_hat, 0, -1)  # [u, v, c, b]: every example shares one factorisation
+        x_hat = jnp.moveaxis(lu_solve(lu, permutation, rhs), -1, 0)
+        x = jnp.fft.irfft2(x_hat, s=y.shape[1:3], axes=(1, 2))
+        return x, per_example(-log_abs_det, y)

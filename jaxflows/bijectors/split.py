@@ -1,65 +1,108 @@
 """Multi-scale split with a learned conditional prior, and Glow's learned top prior.
 
 Glow (Sec 3, `split2d`) factors out half the channels z₂ at each level with the prior
-N(z₂; μ(z₁), σ(z₁)²), μ and log σ from a zero-initialised 3x3 conv of the kept half z₁. Written as
-the whitening ε = (z₂ − μ(z₁)) / σ(z₁), that prior is a bijector with log_det = −Σ log σ and a
-standard normal on ε, so a multi-scale flow is a true bijection of the whole image onto a latent
-of the same shape (RealNVP's layout) and `inverse` uses the stored ε: reconstruction is exact.
+N(z₂; μ(z₁), σ(z₁)²), μ and log σ from a zero-initialised 3x3 conv of the kept half z₁. That prior
+is the image of N(0, I) under the affine map z₂ = μ + σ ε (`ScalarAffine`), so its inverse, the
+whitening ε = (z₂ − μ(z₁)) / σ(z₁), is a bijector with log_det = −Σ log σ and a standard normal
+on ε. A multi-scale flow is then a true bijection of the whole image onto a latent of the same
+shape (RealNVP's layout), and `inverse` uses the stored ε: reconstruction is exact.
 """
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, sum_except_batch
+from jaxflows.bijectors.elementwise import ScalarAffine
+from jaxflows.core.bijector import Array, Bijector, compute_dtype, sum_except_batch
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import Conv
 
 
-def whiten(z: Array, mean: Array, log_scale: Array, inverse: bool) -> tuple[Array, Array]:
-    """ε = (z − mean) / exp(log_scale) (forward) or z = mean + exp(log_scale) ε (inverse).
-
-    Returns the result and the log-det of the map applied, per example.
-    """
-    log_det = -sum_except_batch(log_scale + jnp.zeros_like(z))
-    if inverse:
-        return mean + jnp.exp(log_scale) * z, -log_det
-    return (z - mean) * jnp.exp(-log_scale), log_det
+def _total(terms: Array, x: Array) -> Array:
+    return sum_except_batch(terms + jnp.zeros_like(x))
 
 
 class Split(Bijector):
-    """(z₁, z₂) ↦ (z₁, ε) with ε = (z₂ − μ(z₁)) / σ(z₁); the first `num_kept(c)` channels are z₁."""
+    """(z₁, z₂) ↦ (z₁, ε) with a prior N(μ(z₁), σ(z₁)²) on z₂ (Glow Sec 3, `split2d`).
+
+    z₁ is the first `num_kept(c)` channels; (μ, log σ) = conv(z₁), a zero-initialised 3x3 conv.
+    Forward: ε = (z₂ − μ) / σ, log_det = −Σ log σ.
+    Inverse: z₂ = μ + σ ε, log_det = Σ log σ.
+
+    Attributes:
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the prior's convolution at init.
+    """
+
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @staticmethod
     def num_kept(channels: int) -> int:
         return channels // 2
 
     @nn.compact
-    def _prior(self, kept: Array, factored_channels: int) -> tuple[Array, Array]:
-        h = Conv(2 * factored_channels, 3, kernel_init=nn.initializers.zeros, name="prior")(kept)
-        return h[..., 0::2], h[..., 1::2]
+    def conditional_prior(self, kept: Array, factored_channels: int) -> ScalarAffine:
+        """z₂ = μ(z₁) + σ(z₁) ε: the prior on the factored half as a map from ε ~ N(0, I)."""
+        conv = Conv(
+            2 * factored_channels,
+            3,
+            kernel_init=nn.initializers.zeros,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="prior",
+        )
+        h = conv(kept)
+        return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def _halves(self, x: Array) -> tuple[Array, Array]:
         check_image(x)
         check_channels(x.shape[-1], 2, "Split")
         cut = self.num_kept(x.shape[-1])
-        kept, factored = x[..., :cut], x[..., cut:]
-        mean, log_scale = self._prior(kept, factored.shape[-1])
-        out, log_det = whiten(factored, mean, log_scale, inverse)
-        return jnp.concatenate([kept, out], axis=-1), log_det
+        return x[..., :cut], x[..., cut:]
+
+    def forward(self, x: Array) -> tuple[Array, Array]:
+        kept, factored = self._halves(x)
+        eps, terms = self.conditional_prior(kept, factored.shape[-1]).inverse_and_log_det(factored)
+        return jnp.concatenate([kept, eps], axis=-1), _total(terms, eps)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        kept, eps = self._halves(y)
+        factored, terms = self.conditional_prior(kept, eps.shape[-1]).forward_and_log_det(eps)
+        return jnp.concatenate([kept, factored], axis=-1), _total(terms, factored)
 
 
 class LearnedPrior(Bijector):
-    """Glow's learned top prior N(μ, σ²) with per-channel μ, log σ (zero-init), as whitening."""
+    """Glow's learned top prior N(μ, σ²), per-channel μ and log σ (zero-init), as whitening.
+
+    Forward: ε = (z − μ) / σ, log_det = −h·w·Σ_c log σ_c.
+    Inverse: z = μ + σ ε, log_det = h·w·Σ_c log σ_c.
+
+    Attributes:
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of μ and log σ at init.
+    """
+
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
-    def _params(self, channels: int) -> tuple[Array, Array]:
-        mean = self.param("mean", nn.initializers.zeros, (channels,))
-        log_scale = self.param("log_scale", nn.initializers.zeros, (channels,))
-        return mean, log_scale
+    def prior(self, x: Array) -> ScalarAffine:
+        """z = μ + σ ε: the prior as a map from ε ~ N(0, I), in the computation dtype."""
+        channels = x.shape[-1]
+        mean = self.param("mean", nn.initializers.zeros, (channels,), self.param_dtype)
+        log_scale = self.param("log_scale", nn.initializers.zeros, (channels,), self.param_dtype)
+        dtype = compute_dtype(self.dtype, x, mean, log_scale)
+        return ScalarAffine(shift=mean.astype(dtype), log_scale=log_scale.astype(dtype))
 
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def forward(self, x: Array) -> tuple[Array, Array]:
         check_image(x)
-        mean, log_scale = self._params(x.shape[-1])
-        return whiten(x, mean, log_scale, inverse)
+        eps, terms = self.prior(x).inverse_and_log_det(x)
+        return eps, _total(terms, eps)
+
+    def inverse(self, y: Array) -> tuple[Array, Array]:
+        check_image(y)
+        z, terms = self.prior(y).forward_and_log_det(y)
+        return z, _total(terms, z)

@@ -32,7 +32,14 @@ def unsqueeze2d(y: Array) -> Array:
 
 
 class Squeeze(Bijector):
-    """Trades spatial size for channels; a permutation, so log_det = 0."""
+    """2x2 space-to-depth (RealNVP Sec 3.6): trades spatial size for channels.
+
+    Forward: (b, h, w, c) → (b, h/2, w/2, 4c) (`squeeze2d`). Inverse: (b, h, w, 4c) → (b, 2h, 2w, c)
+    (`unsqueeze2d`). A permutation of the entries, so log_det = 0 both ways.
+
+    Attributes:
+      (none: the layer has no fields or parameters.)
+    """
 
     def forward(self, x: Array) -> tuple[Array, Array]:
         return squeeze2d(x), jnp.zeros(x.shape[0], x.dtype)

@@ -6,8 +6,15 @@ A bijector is a `flax.linen` module on NHWC batches with three methods:
     inverse(y) -> (x, log_det)    log_det = log|det dx/dy|, shape (batch,)
     log_det(x) -> log|det dy/dx|
 
-Variables come from `module.init(key, x)`, which runs `forward` and with it any data-dependent
-initialisation (ActNorm) on `x`. Methods are called as `module.apply(variables, x, method="inverse")`.
+Each layer writes `forward` and `inverse` beside each other, each returning its own direction's
+log-det, with the maths they share written once (Distrax's convention). Variables come from
+`module.init(key, x)`, which runs `forward` and with it any data-dependent initialisation (ActNorm)
+on `x`. Methods are called as `module.apply(variables, x, method="inverse")`.
+
+Layers with parameters follow Flax's `dtype` / `param_dtype` convention: parameters are created in
+`param_dtype` (float32), and everything derived from them (matrices, inverses, log-dets) is
+computed in `dtype`, by default the promoted dtype of the input and the parameters, so float64
+inputs give float64-exact results from float32 parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import canonicalize_dtype
+from jax.typing import DTypeLike
 
 from jaxflows.core.backprop import check_gradient_mode, run_sequence
 
@@ -30,23 +39,25 @@ def sum_except_batch(x: Array) -> Array:
     return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
+def per_example(log_det: Array, x: Array) -> Array:
+    """A log-det that is the same for every example of the batch `x`, shape (batch,)."""
+    return jnp.broadcast_to(log_det, (x.shape[0],))
+
+
+def compute_dtype(dtype: DTypeLike | None, *arrays: Array | None) -> jnp.dtype:
+    """Flax's convention: `dtype` if given, else the promoted inexact dtype of `arrays`."""
+    return canonicalize_dtype(*arrays, dtype=dtype)
+
+
 class Bijector(nn.Module):
-    """Base class: subclasses implement `forward` and `inverse`, or one `transform(x, inverse)`.
-
-    `transform` is for layers whose two directions are one piece of maths with a direction flag;
-    it returns the output and the log-det of the map it applied.
-    """
-
-    def transform(self, x: Array, inverse: bool) -> tuple[Array, Array]:
-        raise NotImplementedError(
-            f"{type(self).__name__} must implement transform(x, inverse) or forward and inverse"
-        )
+    """Base class: a subclass implements `forward(x)` and `inverse(y)`, each returning the output
+    and the log|det| of its own map (the inverse's is log|det ∂x/∂y|)."""
 
     def forward(self, x: Array) -> tuple[Array, Array]:
-        return self.transform(x, inverse=False)
+        raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
     def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self.transform(y, inverse=True)
+        raise NotImplementedError(f"{type(self).__name__} must implement inverse")
 
     def log_det(self, x: Array) -> Array:
         return self.forward(x)[1]
@@ -68,11 +79,17 @@ def hashable_sequences(module: nn.Module, *fields: str) -> None:
 
 
 class Chain(Bijector):
-    """Composition `layers[-1] ∘ … ∘ layers[0]`: forward runs the layers in order; log-dets add.
+    """Composition f = f_n ∘ … ∘ f_1 of `layers` = (f_1, …, f_n).
 
-    `names` names the layers' variable scopes (e.g. "actnorm", "coupling"); by default the snake-case
-    class name and position. `gradient` is "standard", "remat" or "invertible" (rebuild each
-    layer's input with its inverse in the backward pass; see `jaxflows.core.backprop`).
+    Forward: y = f_n(… f_1(x)), log_det = Σ_i log|det ∂f_i|. Inverse: x = f_1⁻¹(… f_n⁻¹(y)), the
+    layers' inverses in reverse order, log_det = Σ_i of the inverses' log-dets.
+
+    Attributes:
+      layers: the bijectors f_1, …, f_n, in forward order (stored as a tuple, so the chain hashes).
+      names: the layers' variable scopes (e.g. "actnorm", "coupling"); None: the snake-case class
+        name and position ("act_norm_0").
+      gradient: "standard", "remat" or "invertible" (rebuild each layer's input with its inverse in
+        the backward pass; see `jaxflows.core.backprop`).
     """
 
     layers: Sequence[Bijector]
@@ -121,7 +138,11 @@ class Chain(Bijector):
 
 
 class Invert(Bijector):
-    """Swaps directions: forward is `bijector.inverse` and inverse is `bijector.forward`."""
+    """f⁻¹ as a bijector: forward is `bijector.inverse` and inverse is `bijector.forward`.
+
+    Attributes:
+      bijector: the bijector f whose directions are swapped (its variables live in its scope).
+    """
 
     bijector: Bijector
 

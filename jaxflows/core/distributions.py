@@ -36,6 +36,9 @@ class DiagonalGaussian(nn.Module):
     """N(mean, diag(exp(log_scale))^2) with learned mean and log-scale over `event_shape`.
 
     Zero-initialised, so it starts as N(0, I).
+
+    Attributes:
+      event_shape: shape of one example; mean and log_scale have this shape.
     """
 
     event_shape: tuple[int, ...]

@@ -13,22 +13,28 @@ from jaxflows.core.variables import check_variables
 
 
 class Flow(Bijector):
-    """log p(x) = log p_base(f(x)) + log|det df/dx|; samples are f⁻¹(z), z ~ base.
+    """A normalising flow: log p(x) = log p_base(f(x)) + log|det df/dx|; samples are f⁻¹(z), z ~ base.
 
-    `bijector` maps data to latent. `event_shape` is the (height, width, channels) of one example.
-    `data_range` is the documented domain of `log_prob`'s input (dequantised pixels lie in
-    [0, 1)); concrete inputs outside it are rejected, `None` turns the check off.
+    Forward: z = f(x) with f's log-det (data → latent). Inverse: x = f⁻¹(z) with f⁻¹'s log-det.
     The flow is itself a bijector (its forward is the bijector's), so every tool that takes a
     bijector takes a flow. `apply` first checks that the variables fit this flow
     (`jaxflows.core.check_variables`): variables from another model raise `UnusedVariablesError`
     or `VariablesMismatchError` instead of running silently.
+
+    Attributes:
+      bijector: f, from data to latent.
+      base: the latent distribution (`log_prob`, `sample`), e.g. `StandardNormal()`.
+      event_shape: (height, width, channels) of one example.
+      data_range: the documented domain of `log_prob`'s input (dequantised pixels lie in [0, 1));
+        concrete inputs outside it are rejected, None turns the check off.
+      dequantizer: q(u | x), called as dequantizer(key, pixels, bins) -> (u, log q), for
+        `discrete_log_prob`; None: uniform dequantisation.
     """
 
     bijector: Bijector
     base: nn.Module
     event_shape: tuple[int, ...]
     data_range: tuple[float, float] | None = (0.0, 1.0)
-    # q(u | x) called as dequantizer(key, pixels, bins) -> (u, log q); None: uniform dequantisation
     dequantizer: nn.Module | None = None
 
     @nn.nowrap

@@ -25,13 +25,19 @@ def select(stacked: Any, index: int) -> Any:
 
 
 class Repeat(Bijector):
-    """`layer` applied `length` times, step k with its own variables (k-th slice of the stack).
+    """f_{K−1} ∘ … ∘ f_0: `layer` applied K = `length` times, step k with its own variables.
 
-    forward runs steps 0, 1, …, length−1; inverse runs them backwards. `init` runs the steps in
-    order on the data (`flax.linen.scan`), so data-dependent initialisation (ActNorm) sees each
-    step's real input. `gradient` chooses how reverse-mode autodiff treats the steps:
-    "standard", "remat" (`jax.checkpoint` per step) or "invertible" (rebuild each step's input
-    with its inverse; constant activation memory in `length`); see `jaxflows.core.backprop`.
+    Forward: y = f_{K−1}(… f_0(x)), log_det = Σ_k log|det ∂f_k|, one `lax.scan` over the steps.
+    Inverse: x = f_0⁻¹(… f_{K−1}⁻¹(y)), the same scan in reverse, log_det = Σ_k of the inverses'.
+    `init` runs the steps in order on the data (`flax.linen.scan`), so data-dependent
+    initialisation (ActNorm) sees each step's real input.
+
+    Attributes:
+      layer: the bijector repeated; step k's variables are the k-th slice of the stack.
+      length: K ≥ 1, the number of steps.
+      gradient: how reverse-mode autodiff treats the steps: "standard", "remat" (`jax.checkpoint`
+        per step) or "invertible" (rebuild each step's input with its inverse; constant activation
+        memory in K); see `jaxflows.core.backprop`.
     """
 
     layer: Bijector

@@ -8,10 +8,7 @@ serves deterministic, per-host-sharded, prefetched batches of it.
 
 from jaxflows.data.datasets import (
     FASHION_MNIST_DIR,
-    ArraySource,
     CorruptDatasetError,
-    Dataset,
-    Source,
     digits,
     fashion_mnist,
     fashion_mnist_available,
@@ -19,6 +16,7 @@ from jaxflows.data.datasets import (
     reduce_bits,
 )
 from jaxflows.data.iterator import BatchIterator, batch_indices
+from jaxflows.data.source import ArraySource, Dataset, Source
 from jaxflows.data.tfds_source import TFDS_DATASETS, DatasetNotPreparedError, tfds_dataset
 from jaxflows.data.validation import validate_batch
 

@@ -6,9 +6,11 @@ import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import numpy as np
+
+from jaxflows.data.source import ArraySource, Dataset, Source
+from jaxflows.data.tfds_source import tfds_dataset
 
 FASHION_MNIST_DIR = Path(os.environ.get("JAXFLOWS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 _FASHION_FILES = {
@@ -19,40 +21,6 @@ _FASHION_FILES = {
 
 class CorruptDatasetError(ValueError):
     """A dataset file that exists but cannot be read: the message names the file and the fault."""
-
-
-class Source(Protocol):
-    """Random access to uint8 NHWC examples: `len(source)` and `source[indices]`."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, indices: np.ndarray) -> np.ndarray: ...
-
-
-class ArraySource:
-    """An in-memory uint8 NHWC array as a `Source`."""
-
-    def __init__(self, pixels: np.ndarray):
-        self.pixels = pixels
-
-    def __len__(self) -> int:
-        return len(self.pixels)
-
-    def __getitem__(self, indices: np.ndarray) -> np.ndarray:
-        return self.pixels[indices]
-
-    def all(self) -> np.ndarray:
-        return self.pixels
-
-
-class Dataset(NamedTuple):
-    """Train and held-out splits of integer pixels in {0, …, num_bins − 1}, NHWC."""
-
-    name: str
-    train: Source
-    test: Source
-    num_bins: int
-    image_shape: tuple[int, int, int]
 
 
 def reduce_bits(pixels: np.ndarray, num_bins: int, n_bits: int) -> np.ndarray:
@@ -160,8 +128,6 @@ def fashion_mnist(directory: Path | None = None) -> Dataset:
 
 def load_dataset(name: str, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
     """ "digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds name."""
-    from jaxflows.data.tfds_source import tfds_dataset
-
     if name == "auto":
         name = "fashion_mnist" if fashion_mnist_available() else "digits"
     if name == "digits":

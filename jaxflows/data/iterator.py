@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxflows.data.datasets import Source
+from jaxflows.data.source import Source
 from jaxflows.data.validation import validate_batch
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxflows.data.datasets import Dataset
+from jaxflows.data.source import Dataset
 
 # tfds name -> (train split, held-out split)
 TFDS_DATASETS: dict[str, tuple[str, str]] = {

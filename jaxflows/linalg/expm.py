@@ -23,13 +23,14 @@ Array = jax.Array
 # fewer squarings, and each squaring doubles the rounding error (measured: θ = 0.5 with 10 terms
 # is 4x less accurate at ‖W‖₁ = 10 than θ = 2 with 16 terms).
 _THETA = 2.0
-_DEFAULT_TERMS = {4: 16, 8: 24}
 # ‖W‖₁ up to _THETA · 2^12 ≈ 8e3 is scaled correctly (exp of a normal matrix that large overflows).
 _DEFAULT_MAX_SQUARINGS = 12
 # expm_multiply: each of at most `max_steps` steps applies exp(W / steps) with ‖W / steps‖₁ ≤ 2.
-_STEP_NORM = 2.0
-_DEFAULT_STEP_TERMS = {4: 16, 8: 24}
+_STEP_NORM = _THETA
 _DEFAULT_MAX_STEPS = 8
+# Series terms by the dtype's itemsize, for `expm` and `expm_multiply` alike: both sum the series
+# of a matrix with ‖·‖₁ ≤ 2 (after scaling, or per step).
+_DEFAULT_TERMS = {4: 16, 8: 24}
 
 
 def _float_dtype(x: Array) -> jnp.dtype:
@@ -38,8 +39,8 @@ def _float_dtype(x: Array) -> jnp.dtype:
     return x.dtype
 
 
-def _default_terms(table: dict[int, int], dtype: jnp.dtype) -> int:
-    return table.get(jnp.dtype(dtype).itemsize, table[4])
+def _default_terms(dtype: jnp.dtype) -> int:
+    return _DEFAULT_TERMS.get(jnp.dtype(dtype).itemsize, _DEFAULT_TERMS[4])
 
 
 def _check_square(w: Array, name: str) -> None:
@@ -81,7 +82,7 @@ def expm(w: Array, *, terms: int | None = None, max_squarings: int = _DEFAULT_MA
     if int(max_squarings) != max_squarings or max_squarings < 0:
         raise ValueError(f"max_squarings must be a non-negative integer, got {max_squarings!r}")
     w = w.astype(_float_dtype(w))
-    terms = terms if terms is not None else _default_terms(_DEFAULT_TERMS, w.dtype)
+    terms = terms if terms is not None else _default_terms(w.dtype)
     _check_positive(terms, "terms")
 
     return _expm(w, terms, max_squarings)
@@ -127,7 +128,7 @@ def expm_multiply(
     _check_positive(max_steps, "max_steps")
     dtype = jnp.result_type(_float_dtype(w), _float_dtype(v))
     w, v = w.astype(dtype), v.astype(dtype)
-    terms = terms if terms is not None else _default_terms(_DEFAULT_STEP_TERMS, dtype)
+    terms = terms if terms is not None else _default_terms(dtype)
     _check_positive(terms, "terms")
 
     return _expm_multiply(w, v, terms, max_steps)

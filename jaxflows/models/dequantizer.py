@@ -12,9 +12,12 @@ importance weights of several draws, which approaches log P(x) as their number g
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxflows.core.bijector import Array, sum_except_batch
 from jaxflows.ops import Conv
@@ -32,12 +35,15 @@ class _ConditionalAffine(nn.Module):
     """h ↦ keep ⊙ h + (1 − keep) ⊙ (h e^s + t), with s, t from a conv net of (keep ⊙ h, features)."""
 
     hidden: int
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def __call__(self, h: Array, features: Array, keep: Array) -> tuple[Array, Array]:
+        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
         inputs = jnp.concatenate([h * keep, features], axis=-1)
-        hidden = jax.nn.relu(Conv(self.hidden, 3, name="conv_in")(inputs))
-        out = Conv(2 * h.shape[-1], 3, kernel_init=nn.initializers.zeros, name="conv_out")(hidden)
+        hidden = jax.nn.relu(conv(self.hidden, 3, name="conv_in")(inputs))
+        out = conv(2 * h.shape[-1], 3, kernel_init=nn.initializers.zeros, name="conv_out")(hidden)
         shift, raw = jnp.split(out, 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         change = 1.0 - keep
@@ -56,27 +62,33 @@ class VariationalDequantizer(nn.Module):
     Attributes:
       hidden: channels of the feature network and of each coupling's network.
       steps: number of checkerboard couplings after the elementwise map.
+      dtype: computation dtype (None: `param_dtype`; the input is integer pixels).
+      param_dtype: dtype of the parameters at init.
     """
 
     hidden: int = 32
     steps: int = 2
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def __call__(self, key: Array, pixels: Array, bins: int) -> tuple[Array, Array]:
         """(u, log q(u | x)) for integer `pixels` (batch, height, width, channels) in {0, …, bins−1}."""
-        x = pixels.astype(jnp.float32) / (bins - 1) - 0.5
-        features = jax.nn.relu(Conv(self.hidden, 3, name="features_in")(x))
-        features = jax.nn.relu(Conv(self.hidden, 3, name="features_out")(features))
+        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = pixels.astype(self.dtype or self.param_dtype) / (bins - 1) - 0.5
+        features = jax.nn.relu(conv(self.hidden, 3, name="features_in")(x))
+        features = jax.nn.relu(conv(self.hidden, 3, name="features_out")(features))
         eps = jax.random.normal(key, x.shape, x.dtype)
         log_q = sum_except_batch(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi))
-        stats = Conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
+        stats = conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
         shift, raw = jnp.split(stats, 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         h = shift + jnp.exp(log_scale) * eps
         log_q = log_q - sum_except_batch(log_scale)
         for i in range(self.steps):
             keep = checkerboard(x.shape[1], x.shape[2], i % 2, x.dtype)
-            h, log_det = _ConditionalAffine(self.hidden, name=f"coupling{i}")(h, features, keep)
+            coupling = _ConditionalAffine(self.hidden, self.dtype, self.param_dtype, name=f"coupling{i}")
+            h, log_det = coupling(h, features, keep)
             log_q = log_q - log_det
         log_q = log_q - sum_except_batch(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))
         return jax.nn.sigmoid(h), log_q

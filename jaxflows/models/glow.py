@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxflows.bijectors import (
     ActNorm,
@@ -28,7 +30,7 @@ from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
 
-# name -> factory(**conv_kwargs) returning a channel-mixing bijector.
+# name -> factory(dtype=, param_dtype=, **conv_kwargs) returning a channel-mixing bijector.
 CONVS: dict[str, Callable[..., Bijector]] = {
     "plain": Conv1x1,
     "lu": Conv1x1LU,
@@ -38,7 +40,7 @@ CONVS: dict[str, Callable[..., Bijector]] = {
     "matrix_exp": MatrixExpConv1x1,
 }
 
-# name -> factory(hidden=, mask=, parity=, **coupling_kwargs) returning a coupling bijector.
+# name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, **coupling_kwargs) returning a coupling.
 COUPLINGS: dict[str, Callable[..., Bijector]] = {
     "affine": AffineCoupling,
     "additive": AdditiveCoupling,
@@ -64,20 +66,42 @@ def glow(
     coupling_kwargs: dict[str, Any] | None = None,
     gradient: str = "standard",
     dequantizer: nn.Module | None = None,
+    dtype: DTypeLike | None = None,
+    param_dtype: DTypeLike = jnp.float32,
 ) -> Flow:
-    """Build a multi-scale Glow-style flow on images of `image_shape` = (height, width, channels).
+    """A multi-scale Glow-style flow (Kingma & Dhariwal 2018, Fig. 2) with a standard normal base.
 
-    conv: "plain" | "lu" (and what later modules register in `CONVS`);
-    coupling: "affine" | "additive" (and `COUPLINGS`); mask: "channel" | "checkerboard"
-    (checkerboard alternates parity between steps, as in RealNVP).
+    Forward (data → latent), per level: squeeze (2×2 space-to-depth), K steps of
+    (ActNorm, channel mixer, coupling), then `Split` (half the channels whitened under a prior
+    conditioned on the other half and factored out), or at the last level `LearnedPrior`;
+    log_det is the sum of the layers' log-dets. Inverse (latent → data, sampling): the same layers'
+    inverses in reverse order. The latent has `image_shape` (`MultiScaleFlow`).
     The K steps of a level are one `Repeat` (one `lax.scan`, compiled once whatever K), named
     "steps"; with the checkerboard mask the repeated unit is a pair of steps of parity 0 and 1
     ("parity0", "parity1") and an odd K ends with one more step, "last_step".
-    gradient: "standard" | "remat" | "invertible" (rebuild activations with the inverse in the
-    backward pass: activation memory constant in K; see `jaxflows.core.backprop`).
-    dequantizer: q(u | x) for `Flow.discrete_log_prob` (e.g. `VariationalDequantizer()`); None
-    dequantises uniformly.
-    Returns a `Flow` with a standard normal base over a latent of `image_shape`.
+
+    Args:
+      image_shape: (height, width, channels) of one example; height and width must be multiples
+        of 2^levels.
+      levels: L, the number of scales.
+      steps: K, flow steps per level.
+      hidden: channels of each coupling network's hidden layers.
+      conv: the channel mixer, a key of `CONVS`: "plain" | "lu" | "qr" | "emerging" | "periodic" |
+        "matrix_exp".
+      coupling: a key of `COUPLINGS`: "affine" | "additive" | "matrix_exp".
+      mask: "channel" | "checkerboard" (checkerboard alternates parity between steps, as in
+        RealNVP).
+      conv_kwargs: extra fields of every channel mixer (e.g. {"kernel_size": 3}).
+      coupling_kwargs: extra fields of every coupling (e.g. {"form": "low_rank"}).
+      gradient: "standard" | "remat" | "invertible" (rebuild activations with the inverse in the
+        backward pass: activation memory constant in K; see `jaxflows.core.backprop`).
+      dequantizer: q(u | x) for `Flow.discrete_log_prob` (e.g. `VariationalDequantizer()`); None
+        dequantises uniformly.
+      dtype: computation dtype of every layer (None: promoted from the input and parameters).
+      param_dtype: dtype of every layer's parameters at init.
+
+    Returns:
+      A `Flow` with a standard normal base over a latent of `image_shape`.
     """
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
@@ -93,14 +117,15 @@ def glow(
         )
     make_conv = _lookup(CONVS, conv, "conv")
     make_coupling = _lookup(COUPLINGS, coupling, "coupling")
-    conv_kwargs = conv_kwargs or {}
-    coupling_kwargs = coupling_kwargs or {}
+    dtypes = {"dtype": dtype, "param_dtype": param_dtype}
+    conv_kwargs = {**dtypes, **(conv_kwargs or {})}
+    coupling_kwargs = {**dtypes, **(coupling_kwargs or {})}
 
     def step(k: int) -> Bijector:
         parity = k % 2 if mask == "checkerboard" else 0
         return Chain(
             [
-                ActNorm(),
+                ActNorm(**dtypes),
                 make_conv(**conv_kwargs),
                 make_coupling(hidden=hidden, mask=mask, parity=parity, **coupling_kwargs),
             ],
@@ -121,7 +146,7 @@ def glow(
         if extra:
             layers.append(step(0))
             names.append("last_step")
-        layers.append(LearnedPrior() if last else Split())
+        layers.append(LearnedPrior(**dtypes) if last else Split(**dtypes))
         names.append("prior" if last else "split")
         level_list.append(Chain(layers, names=names))
     return Flow(

@@ -18,9 +18,19 @@ from jaxflows.core.bijector import Array, Bijector, hashable_sequences
 
 
 class MultiScaleFlow(Bijector):
-    """Levels run coarse-to-fine; every level but the last must end with a `Split`.
+    """The multi-scale layout (RealNVP Sec 3.6, Glow Fig. 2): levels run from fine to coarse.
 
-    Each level's forward must map (b, h, w, c) to (b, h/2, w/2, 4c) (it starts with a squeeze).
+    Forward: h₀ = x; level i maps h_{i−1} to t_i; (h_i, ε_i) = the first and second halves of
+    t_i's channels for every level but the last; z = unsqueeze(concat(… unsqueeze(concat(t_L,
+    ε_{L−1})) …, ε_1)), a latent of x's shape; log_det = Σ_i the levels' log-dets.
+    Inverse: read t_L and the ε_i back out of z by squeezing, then run each level's inverse from
+    the last to the first; log_det = Σ_i the levels' inverse log-dets.
+    Each level's forward must map (b, h, w, c) to (b, h/2, w/2, 4c) (it starts with a squeeze),
+    and every level but the last must end with a `Split`.
+
+    Attributes:
+      levels: the level bijectors, first (finest) to last (stored as a tuple, so the flow hashes).
+      names: the levels' variable scopes; None: "level1", "level2", ….
     """
 
     levels: Sequence[Bijector]

@@ -26,9 +26,11 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jax.typing import DTypeLike
 
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -186,7 +188,17 @@ def conv2d(x: Array, kernel: Array, padding: Padding | None = None) -> Array:
 class Conv(nn.Module):
     """A stride-1 convolution layer with bias ("SAME" padding), computed by `conv2d`.
 
-    Parameters are named and shaped like `flax.linen.Conv`'s: kernel (kh, kw, c_in, c_out), bias (c_out).
+    y = conv2d(x, kernel) + bias. Parameters are named and shaped like `flax.linen.Conv`'s, and it
+    follows the same dtype convention.
+
+    Attributes:
+      features: output channels c_out.
+      kernel_size: kh = kw (an int) or (kh, kw).
+      use_bias: whether to add the learned bias.
+      kernel_init: initialiser of the kernel (kh, kw, c_in, c_out).
+      bias_init: initialiser of the bias (c_out).
+      dtype: computation dtype (None: promoted from the input and parameters).
+      param_dtype: dtype of the parameters at init.
     """
 
     features: int
@@ -194,12 +206,17 @@ class Conv(nn.Module):
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         size = (self.kernel_size,) * 2 if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-        kernel = self.param("kernel", self.kernel_init, (*size, x.shape[-1], self.features))
-        y = conv2d(x, kernel.astype(x.dtype))
+        shape = (*size, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = None
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
-        return y
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = conv2d(x, kernel)
+        return y if bias is None else y + bias

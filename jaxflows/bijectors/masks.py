@@ -1,0 +1,99 @@
+"""Coupling masks (RealNVP, Dinh et al. 2017, Sec 3.4): which entries a coupling transforms.
+
+A mask splits x into the active part x_a (transformed) and the conditioning part x_b (read by the
+network), merges a transformed active part back, says how many channels it needs, and sums the
+coupling's log|det| terms over the entries that were actually transformed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from jaxflows.core.bijector import Array, sum_except_batch
+
+
+def _batch_zeros(x: Array) -> Array:
+    """Zeros of shape (batch, 1, 1, 1): broadcast per-pixel or scalar terms to one per example."""
+    return jnp.zeros((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelMask:
+    """Split along channels (RealNVP's channel-wise mask, Glow's split()).
+
+    With cut = ⌊c/2⌋: parity 0 transforms x[..., cut:] conditioned on x[..., :cut]; parity 1 the
+    reverse. Every entry of the active part is transformed.
+
+    Attributes:
+      parity: 0 or 1, which half is active.
+      min_channels: (class constant) the fewest channels it can split, 2.
+    """
+
+    parity: int = 0
+    min_channels: ClassVar[int] = 2
+
+    def _cut(self, channels: int) -> int:
+        return channels // 2
+
+    def active_channels(self, channels: int) -> int:
+        cut = self._cut(channels)
+        return channels - cut if self.parity == 0 else cut
+
+    def split(self, x: Array) -> tuple[Array, Array]:
+        """(active part, conditioning part)."""
+        first, second = x[..., : self._cut(x.shape[-1])], x[..., self._cut(x.shape[-1]) :]
+        return (second, first) if self.parity == 0 else (first, second)
+
+    def merge(self, active: Array, x: Array) -> Array:
+        """x with its active part replaced by `active`."""
+        cut = self._cut(x.shape[-1])
+        if self.parity == 0:
+            return jnp.concatenate([x[..., :cut], active], axis=-1)
+        return jnp.concatenate([active, x[..., cut:]], axis=-1)
+
+    def sum_active(self, terms: Array, x: Array) -> Array:
+        """Per-example sum of log|det| terms broadcastable to the active part of x."""
+        return sum_except_batch(terms + _batch_zeros(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckerboardMask:
+    """RealNVP's spatial checkerboard: pixels with (i + j + parity) even condition the others.
+
+    The network reads b ⊙ x (b the board); the map acts on every pixel and is kept only where
+    b = 0, so only the terms there count in the log-det.
+
+    Attributes:
+      parity: 0 or 1, which colour of the board is active.
+      min_channels: (class constant) the fewest channels it can split, 1.
+    """
+
+    parity: int = 0
+    min_channels: ClassVar[int] = 1
+
+    def board(self, x: Array) -> Array:
+        """1 on the conditioning pixels, 0 on the active ones; shape (1, h, w, 1)."""
+        i = jnp.arange(x.shape[1])[:, None]
+        j = jnp.arange(x.shape[2])[None, :]
+        return ((i + j + self.parity) % 2 == 0).astype(x.dtype)[None, :, :, None]
+
+    def active_channels(self, channels: int) -> int:
+        return channels
+
+    def split(self, x: Array) -> tuple[Array, Array]:
+        """(active part: all of x, conditioning part: b ⊙ x)."""
+        return x, x * self.board(x)
+
+    def merge(self, active: Array, x: Array) -> Array:
+        b = self.board(x)
+        return b * x + (1 - b) * active
+
+    def sum_active(self, terms: Array, x: Array) -> Array:
+        return sum_except_batch(terms * (1 - self.board(x)) + _batch_zeros(x))
+
+
+Mask = ChannelMask | CheckerboardMask
+MASKS: dict[str, type[Mask]] = {"channel": ChannelMask, "checkerboard": CheckerboardMask}

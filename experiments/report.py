@@ -70,7 +70,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def describe_config(base) -> str:
     return (
         f"base model {base.model}; {base.num_steps} steps of batch {base.batch_size}, "
-        f"{base.optimizer} lr {base.learning_rate:g} (linear warm-up {base.warmup_steps}), "
+        f"{base.optimizer} lr {base.learning_rate:g} (linear warm-up {base.warmup_steps}, then "
+        f"{base.lr_decay}), "
         f"grad clip {base.grad_clip_norm}"
     )
 

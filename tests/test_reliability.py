@@ -100,7 +100,14 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "xor",
+        pytest.param("truncate", marks=pytest.mark.slow),
+        pytest.param("metadata", marks=pytest.mark.slow),
+    ],
+)
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, capfd, corruption):
     train(TINY, tmp_path, progress=False)
     assert _steps(tmp_path) == [4, 6] and (tmp_path / "checkpoints" / "6" / CHECKSUMS).is_file()
@@ -153,6 +160,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     assert int(result.state.step) == 2
 
 
+@pytest.mark.slow  # a subprocess that imports jax and trains: ~15-25 s
 def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom jaxflows.train.workdir import workdir_lock\n"
@@ -179,6 +187,7 @@ _FILE_SIZE_LIMITED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess that imports jax and trains: ~15-25 s
 def test_a_failed_write_stops_the_run_with_a_named_error(tmp_path):
     config = tmp_path / "long.py"
     config.write_text(
@@ -260,6 +269,7 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path):
     assert [int(r["step"]) for r in resumed.history] == [4, 5, 6]
 
 
+@pytest.mark.slow  # a subprocess that imports jax and trains: ~15-25 s
 def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
     import time
 

@@ -1,6 +1,6 @@
 """MEF Table 6: mean, standard deviation, maximum and minimum of the number of series terms m.
 
-    python -m experiments.table6_series_terms [--dataset fashion_mnist] [--steps 2000] [--every 50]
+    python -m experiments.table6_series_terms [--every 50] [--set num_steps=2000 model.hidden=64 ...]
 
 Trains a Matrix Exponential Flow (matrix-exp 1x1 convs and couplings, the official full/low-rank
 rule and tolerance 1e-8) and, every `--every` steps, runs the model on a fixed held-out batch and
@@ -19,7 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+
+from experiments.report import describe_machine
+from jaxflows.analysis import trace_forward
+from jaxflows.core import dequantize
+from jaxflows.train import TrainConfig, setup, train
+from jaxflows.train.config import add_override_argument, apply_overrides
 
 FAMILIES = {"MatrixExpConv1x1": "matrix-exp 1x1 conv", "MatrixExpCoupling": "matrix-exp coupling"}
 
@@ -28,23 +35,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--dataset", default="fashion_mnist")
-    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--every", type=int, default=50, help="record m every this many steps")
-    parser.add_argument("--levels", type=int, default=2)
-    parser.add_argument("--flow-steps", type=int, default=4, help="K, flow steps per level")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    add_override_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     return parser.parse_args(argv)
 
 
+def mef_config(every: int) -> TrainConfig:
+    """The MEF whose series lengths are recorded (override any field with --set)."""
+    return TrainConfig(
+        dataset="fashion_mnist",
+        model={"levels": 2, "steps": 4, "hidden": 64, "conv": "matrix_exp", "coupling": "matrix_exp"},
+        batch_size=64, learning_rate=1e-3, warmup_steps=100, num_steps=2000, eval_every=0,
+        checkpoint_every=2000, keep_checkpoints=1, log_every=every, prng_impl="rbg",
+    )  # fmt: skip
+
+
 def series_terms_fn(flow):
     """jit(variables, x) -> {layer path: (m of the call, per-pixel m)} for every matrix exponential."""
-    import jax
-
-    from jaxflows.analysis import trace_forward
 
     def terms(variables, x):
         calls, _ = trace_forward(flow, variables, x)
@@ -65,39 +73,25 @@ def summary(values: np.ndarray) -> str:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    import jax
-
-    from experiments.report import describe_machine
-    from jaxflows.core import dequantize
-    from jaxflows.train import TrainConfig, train
-
-    jax.config.update("jax_default_prng_impl", "rbg")
+    config = apply_overrides(mef_config(args.every), args.overrides)
+    jax.config.update("jax_default_prng_impl", config.prng_impl or "rbg")
     start = time.perf_counter()
-    config = TrainConfig(
-        dataset=args.dataset,
-        model={"levels": args.levels, "steps": args.flow_steps, "hidden": args.hidden,
-               "conv": "matrix_exp", "coupling": "matrix_exp"},
-        batch_size=args.batch, learning_rate=args.learning_rate, warmup_steps=100, num_steps=args.steps,
-        eval_every=0, checkpoint_every=args.steps, keep_checkpoints=1, log_every=args.every,
-        prng_impl="rbg",
-    )  # fmt: skip
+    batch, steps, model = config.batch_size, config.num_steps, config.model
     records: dict[str, list] = {}
     state_of = {}
 
     def record(step: int, state) -> None:
-        if step % args.every and step != args.steps:
+        if step % args.every and step != steps:
             return
         if "fn" not in state_of:
             exp = state_of["exp"]
-            pixels = exp.dataset.test[np.arange(args.batch)]
+            pixels = exp.dataset.test[np.arange(batch)]
             state_of["x"] = dequantize(jax.random.key(0), jax.numpy.asarray(pixels), exp.dataset.num_bins)
             state_of["fn"] = series_terms_fn(exp.flow)
         for path, m in jax.device_get(state_of["fn"](state.variables(), state_of["x"])).items():
             records.setdefault(path, []).append(np.asarray(m))
 
     # `train` builds the experiment; keep a handle on it for the callback
-    from jaxflows.train import setup
-
     state_of["exp"] = setup(config)
     with tempfile.TemporaryDirectory() as workdir:
         result = train(config, workdir, progress=False, on_step=record)
@@ -122,11 +116,11 @@ def main(argv=None) -> Path:
         "",
         f"- command: `python -m experiments.table6_series_terms {shlex.join(cli)}`",
         f"- date: {time.strftime('%Y-%m-%d')}; machine: {describe_machine()}; wall time {wall:.0f} s",
-        f"- data: {dataset.name} {dataset.image_shape}; model: MEF, L = {args.levels}, "
-        f"K = {args.flow_steps}, hidden {args.hidden} (full S per pixel, c ≤ 24); tolerance 1e-8 "
-        f"(float32), at most 10 terms after scaling to ‖W‖∞ ≤ 1/2; {args.steps} Adam steps of batch "
-        f"{args.batch} (last training bits/dim {bpd:.3f}); m recorded every {args.every} steps on "
-        f"{args.batch} held-out images",
+        f"- data: {dataset.name} {dataset.image_shape}; model: MEF, L = {model['levels']}, "
+        f"K = {model['steps']}, hidden {model['hidden']} (full S per pixel, c ≤ 24); tolerance 1e-8 "
+        f"(float32), at most 10 terms after scaling to ‖W‖∞ ≤ 1/2; {steps} Adam steps of batch "
+        f"{batch} (last training bits/dim {bpd:.3f}); m recorded every {args.every} steps on "
+        f"{batch} held-out images",
         "",
         "| exponential | mean | std | max | min | recorded |",
         "|---|---|---|---|---|---|",

@@ -49,8 +49,8 @@ def test_table6_and_dequantization_entries_run(tmp_path):
     from experiments import compare_dequantization, table6_series_terms
 
     table6 = table6_series_terms.main(
-        ["--dataset", "digits", "--steps", "4", "--every", "2", "--levels", "1", "--flow-steps", "1",
-         "--hidden", "8", "--batch", "16", "--out", str(tmp_path)]
+        ["--every", "2", "--set", "dataset=digits", "num_steps=4", "model.levels=1", "model.steps=1",
+         "model.hidden=8", "batch_size=16", "init_batch_size=64", "--out", str(tmp_path)]
     ).read_text()  # fmt: skip
     assert "| matrix-exp coupling (per call, as the official code) |" in table6
     config = tmp_path / "tiny.py"

@@ -86,8 +86,15 @@ def count_params(params) -> int:
 
 def param_count(config: TrainConfig) -> int:
     """Parameters of the flow `config` describes, without compiling (shape evaluation only)."""
-    exp = setup(config)
+    return _param_count(setup(config))
+
+
+def _param_count(exp) -> int:
     return count_params(jax.eval_shape(init_fn(exp), exp.init_pixels, 0).params)
+
+
+def _baseline(data, config: TrainConfig) -> float:
+    return pixel_baseline_bits_per_dim(data.train, data.test, data.num_bins, config.baseline_smoothing)
 
 
 def sampling_time(exp, variables, batch: int = 64, repeats: int = 3) -> float:
@@ -115,23 +122,21 @@ def run_one(
     all_losses_finite, skipped (non-finite updates skipped by the optimiser), diverged, and
     optionally sample_s.
     """
-    data = load_dataset(config.dataset, config.data_dir, config.n_bits)
-    baseline = pixel_baseline_bits_per_dim(data.train, data.test, data.num_bins, config.baseline_smoothing)
     try:
         result = train(config.replace(log_every=min(config.log_every, 20)), None, progress=False)
     except DivergenceError:
-        nan = float("nan")
-        return {"bpd": nan, "baseline_bpd": baseline, "params": param_count(config), "step_s": nan,
-                "epoch_s": nan, "compile_s": nan, "final_loss": nan, "all_losses_finite": 0.0,
+        exp, nan = setup(config), float("nan")
+        return {"bpd": nan, "baseline_bpd": _baseline(exp.dataset, config), "params": _param_count(exp),
+                "step_s": nan, "epoch_s": nan, "compile_s": nan, "final_loss": nan, "all_losses_finite": 0.0,
                 "skipped": config.max_consecutive_skips, "diverged": 1.0}  # fmt: skip
-    exp, state = result.experiment, result.state
+    exp, state, data = result.experiment, result.state, result.experiment.dataset
     variables = state.variables()
     losses = np.asarray([row["loss"] for row in result.history], np.float64)
     out = {
         "bpd": evaluate_bits_per_dim(
             exp.flow, variables, data.test, data.num_bins, exp.mesh, config.eval_batch_size, 1, config.seed
         ),
-        "baseline_bpd": baseline,
+        "baseline_bpd": _baseline(data, config),
         "params": count_params(state.params),
         "step_s": result.step_s,
         "epoch_s": result.step_s * len(data.train) / config.batch_size,

@@ -40,7 +40,7 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     import jax
 
-    from experiments.report import describe_machine
+    from experiments.report import describe_machine, save_lines
     from jaxflows import train as jft
 
     base = apply_overrides(jft.load_config(args.config), args.overrides)
@@ -84,11 +84,7 @@ def main(argv=None) -> Path:
         "on log P(x). MEF's Table 2 reports results with variational dequantisation in brackets "
         "(lower bits/dim than uniform), and Flow++ attributes a large part of its gain to it.",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "compare_dequantization.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out
+    return save_lines(args.out, "compare_dequantization.md", lines)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,15 @@ def describe_config(base) -> str:
     )
 
 
+def save_lines(directory: Path, name: str, lines: Sequence[str]) -> Path:
+    """Write `lines` to `directory/name` (creating the directory), print them, return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path
+
+
 def write_markdown(
     path: Path, title: str, base, seeds: Sequence[int], table: str, notes: Sequence[str], command: str,
     wall_s: float, dataset_desc: str,

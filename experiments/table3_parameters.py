@@ -71,7 +71,7 @@ def main(argv=None) -> Path:
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args(argv)
-    from experiments.report import describe_machine
+    from experiments.report import describe_machine, save_lines
     from jaxflows.train import load_config
 
     start = time.perf_counter()
@@ -112,11 +112,7 @@ def main(argv=None) -> Path:
         "The paper's own figures are not in the notes available to this project, so they are not "
         "reproduced here.",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "table3_parameters.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out
+    return save_lines(args.out, "table3_parameters.md", lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments.report import describe_machine
+from experiments.report import describe_machine, save_lines
 from jaxflows.analysis import trace_forward
 from jaxflows.core import dequantize
 from jaxflows.train import TrainConfig, setup, train
@@ -133,11 +133,7 @@ def main(argv=None) -> Path:
         "‖term_k‖∞ ≤ 2^-k / k! < 1e-8 from k = 9 on, so m ≤ 8 whatever the training does, and "
         "it varies with the norms the layers learn.",
     ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "table6_series_terms.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return out
+    return save_lines(args.out, "table6_series_terms.md", lines)
 
 
 if __name__ == "__main__":

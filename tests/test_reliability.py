@@ -177,6 +177,16 @@ def test_a_second_process_is_refused_while_the_first_trains(tmp_path):
     assert int(train(TINY.replace(num_steps=2), tmp_path, progress=False).state.step) == 2  # lock released
 
 
+def _endless_config(tmp_path: Path, fields: str) -> list[str]:
+    """Command-line arguments training TINY for 100,000 steps with `fields` into tmp_path/run."""
+    config = tmp_path / "long.py"
+    config.write_text(
+        "from tests.test_train import TINY\n\ndef get_config():\n"
+        f"    return TINY.replace(num_steps=100000, {fields})\n"
+    )
+    return ["--config", str(config), "--workdir", str(tmp_path / "run"), "--no_progress"]
+
+
 _FILE_SIZE_LIMITED = textwrap.dedent("""
     import resource, signal, sys
     sys.path.insert(0, ".")
@@ -189,14 +199,9 @@ _FILE_SIZE_LIMITED = textwrap.dedent("""
 
 @pytest.mark.slow  # a subprocess that imports jax and trains: ~15-25 s
 def test_a_failed_write_stops_the_run_with_a_named_error(tmp_path):
-    config = tmp_path / "long.py"
-    config.write_text(
-        "from tests.test_train import TINY\n\ndef get_config():\n"
-        "    return TINY.replace(num_steps=100000, checkpoint_every=10, keep_checkpoints=2)\n"
-    )
+    args = _endless_config(tmp_path, "checkpoint_every=10, keep_checkpoints=2")
     workdir = tmp_path / "run"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    args = ["--config", str(config), "--workdir", str(workdir), "--no_progress"]
     command = [sys.executable, "-c", _FILE_SIZE_LIMITED, *args]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
     assert proc.returncode != 0
@@ -273,14 +278,9 @@ def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path):
 def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
     import time
 
-    config = tmp_path / "long.py"
-    config.write_text(
-        "from tests.test_train import TINY\n\ndef get_config():\n"
-        "    return TINY.replace(num_steps=100000, checkpoint_every=1000, log_every=5)\n"
-    )
+    args = _endless_config(tmp_path, "checkpoint_every=1000, log_every=5")
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "experiments.train", "--config", str(config), "--workdir", str(workdir),
-               "--no_progress"]  # fmt: skip
+    command = [sys.executable, "-m", "experiments.train", *args]
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

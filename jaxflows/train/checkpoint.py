@@ -111,7 +111,7 @@ class CheckpointStore:
         """Start saving `state` under its step (if the interval says so, or `force`)."""
         step = int(state.step)
         if not (force or self.due(step)):
-            self._seal(wait=False)
+            self.poll()
             return False
         self._seal(wait=True)
         try:
@@ -142,6 +142,10 @@ class CheckpointStore:
             write_checksums(step_dir)
         except OSError as error:
             raise WorkdirWriteError(f"could not write the checksums of {step_dir}: {error}") from error
+
+    def poll(self) -> None:
+        """Seal the last save if orbax has finished it; never blocks (call it between saves)."""
+        self._seal(wait=False)
 
     def finish(self) -> None:
         """Wait for the last save and seal it."""

@@ -83,6 +83,9 @@ _POSITIVE = ("num_steps", "batch_size", "eval_batch_size", "init_batch_size", "l
              "keep_checkpoints", "samples_per_temperature", "eval_dequant_draws", "eval_importance_samples",
              "max_consecutive_skips")  # fmt: skip
 _NON_NEGATIVE = ("eval_every", "warmup_steps", "prefetch")
+# finite numbers > 0: field -> whether None is allowed
+_POSITIVE_NUMBERS = {"learning_rate": False, "baseline_smoothing": False, "grad_clip_norm": True,
+                     "train_time_limit_s": True}  # fmt: skip
 
 
 def _is_int(value: Any) -> bool:
@@ -122,20 +125,12 @@ def validate_config(config: TrainConfig) -> None:
         fail("dequantizer", "None or a dict of VariationalDequantizer keyword arguments")
     if config.n_bits is not None and (not _is_int(config.n_bits) or not 1 <= config.n_bits <= 16):
         fail("n_bits", "None or an integer in 1..16")
-    if not _is_number(config.learning_rate) or config.learning_rate <= 0:
-        fail("learning_rate", "a finite number > 0")
-    if config.grad_clip_norm is not None and (
-        not _is_number(config.grad_clip_norm) or config.grad_clip_norm <= 0
-    ):
-        fail("grad_clip_norm", "None or a finite number > 0")
+    for field, optional in _POSITIVE_NUMBERS.items():
+        value = getattr(config, field)
+        if not (optional and value is None) and (not _is_number(value) or value <= 0):
+            fail(field, f"{'None or ' if optional else ''}a finite number > 0")
     if config.ema_decay is not None and (not _is_number(config.ema_decay) or not 0 < config.ema_decay < 1):
         fail("ema_decay", "None or a number in (0, 1)")
-    if not _is_number(config.baseline_smoothing) or config.baseline_smoothing <= 0:
-        fail("baseline_smoothing", "a finite number > 0")
-    if config.train_time_limit_s is not None and (
-        not _is_number(config.train_time_limit_s) or config.train_time_limit_s <= 0
-    ):
-        fail("train_time_limit_s", "None or a number of seconds > 0")
     if config.optimizer not in OPTIMIZERS:
         fail("optimizer", f"one of {OPTIMIZERS}")
     if config.lr_decay not in LR_DECAYS:

@@ -118,7 +118,7 @@ def _train(
     train_step = compiled_train_step(exp)
     schedule = learning_rate_schedule(config)
     writer = MetricsWriter(workdir, enabled=lead, start_step=start)
-    timer = _StepTimer(start)
+    timer = _StepTimer()
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
         jax.process_index(), jax.process_count(), config.prefetch,
@@ -150,7 +150,7 @@ def _train(
                 if save:
                     saved = _save_if_healthy(exp, store, state)
                 elif store is not None:
-                    store.save(state)  # only seals a finished save
+                    store.poll()
                 if on_step is not None:
                     on_step(done, state)
                 if last:
@@ -178,7 +178,7 @@ def _train(
 class _StepTimer:
     """Wall time of the first step (compilation included) and the mean of the later ones."""
 
-    def __init__(self, start: int):
+    def __init__(self):
         self.start, self.steps = time.perf_counter(), 0
         self.first_s, self.step_s, self.after_first = float("nan"), float("nan"), None
 

@@ -234,16 +234,27 @@ class Comparison:
 
 
 def begin(
-    module: str, description: str, argv=None, default_seeds: int = 3, default_steps: int | None = None
+    module: str,
+    description: str,
+    argv=None,
+    default_seeds: int = 3,
+    default_steps: int | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> Comparison:
-    """Parse an entry's command line and build its base config (which also sets the PRNG)."""
+    """Parse an entry's command line (the common flags and those `add_arguments` adds) and build its
+    base config (which also sets the PRNG)."""
     start = time.perf_counter()
-    args = parse_args(description, argv, default_seeds)
+    args = parse_args(description, argv, default_seeds, add_arguments)
     base = base_config(args, default_steps)
     return Comparison(module, argv, args, base, list(range(args.seeds)), start)
 
 
-def parse_args(description: str, argv=None, default_seeds: int = 3) -> argparse.Namespace:
+def parse_args(
+    description: str,
+    argv=None,
+    default_seeds: int = 3,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, default=None, help="TrainConfig file (default: small digits)")
     add_override_argument(parser)
@@ -251,6 +262,8 @@ def parse_args(description: str, argv=None, default_seeds: int = 3) -> argparse.
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the .md and .png")
     parser.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     parser.add_argument("--quiet", action="store_true")
+    if add_arguments is not None:
+        add_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -26,6 +26,7 @@ from jaxflows.bijectors.conv1x1 import InvertibleConv1x1
 from jaxflows.bijectors.coupling import Coupling
 from jaxflows.core.bijector import Array, compute_dtype
 from jaxflows.linalg import expm_adaptive, phi_adaptive
+from jaxflows.ops.matmul import batched_matmul
 
 
 def skew_symmetric_init(scale: float):
@@ -152,7 +153,7 @@ class PixelExponential:
             exp, terms = expm_adaptive(self.factors[0], **options)
             return _matvec(exp, v), terms
         a1, a2 = self.factors
-        phi, terms = phi_adaptive(a2 @ a1, **options)
+        phi, terms = phi_adaptive(batched_matmul(a2, a1), **options)
         return v + _matvec(a1, _matvec(phi, _matvec(a2, v))), terms
 
     def trace(self) -> Array:
@@ -167,7 +168,7 @@ class PixelExponential:
 
 
 def _matvec(m: Array, v: Array) -> Array:
-    return jnp.einsum("...ij,...j->...i", m, v)
+    return batched_matmul(m, v[..., None])[..., 0]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxflows.ops.matmul import batched_matmul
+
 Array = jax.Array
 
 DEFAULT_TOLERANCE = 1e-8
@@ -51,7 +53,7 @@ def _series(w: Array, offset: int, tolerance: float, max_terms: int) -> tuple[Ar
 
     def add_term(carry, k):
         total, term, adding = carry
-        term = (w @ term) / (k + offset)
+        term = batched_matmul(w, term) / (k + offset)
         adding = adding & (inf_norm(term) > tolerance)
         total = total + jnp.where(adding[..., None, None], term, jnp.zeros_like(term))
         return (total, term, adding), adding
@@ -94,7 +96,7 @@ def _expm_adaptive(w: Array, tolerance: float, max_terms: int, max_squarings: in
     active = squarings[..., None, None]
 
     def square(acc, i):
-        return acc @ jnp.where(i < active, acc, eye), None
+        return batched_matmul(acc, jnp.where(i < active, acc, eye)), None
 
     result = jax.lax.scan(square, result, jnp.arange(max_squarings, dtype=w.dtype))[0]
     return result, terms

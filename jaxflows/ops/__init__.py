@@ -3,4 +3,13 @@
 from jaxflows.ops.conv import Conv, conv2d, matmul_conv, overlap_add, patches, same_padding, xla_conv
 from jaxflows.ops.matmul import batched_matmul
 
-__all__ = ["Conv", "batched_matmul", "conv2d", "matmul_conv", "overlap_add", "patches", "same_padding", "xla_conv"]
+__all__ = [
+    "Conv",
+    "batched_matmul",
+    "conv2d",
+    "matmul_conv",
+    "overlap_add",
+    "patches",
+    "same_padding",
+    "xla_conv",
+]

@@ -129,11 +129,11 @@ TRACES: list[int] = []
 class _CountTraces(Bijector):
     """The identity; counts in TRACES how many times its forward is traced."""
 
-    def forward(self, x):
+    def forward(self, x, context=None):
         TRACES.append(1)
         return x, jnp.zeros(x.shape[0], x.dtype)
 
-    def inverse(self, y):
+    def inverse(self, y, context=None):
         return y, jnp.zeros(y.shape[0], y.dtype)
 
 

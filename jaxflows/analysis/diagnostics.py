@@ -13,35 +13,37 @@ from jaxflows.analysis.trace import leaves, trace_forward
 from jaxflows.core.bijector import Array
 
 
-def reconstruction_errors(model: nn.Module, variables: Any, x: Array) -> dict[str, Array]:
+def reconstruction_errors(model: nn.Module, variables: Any, x: Array, context: Any = None) -> dict[str, Array]:
     """max |inverse(forward(h)) − h| per example for every layer, at the input it sees from x.
 
     Computed in x's dtype (float32 for a trained model): the numbers say which layer loses
     invertibility in the precision the model runs in.
     """
-    calls, _ = trace_forward(model, variables, x)
+    calls, _ = trace_forward(model, variables, x, context)
     errors = {}
     for call in leaves(calls):
-        back, _ = call.module.apply(call.variables, call.outputs, method="inverse")
+        back, _ = call.module.apply(call.variables, call.outputs, call.context, method="inverse")
         diff = jnp.abs(back - call.inputs).reshape(back.shape[0], -1)
         errors[call.path] = jnp.max(diff, axis=-1)
     return errors
 
 
-def jacobian_condition_numbers(model: nn.Module, variables: Any, x: Array) -> dict[str, Array]:
+def jacobian_condition_numbers(
+    model: nn.Module, variables: Any, x: Array, context: Any = None
+) -> dict[str, Array]:
     """σ_max / σ_min of each layer's dense jacobian at the input it sees from one example.
 
     The jacobian is D×D for D = h·w·c of the layer's input: use small images.
     """
     if x.shape[0] != 1:
         raise ValueError(f"expected a single example (batch of 1), got batch {x.shape[0]}")
-    calls, _ = trace_forward(model, variables, x)
+    calls, _ = trace_forward(model, variables, x, context)
     conditions = {}
     for call in leaves(calls):
         shape = call.inputs.shape
 
-        def flat(v, module=call.module, layer_vars=call.variables, shape=shape):
-            return module.apply(layer_vars, v.reshape(shape), method="forward")[0].reshape(-1)
+        def flat(v, module=call.module, layer_vars=call.variables, shape=shape, c=call.context):
+            return module.apply(layer_vars, v.reshape(shape), c, method="forward")[0].reshape(-1)
 
         singular = jnp.linalg.svd(jax.jacfwd(flat)(call.inputs.reshape(-1)), compute_uv=False)
         conditions[call.path] = singular[0] / singular[-1]
@@ -63,15 +65,17 @@ def invertibility_report(
     max_error: float = 1e-3,
     max_condition: float = 1e3,
     max_jacobian_dims: int = 1024,
+    context: Any = None,
 ) -> list[LayerHealth]:
     """Per-layer health, in call order; a layer is flagged when either threshold is exceeded.
 
     Condition numbers are computed on the first example where the layer's input has at most
     `max_jacobian_dims` entries.
     """
-    errors = reconstruction_errors(model, variables, x)
+    errors = reconstruction_errors(model, variables, x, context)
     small = x[:1].size <= max_jacobian_dims
-    conditions = jacobian_condition_numbers(model, variables, x[:1]) if small else {}
+    first = None if context is None else context[:1]
+    conditions = jacobian_condition_numbers(model, variables, x[:1], first) if small else {}
     report = []
     for path, err in errors.items():
         worst = float(jnp.max(err))

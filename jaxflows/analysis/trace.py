@@ -21,7 +21,9 @@ from jaxflows.core.repeat import Repeat, select
 
 @dataclasses.dataclass(frozen=True)
 class LayerCall:
-    """One `forward` call: the layer (unbound), its variables, input, output and log-det."""
+    """One `forward` call: the layer (unbound), its variables, input, output and log-det, and the
+    context it received (None for an unconditional model; the flow's one-hot labels or context
+    array inside a conditional one)."""
 
     path: str  # "level1/steps/2/coupling", relative to the model's bijector; "" is the whole model
     module: Bijector
@@ -29,6 +31,7 @@ class LayerCall:
     inputs: Array
     outputs: Array
     log_det: Array
+    context: Array | None = None
 
 
 def _root(model: nn.Module) -> tuple[str, ...]:
@@ -43,7 +46,11 @@ def _join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
 
-def _trace(model: nn.Module, variables: Any, x: Array, root: tuple[str, ...], prefix: str):
+def _context_argument(args: tuple, kwargs: dict) -> Any:
+    return args[1] if len(args) > 1 else kwargs.get("context")
+
+
+def _trace(model: nn.Module, variables: Any, x: Array, context: Any, root: tuple[str, ...], prefix: str):
     calls: list[LayerCall | None] = []
     expanding = False  # inside an expansion the nested trace records the calls
 
@@ -61,12 +68,15 @@ def _trace(model: nn.Module, variables: Any, x: Array, root: tuple[str, ...], pr
         index = len(calls)
         calls.append(None)  # reserve the slot so calls are listed in the order they start
         name = _join(prefix, "/".join(path[len(root) :]))
+        layer_context = _context_argument(args, kwargs)
         if _runs_steps_functionally(module):
             expanding = True
             try:
                 h, total = args[0], jnp.zeros(args[0].shape[0], args[0].dtype)
                 for step_name, layer, step_vars in module.unrolled_steps():
-                    sub_calls, (h, log_det) = _trace(layer, step_vars, h, (), _join(name, step_name))
+                    sub_calls, (h, log_det) = _trace(
+                        layer, step_vars, h, layer_context, (), _join(name, step_name)
+                    )
                     calls.extend(sub_calls)
                     total = total + log_det
                 out = (h, total)
@@ -75,22 +85,24 @@ def _trace(model: nn.Module, variables: Any, x: Array, root: tuple[str, ...], pr
         else:
             out = next_fun(*args, **kwargs)
         own = {c: v for c, v in module.variables.items()} if module.scope is not None else {}
-        calls[index] = LayerCall(name, module.clone(parent=None), own, args[0], out[0], out[1])
+        calls[index] = LayerCall(name, module.clone(parent=None), own, args[0], out[0], out[1], layer_context)
         return out
 
     with nn.intercept_methods(interceptor):
-        out = model.apply(variables, x, method="forward")
+        out = model.apply(variables, x, context, method="forward")
     return [c for c in calls if c is not None], out
 
 
-def trace_forward(model: nn.Module, variables: Any, x: Array) -> tuple[list[LayerCall], Array]:
-    """Run `model.forward(x)`, recording each bijector's forward call in call order.
+def trace_forward(
+    model: nn.Module, variables: Any, x: Array, context: Any = None
+) -> tuple[list[LayerCall], Array]:
+    """Run `model.forward(x, context)`, recording each bijector's forward call in call order.
 
     Returns the calls and the model's output (the latent). Works under `jit`, where the records
     hold tracers. Paths are relative to a `Flow`'s bijector: a Glow's layers read
     `level1/steps/0/actnorm` (step 0 of level 1's repeated steps).
     """
-    calls, (z, _) = _trace(model, variables, x, _root(model), "")
+    calls, (z, _) = _trace(model, variables, x, context, _root(model), "")
     return calls, z
 
 

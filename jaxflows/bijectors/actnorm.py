@@ -53,12 +53,12 @@ class ActNorm(Bijector):
     def _log_det(self, x: Array, log_scale: Array) -> Array:
         return per_example(x.shape[1] * x.shape[2] * jnp.sum(log_scale), x)
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(x)
         bias, log_scale = self._params(x, from_data=True)
         return (x + bias) * jnp.exp(log_scale), self._log_det(x, log_scale)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(y)
         bias, log_scale = self._params(y, from_data=False)
         return y * jnp.exp(-log_scale) - bias, -self._log_det(y, log_scale)

@@ -63,11 +63,11 @@ class InvertibleConv1x1(Bijector):
         pixels = x.shape[1] * x.shape[2]
         return apply_1x1(x.astype(matrix.dtype), matrix), per_example(pixels * log_abs_det, x)
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(x)
         return self._multiply(x, *self.matrix(x))
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(y)
         return self._multiply(y, *self.inverse_matrix(y))
 

@@ -192,14 +192,14 @@ class EmergingConv(Bijector):
                 f"{x.shape[1]}x{x.shape[2]} image"
             )
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         self._check(x)
         first, second, log_abs_det = self.kernels(x)
         h = causal_conv(x.astype(first.dtype), first)  # A₁, raster order
         y = flip(causal_conv(flip(h), second))  # A₂, reversed raster order
         return y, per_example(x.shape[1] * x.shape[2] * log_abs_det, x)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         self._check(y)
         first, second, log_abs_det = self.kernels(y)
         solve = SOLVERS[self.inverse_method]

@@ -76,7 +76,7 @@ class MatrixExpConv1x1(InvertibleConv1x1):
         w = -self.exponent(y)
         return self._exp(w)[0], jnp.trace(w)
 
-    def series_terms(self, x: Array) -> Array:
+    def series_terms(self, x: Array, context: Array | None = None) -> Array:
         """m, the power of the last series term exp(W) used (MEF Table 6); a scalar."""
         return self._exp(self.exponent(x))[1]
 
@@ -274,7 +274,7 @@ class MatrixExpCoupling(Coupling):
         tolerance = series_tolerance(self.tolerance, h.dtype)
         return MatrixExpAffine(shift, PixelExponential(tuple(s_factors), tolerance, self.max_squarings))
 
-    def series_terms(self, x: Array) -> Array:
+    def series_terms(self, x: Array, context: Array | None = None) -> Array:
         """m per pixel: the power of the last series term of exp(S) (or φ) used (MEF Table 6)."""
-        _, active, h = self.conditioned(x)
+        _, active, h = self.conditioned(x, context)
         return self.inner_bijector(h, active.shape[-1]).exponential.times(active)[1]

@@ -125,14 +125,14 @@ class PeriodicConv(Bijector):
         log_abs_det = jnp.sum(log_abs_dets * half_spectrum_weights(width).astype(log_abs_dets.dtype))
         return matrices, lu, permutation, log_abs_det
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         matrices, _, _, log_abs_det = self._factorised(x)
         x_hat = jnp.fft.rfft2(x.astype(log_abs_det.dtype), axes=(1, 2))
         y_hat = jnp.einsum("uvoi,buvi->buvo", matrices, x_hat)
         y = jnp.fft.irfft2(y_hat, s=x.shape[1:3], axes=(1, 2))
         return y, per_example(log_abs_det, x)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         _, lu, permutation, log_abs_det = self._factorised(y)
         y_hat = jnp.fft.rfft2(y.astype(log_abs_det.dtype), axes=(1, 2))
         rhs = jnp.moveaxis(y_hat, 0, -1)  # [u, v, c, b]: every example shares one factorisation

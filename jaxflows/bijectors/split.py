@@ -6,6 +6,9 @@ is the image of N(0, I) under the affine map z₂ = μ + σ ε (`ScalarAffine`),
 whitening ε = (z₂ − μ(z₁)) / σ(z₁), is a bijector with log_det = −Σ log σ and a standard normal
 on ε. A multi-scale flow is then a true bijection of the whole image onto a latent of the same
 shape (RealNVP's layout), and `inverse` uses the stored ε: reconstruction is exact.
+
+Conditional priors (Glow's class-conditional prior, Sec 5 and `prior` in its code): a context c
+adds W c (`ContextProjection`, zero-initialised) to (μ, log σ), per channel over all pixels.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ScalarAffine
 from jaxflows.core.bijector import Array, Bijector, compute_dtype, sum_except_batch
+from jaxflows.core.context import ContextProjection, check_context, require_context
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import Conv
 
@@ -24,10 +28,22 @@ def _total(terms: Array, x: Array) -> Array:
     return sum_except_batch(terms + jnp.zeros_like(x))
 
 
+def _with_context(module: nn.Module, h: Array, x: Array, context: Array | None) -> Array:
+    """h (…, 2c) plus the projection of the context (a per-channel shift of μ and log σ)."""
+    owner = type(module).__name__
+    require_context(module, "context", context, owner)
+    if context is None:
+        return h
+    check_context(context, x, owner)
+    projection = ContextProjection(h.shape[-1], module.dtype, module.param_dtype, name="context")
+    return h + projection(context)
+
+
 class Split(Bijector):
     """(z₁, z₂) ↦ (z₁, ε) with a prior N(μ(z₁), σ(z₁)²) on z₂ (Glow Sec 3, `split2d`).
 
-    z₁ is the first `num_kept(c)` channels; (μ, log σ) = conv(z₁), a zero-initialised 3x3 conv.
+    z₁ is the first `num_kept(c)` channels; (μ, log σ) = conv(z₁) (+ W c with a context c), a
+    zero-initialised 3x3 conv.
     Forward: ε = (z₂ − μ) / σ, log_det = −Σ log σ.
     Inverse: z₂ = μ + σ ε, log_det = Σ log σ.
 
@@ -44,8 +60,10 @@ class Split(Bijector):
         return channels // 2
 
     @nn.compact
-    def conditional_prior(self, kept: Array, factored_channels: int) -> ScalarAffine:
-        """z₂ = μ(z₁) + σ(z₁) ε: the prior on the factored half as a map from ε ~ N(0, I)."""
+    def conditional_prior(
+        self, kept: Array, factored_channels: int, context: Array | None = None
+    ) -> ScalarAffine:
+        """z₂ = μ(z₁, c) + σ(z₁, c) ε: the prior on the factored half as a map from ε ~ N(0, I)."""
         conv = Conv(
             2 * factored_channels,
             3,
@@ -54,7 +72,7 @@ class Split(Bijector):
             param_dtype=self.param_dtype,
             name="prior",
         )
-        h = conv(kept)
+        h = _with_context(self, conv(kept), kept, context)
         return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
     def _halves(self, x: Array) -> tuple[Array, Array]:
@@ -63,19 +81,21 @@ class Split(Bijector):
         cut = self.num_kept(x.shape[-1])
         return x[..., :cut], x[..., cut:]
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         kept, factored = self._halves(x)
-        eps, terms = self.conditional_prior(kept, factored.shape[-1]).inverse_and_log_det(factored)
+        prior = self.conditional_prior(kept, factored.shape[-1], context)
+        eps, terms = prior.inverse_and_log_det(factored)
         return jnp.concatenate([kept, eps], axis=-1), _total(terms, eps)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         kept, eps = self._halves(y)
-        factored, terms = self.conditional_prior(kept, eps.shape[-1]).forward_and_log_det(eps)
+        factored, terms = self.conditional_prior(kept, eps.shape[-1], context).forward_and_log_det(eps)
         return jnp.concatenate([kept, factored], axis=-1), _total(terms, factored)
 
 
 class LearnedPrior(Bijector):
-    """Glow's learned top prior N(μ, σ²), per-channel μ and log σ (zero-init), as whitening.
+    """Glow's learned top prior N(μ, σ²), per-channel μ and log σ (zero-init), as whitening;
+    class-conditional (Glow's `ycond`) when given a context c: (μ, log σ) + W c.
 
     Forward: ε = (z − μ) / σ, log_det = −h·w·Σ_c log σ_c.
     Inverse: z = μ + σ ε, log_det = h·w·Σ_c log σ_c.
@@ -89,20 +109,22 @@ class LearnedPrior(Bijector):
     param_dtype: DTypeLike = jnp.float32
 
     @nn.compact
-    def prior(self, x: Array) -> ScalarAffine:
+    def prior(self, x: Array, context: Array | None = None) -> ScalarAffine:
         """z = μ + σ ε: the prior as a map from ε ~ N(0, I), in the computation dtype."""
         channels = x.shape[-1]
         mean = self.param("mean", nn.initializers.zeros, (channels,), self.param_dtype)
         log_scale = self.param("log_scale", nn.initializers.zeros, (channels,), self.param_dtype)
         dtype = compute_dtype(self.dtype, x, mean, log_scale)
-        return ScalarAffine(shift=mean.astype(dtype), log_scale=log_scale.astype(dtype))
+        h = jnp.stack([mean, log_scale], axis=-1).reshape(2 * channels).astype(dtype)
+        h = _with_context(self, h, x, context)
+        return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(x)
-        eps, terms = self.prior(x).inverse_and_log_det(x)
+        eps, terms = self.prior(x, context).inverse_and_log_det(x)
         return eps, _total(terms, eps)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(y)
-        z, terms = self.prior(y).forward_and_log_det(y)
+        z, terms = self.prior(y, context).forward_and_log_det(y)
         return z, _total(terms, z)

@@ -41,8 +41,8 @@ class Squeeze(Bijector):
       (none: the layer has no fields or parameters.)
     """
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         return squeeze2d(x), jnp.zeros(x.shape[0], x.dtype)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         return unsqueeze2d(y), jnp.zeros(y.shape[0], y.dtype)

@@ -12,8 +12,9 @@ A sequence y = f_n ∘ … ∘ f_1 (x), log_det = Σ_i ld_i, is run in one of th
   each step's forward runs twice and its inverse once. Reverse mode only: `jax.jvp`/`jacfwd`
   through an invertible sequence raise.
 
-A step is a pure function ``step(variables, x, inverse) -> (y, log_det)`` where ``variables`` is a
-dict of variable collections. Steps come either as a Python list (`run_sequence`, heterogeneous
+A step is a pure function ``step(variables, x, context, inverse) -> (y, log_det)`` where
+``variables`` is a dict of variable collections and ``context`` the conditional flow's context (an
+array or None, the same for every step; its gradient flows back through every step). Steps come either as a Python list (`run_sequence`, heterogeneous
 layers, one trace each) or as one function over variables stacked along axis 0 (`run_scan`, one
 `lax.scan`: a single trace whatever the depth).
 """
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Step = Callable[[Any, Array, bool], tuple[Array, Array]]
+Step = Callable[[Any, Array, Any, bool], tuple[Array, Array]]
 
 GRADIENT_MODES = ("standard", "remat", "invertible")
 
@@ -69,13 +70,25 @@ def _merge(floats: Any, others: Any) -> Any:
     )
 
 
-def _step_pullback(step: Step, variables: Any, y: Array, cotangents: tuple[Array, Array], inverse: bool):
-    """Rebuild a step's input from its output `y`; return (input, d input, d float variables)."""
-    x, _ = step(variables, y, not inverse)
+def _step_pullback(
+    step: Step, variables: Any, y: Array, context: Any, cotangents: tuple[Array, Array], inverse: bool
+):
+    """Rebuild a step's input from its output `y`; return (input, d input, d float variables,
+    d float context leaves)."""
+    x, _ = step(variables, y, context, not inverse)
     floats, others = _split_differentiable(variables)
-    _, pullback = jax.vjp(lambda f, a: step(_merge(f, others), a, inverse), floats, x)
-    d_floats, d_x = pullback(cotangents)
-    return x, d_x, d_floats
+    context_floats, context_others = _split_differentiable(context)
+
+    def run(f, a, c):
+        return step(_merge(f, others), a, _merge(c, context_others), inverse)
+
+    _, pullback = jax.vjp(run, floats, x, context_floats)
+    d_floats, d_x, d_context = pullback(cotangents)
+    return x, d_x, d_floats, d_context
+
+
+def _add(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(lambda u, v: None if u is None else u + v, a, b, is_leaf=lambda t: t is None)
 
 
 def _zero_cotangents(tree: Any) -> Any:
@@ -98,56 +111,61 @@ def _with_float0(d_floats: Any, variables: Any) -> Any:
 
 
 def run_sequence(
-    steps: Sequence[Step], variables: Sequence[Any], x: Array, inverse: bool, gradient: str
+    steps: Sequence[Step], variables: Sequence[Any], x: Array, context: Any, inverse: bool, gradient: str
 ) -> tuple[Array, Array]:
     """Apply `steps` in order (in reverse order when `inverse`), each with its own variables."""
     check_gradient_mode(gradient, "run_sequence")
     order = list(reversed(range(len(steps)))) if inverse else list(range(len(steps)))
 
-    def run(all_variables, h):
+    def run(all_variables, h, c):
         total = jnp.zeros(h.shape[0], h.dtype)
         for i in order:
-            fn = jax.checkpoint(steps[i], static_argnums=(2,)) if gradient == "remat" else steps[i]
-            h, ld = fn(all_variables[i], h, inverse)
+            fn = jax.checkpoint(steps[i], static_argnums=(3,)) if gradient == "remat" else steps[i]
+            h, ld = fn(all_variables[i], h, c, inverse)
             total = total + ld
         return h, total
 
     if gradient != "invertible":
-        return run(list(variables), x)
+        return run(list(variables), x, context)
 
     @jax.custom_vjp
-    def invertible(all_variables, h):
-        return run(all_variables, h)
+    def invertible(all_variables, h, c):
+        return run(all_variables, h, c)
 
-    def fwd(all_variables, h):
-        y, total = run(all_variables, h)
-        return (y, total), (all_variables, y)
+    def fwd(all_variables, h, c):
+        y, total = run(all_variables, h, c)
+        return (y, total), (all_variables, y, c)
 
     def bwd(residuals, cotangents):
-        all_variables, y = residuals
+        all_variables, y, c = residuals
         d_y, d_log_det = cotangents
         d_variables = [None] * len(steps)
+        d_context = _split_differentiable(_zero_cotangents(c))[0]
         for i in reversed(order):
-            y, d_y, d_floats = _step_pullback(steps[i], all_variables[i], y, (d_y, d_log_det), inverse)
+            y, d_y, d_floats, d_c = _step_pullback(steps[i], all_variables[i], y, c, (d_y, d_log_det), inverse)
             d_variables[i] = _with_float0(d_floats, all_variables[i])
-        return d_variables, d_y
+            d_context = _add(d_context, d_c)
+        return d_variables, d_y, _with_float0(d_context, c)
 
     invertible.defvjp(fwd, bwd)
-    return invertible(list(variables), x)
+    return invertible(list(variables), x, context)
 
 
-def run_scan(step: Step, stacked: Any, x: Array, inverse: bool, gradient: str) -> tuple[Array, Array]:
-    """Apply `step` once per slice of `stacked` (variables with a leading depth axis) in one `lax.scan`.
+def run_scan(
+    step: Step, stacked: Any, x: Array, context: Any, inverse: bool, gradient: str
+) -> tuple[Array, Array]:
+    """Apply `step` once per slice of `stacked` (variables with a leading depth axis) in one `lax.scan`,
+    every step with the same `context`.
 
     Forward runs the slices in order 0, 1, …; `inverse` runs them in reverse order.
     """
     check_gradient_mode(gradient, "run_scan")
-    body_step = jax.checkpoint(step, static_argnums=(2,), prevent_cse=False) if gradient == "remat" else step
+    body_step = jax.checkpoint(step, static_argnums=(3,), prevent_cse=False) if gradient == "remat" else step
 
-    def run(variables, h):
+    def run(variables, h, c):
         def body(carry, v):
             h, total = carry
-            h, ld = body_step(v, h, inverse)
+            h, ld = body_step(v, h, c, inverse)
             return (h, total + ld), None
 
         init = (h, jnp.zeros(h.shape[0], h.dtype))
@@ -155,30 +173,31 @@ def run_scan(step: Step, stacked: Any, x: Array, inverse: bool, gradient: str) -
         return h, total
 
     if gradient != "invertible":
-        return run(stacked, x)
+        return run(stacked, x, context)
 
     @jax.custom_vjp
-    def invertible(variables, h):
-        return run(variables, h)
+    def invertible(variables, h, c):
+        return run(variables, h, c)
 
-    def fwd(variables, h):
-        out = run(variables, h)
-        return out, (variables, out[0])
+    def fwd(variables, h, c):
+        out = run(variables, h, c)
+        return out, (variables, out[0], c)
 
     def bwd(residuals, cotangents):
-        variables, y = residuals
+        variables, y, c = residuals
         d_y, d_log_det = cotangents
 
         def body(carry, v):
-            y, d_y = carry
-            x, d_x, d_floats = _step_pullback(step, v, y, (d_y, d_log_det), inverse)
-            return (x, d_x), d_floats
+            y, d_y, d_context = carry
+            x, d_x, d_floats, d_c = _step_pullback(step, v, y, c, (d_y, d_log_det), inverse)
+            return (x, d_x, _add(d_context, d_c)), d_floats
 
         # The backward sweep visits the steps in the opposite order to the primal one.
-        (_, d_x), d_floats = jax.lax.scan(
-            body, (y, d_y), variables, reverse=not inverse, unroll=_SCAN_UNROLL.get()
+        start = (y, d_y, _split_differentiable(_zero_cotangents(c))[0])
+        (_, d_x, d_context), d_floats = jax.lax.scan(
+            body, start, variables, reverse=not inverse, unroll=_SCAN_UNROLL.get()
         )
-        return _with_float0(d_floats, variables), d_x
+        return _with_float0(d_floats, variables), d_x, _with_float0(d_context, c)
 
     invertible.defvjp(fwd, bwd)
-    return invertible(stacked, x)
+    return invertible(stacked, x, context)

@@ -2,9 +2,13 @@
 
 A bijector is a `flax.linen` module on NHWC batches with three methods:
 
-    forward(x) -> (y, log_det)    log_det = log|det dy/dx|, shape (batch,)
-    inverse(y) -> (x, log_det)    log_det = log|det dx/dy|, shape (batch,)
-    log_det(x) -> log|det dy/dx|
+    forward(x, context=None) -> (y, log_det)    log_det = log|det dy/dx|, shape (batch,)
+    inverse(y, context=None) -> (x, log_det)    log_det = log|det dx/dy|, shape (batch,)
+    log_det(x, context=None) -> log|det dy/dx|
+
+`context` conditions the map (a conditional flow p(x | c), `jaxflows.core.context`): a float
+(batch, d) array, or None. Every layer accepts it; layers that do not depend on it ignore it, and
+with context=None every layer is exactly its unconditional self.
 
 Each layer writes `forward` and `inverse` beside each other, each returning its own direction's
 log-det, with the maths they share written once (Distrax's convention). Variables come from
@@ -50,20 +54,20 @@ def compute_dtype(dtype: DTypeLike | None, *arrays: Array | None) -> jnp.dtype:
 
 
 class Bijector(nn.Module):
-    """Base class: a subclass implements `forward(x)` and `inverse(y)`, each returning the output
-    and the log|det| of its own map (the inverse's is log|det ∂x/∂y|)."""
+    """Base class: a subclass implements `forward(x, context)` and `inverse(y, context)`, each
+    returning the output and the log|det| of its own map (the inverse's is log|det ∂x/∂y|)."""
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         raise NotImplementedError(f"{type(self).__name__} must implement inverse")
 
-    def log_det(self, x: Array) -> Array:
-        return self.forward(x)[1]
+    def log_det(self, x: Array, context: Array | None = None) -> Array:
+        return self.forward(x, context)[1]
 
-    def __call__(self, x: Array) -> tuple[Array, Array]:
-        return self.forward(x)
+    def __call__(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self.forward(x, context)
 
 
 def _snake(name: str) -> str:
@@ -116,25 +120,25 @@ class Chain(Bijector):
             for name, layer in zip(self.layer_names, self.layers, strict=True)
         ]
 
-    def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def _run(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
         if self.gradient == "standard" or self.is_initializing():
             total = jnp.zeros(x.shape[0], x.dtype)
             for layer in reversed(self.steps) if inverse else self.steps:
-                x, ld = layer.inverse(x) if inverse else layer.forward(x)
+                x, ld = layer.inverse(x, context) if inverse else layer.forward(x, context)
                 total = total + ld
             return x, total
         _, templates, variables = zip(*self.unrolled_steps(), strict=True)
         steps = [
-            lambda v, h, step_inverse, t=t: t.apply(v, h, method="inverse" if step_inverse else "forward")
+            lambda v, h, c, step_inverse, t=t: t.apply(v, h, c, method="inverse" if step_inverse else "forward")
             for t in templates
         ]
-        return run_sequence(steps, variables, x, inverse, self.gradient)
+        return run_sequence(steps, variables, x, context, inverse, self.gradient)
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._run(x, inverse=False)
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(x, context, inverse=False)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._run(y, inverse=True)
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(y, context, inverse=True)
 
 
 class Invert(Bijector):
@@ -146,19 +150,20 @@ class Invert(Bijector):
 
     bijector: Bijector
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self.bijector.inverse(x)
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self.bijector.inverse(x, context)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self.bijector.forward(y)
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self.bijector.forward(y, context)
 
 
 class Functional(NamedTuple):
-    """Three pure functions of arrays, closed over a module's variables."""
+    """Three pure functions of arrays, closed over a module's variables; each takes an optional
+    context (a conditional flow's labels or context array) as its second argument."""
 
-    forward: Callable[[Array], tuple[Array, Array]]
-    inverse: Callable[[Array], tuple[Array, Array]]
-    log_det: Callable[[Array], Array]
+    forward: Callable[..., tuple[Array, Array]]
+    inverse: Callable[..., tuple[Array, Array]]
+    log_det: Callable[..., Array]
 
 
 def functional(module: nn.Module, variables: Any) -> Functional:
@@ -166,9 +171,10 @@ def functional(module: nn.Module, variables: Any) -> Functional:
 
     >>> f = functional(flow, variables)
     >>> z, ld = jax.jit(f.forward)(x)
+    >>> z, ld = f.forward(x, labels)  # a conditional flow
     """
 
     def method(name: str):
-        return lambda x: module.apply(variables, x, method=name)
+        return lambda x, context=None: module.apply(variables, x, context, method=name)
 
     return Functional(method("forward"), method("inverse"), method("log_det"))

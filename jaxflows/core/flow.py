@@ -5,10 +5,26 @@ from __future__ import annotations
 import math
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.context import (
+    ContextShapeError,
+    LabelRangeError,
+    MissingContextError,
+    UnexpectedContextError,
+)
 from jaxflows.core.objective import check_pixels, dequantize, discrete_log_prob_offset
-from jaxflows.core.validation import check_count, check_finite, check_image, check_nonempty, check_range
+from jaxflows.core.validation import (
+    check_count,
+    check_finite,
+    check_image,
+    check_nonempty,
+    check_range,
+    is_concrete,
+)
 from jaxflows.core.variables import check_variables
 
 
@@ -29,6 +45,12 @@ class Flow(Bijector):
         concrete inputs outside it are rejected, None turns the check off.
       dequantizer: q(u | x), called as dequantizer(key, pixels, bins) -> (u, log q), for
         `discrete_log_prob`; None: uniform dequantisation.
+      num_classes: N for a class-conditional flow p(x | y): every method then takes `context`,
+        integer labels (batch,) in {0, …, N−1} (or a float (batch, N) of class weights, e.g.
+        one-hot), which the layers receive as one-hot vectors.
+      context_features: d for a flow conditioned on any context vector: `context` is a float
+        (batch, d) array. At most one of `num_classes` and `context_features` is set; with
+        neither the flow is unconditional and takes no context.
     """
 
     bijector: Bijector
@@ -36,6 +58,83 @@ class Flow(Bijector):
     event_shape: tuple[int, ...]
     data_range: tuple[float, float] | None = (0.0, 1.0)
     dequantizer: nn.Module | None = None
+    num_classes: int | None = None
+    context_features: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_classes", "context_features"):
+            value = getattr(self, name)
+            if value is not None:
+                check_count(value, name, "Flow")
+        if self.num_classes is not None and self.context_features is not None:
+            raise ValueError("Flow: set num_classes (class labels) or context_features (vectors), not both")
+        super().__post_init__()
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes is not None or self.context_features is not None
+
+    @nn.nowrap
+    def context_width(self) -> int | None:
+        """d, the width of the context the layers receive (None: unconditional)."""
+        return self.num_classes if self.num_classes is not None else self.context_features
+
+    @nn.nowrap
+    def example_context(self, batch: int) -> Array | None:
+        """A valid context for `batch` examples (class 0, or zeros), None for an unconditional flow."""
+        if self.num_classes is not None:
+            return jnp.zeros((batch,), jnp.int32)
+        if self.context_features is not None:
+            return jnp.zeros((batch, self.context_features), jnp.float32)
+        return None
+
+    @nn.nowrap
+    def context_array(self, context, batch: int, dtype) -> Array | None:
+        """What the layers receive: labels as one-hot (batch, N), vectors as (batch, d), in `dtype`.
+
+        Raises the named `ContextError`s: `MissingContextError` (a conditional flow without
+        context), `UnexpectedContextError` (an unconditional flow given one), `ContextShapeError`
+        (wrong rank, dtype, width or batch size) and `LabelRangeError` (a concrete label outside
+        {0, …, N−1}; labels are not checked while traced under `jit`).
+        """
+        if not self.conditional:
+            if context is not None:
+                raise UnexpectedContextError(
+                    "this flow is unconditional (built without num_classes or context_features) but was "
+                    "given a context"
+                )
+            return None
+        if context is None:
+            what = f"class labels in 0…{self.num_classes - 1}" if self.num_classes else "a context array"
+            raise MissingContextError(f"this flow is conditional and needs a context ({what}); got None")
+        context = jnp.asarray(context)
+        width = self.context_width()
+        if self.num_classes is not None and jnp.issubdtype(context.dtype, jnp.integer):
+            if context.ndim == 0:
+                context = jnp.broadcast_to(context, (batch,))
+            self._check_batch(context, batch, "labels", f"({batch},)")
+            if is_concrete(context):
+                labels = np.asarray(context)
+                bad = labels[(labels < 0) | (labels >= self.num_classes)]
+                if bad.size:
+                    raise LabelRangeError(
+                        f"class labels must lie in 0…{self.num_classes - 1}; got {sorted(set(bad.tolist()))}"
+                    )
+            return jax.nn.one_hot(context, self.num_classes, dtype=dtype)
+        if not jnp.issubdtype(context.dtype, jnp.floating):
+            raise ContextShapeError(f"expected a floating context array (batch, {width}), got {context.dtype}")
+        self._check_batch(context, batch, "context", f"({batch}, {width})")
+        if context.ndim != 2 or context.shape[1] != width:
+            raise ContextShapeError(f"expected a context of shape ({batch}, {width}), got {tuple(context.shape)}")
+        return context.astype(dtype)
+
+    @staticmethod
+    def _check_batch(context: Array, batch: int, what: str, expected: str) -> None:
+        if context.ndim == 0 or context.shape[0] != batch:
+            raise ContextShapeError(
+                f"{what} of shape {tuple(context.shape)} do not match a batch of {batch} examples; "
+                f"expected {expected}"
+            )
 
     @nn.nowrap
     def apply(self, variables, *args, **kwargs):
@@ -53,21 +152,22 @@ class Flow(Bijector):
                 f"expected examples of shape {tuple(self.event_shape)} (H, W, C), got {tuple(x.shape[1:])}"
             )
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context=None) -> tuple[Array, Array]:
         self._check(x)
-        return self.bijector.forward(x)
+        return self.bijector.forward(x, self.context_array(context, x.shape[0], x.dtype))
 
-    def inverse(self, z: Array) -> tuple[Array, Array]:
+    def inverse(self, z: Array, context=None) -> tuple[Array, Array]:
         self._check(z)
-        return self.bijector.inverse(z)
+        return self.bijector.inverse(z, self.context_array(context, z.shape[0], z.dtype))
 
-    def log_prob(self, x: Array) -> Array:
+    def log_prob(self, x: Array, context=None) -> Array:
+        """log p(x) (log p(x | context) for a conditional flow), nats per example."""
         if self.data_range is not None:
             check_range(x, *self.data_range)
-        z, log_det = self.forward(x)
+        z, log_det = self.forward(x, context)
         return self.base.log_prob(z) + log_det
 
-    def discrete_log_prob(self, pixels: Array, key: Array, bins: int) -> Array:
+    def discrete_log_prob(self, pixels: Array, key: Array, bins: int, context=None) -> Array:
         """One draw of the lower bound on log P(pixels) (nats) for integer pixels in {0, …, bins−1}:
         log p((x + u)/K) − D log K − log q(u | x), u from `dequantizer` (uniform when None, log q = 0).
         """
@@ -79,22 +179,24 @@ class Flow(Bijector):
             u, log_q = self.dequantizer(key, pixels, bins)
             x = (pixels.astype(u.dtype) + u) / bins
         offset = discrete_log_prob_offset(math.prod(self.event_shape), bins)
-        return self.log_prob(x) + offset - log_q
+        return self.log_prob(x, context) + offset - log_q
 
-    def sample(self, key: Array, num_samples: int, temperature: float = 1.0) -> Array:
-        """`num_samples` draws with the base standard deviation scaled by `temperature`."""
+    def sample(self, key: Array, num_samples: int, temperature: float = 1.0, context=None) -> Array:
+        """`num_samples` draws with the base standard deviation scaled by `temperature`; a
+        conditional flow draws from p(x | context), one context row (or label) per sample, or one
+        integer label for all of them."""
         num_samples = check_count(num_samples, "num_samples", "Flow.sample")
         z = self.base.sample(key, (num_samples, *self.event_shape), temperature)
-        return self.inverse(z)[0]
+        return self.inverse(z, context)[0]
 
     def sample_and_log_prob(
-        self, key: Array, num_samples: int, temperature: float = 1.0
+        self, key: Array, num_samples: int, temperature: float = 1.0, context=None
     ) -> tuple[Array, Array]:
         """`sample` and the log-density of each draw under the flow."""
         num_samples = check_count(num_samples, "num_samples", "Flow.sample_and_log_prob")
         z = self.base.sample(key, (num_samples, *self.event_shape), temperature)
-        x, log_det = self.inverse(z)
+        x, log_det = self.inverse(z, context)
         return x, self.base.log_prob(z) - log_det
 
-    def __call__(self, x: Array) -> Array:
-        return self.log_prob(x)
+    def __call__(self, x: Array, context=None) -> Array:
+        return self.log_prob(x, context)

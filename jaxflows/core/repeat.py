@@ -29,6 +29,7 @@ class Repeat(Bijector):
 
     Forward: y = f_{K−1}(… f_0(x)), log_det = Σ_k log|det ∂f_k|, one `lax.scan` over the steps.
     Inverse: x = f_0⁻¹(… f_{K−1}⁻¹(y)), the same scan in reverse, log_det = Σ_k of the inverses'.
+    Every step receives the same context.
     `init` runs the steps in order on the data (`flax.linen.scan`), so data-dependent
     initialisation (ActNorm) sees each step's real input.
 
@@ -61,20 +62,21 @@ class Repeat(Bijector):
         """Variables of step `index` from this module's (stacked) variables."""
         return select(variables, index)
 
-    def _initialize(self, x: Array, inverse: bool) -> tuple[Array, Array]:
-        def body(module, carry, _):
+    def _initialize(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
+        def body(module, carry, c):
             h, total = carry
-            h, log_det = module.step.inverse(h) if inverse else module.step.forward(h)
+            h, log_det = module.step.inverse(h, c) if inverse else module.step.forward(h, c)
             return (h, total + log_det), None
 
         scan = nn.scan(
             body,
             variable_axes={True: 0},
             split_rngs={True: True},
+            in_axes=nn.broadcast,
             length=self.length,
             reverse=inverse,
         )
-        (y, total), _ = scan(self, (x, jnp.zeros(x.shape[0], x.dtype)), None)
+        (y, total), _ = scan(self, (x, jnp.zeros(x.shape[0], x.dtype)), context)
         return y, total
 
     def _check_depth(self, variables: Any) -> None:
@@ -96,23 +98,23 @@ class Repeat(Bijector):
                 "variables from a shallower model?"
             )
 
-    def _run(self, x: Array, inverse: bool) -> tuple[Array, Array]:
+    def _run(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
         if self.is_initializing():
-            return self._initialize(x, inverse)
+            return self._initialize(x, context, inverse)
         variables = dict(self.variables)
         self._check_depth(variables)
         template = self.template()
 
-        def step(variables, h, step_inverse):
-            return template.apply(variables, h, method="inverse" if step_inverse else "forward")
+        def step(variables, h, c, step_inverse):
+            return template.apply(variables, h, c, method="inverse" if step_inverse else "forward")
 
-        return run_scan(step, variables, x, inverse, self.gradient)
+        return run_scan(step, variables, x, context, inverse, self.gradient)
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
-        return self._run(x, inverse=False)
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(x, context, inverse=False)
 
-    def inverse(self, y: Array) -> tuple[Array, Array]:
-        return self._run(y, inverse=True)
+    def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
+        return self._run(y, context, inverse=True)
 
     def unrolled_steps(self) -> list[tuple[str, Bijector, Any]]:
         """(name, unbound layer, variables) of every step in forward order: the analysis view."""

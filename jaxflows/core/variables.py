@@ -70,7 +70,8 @@ def variable_shapes(module, example_input: Any = None) -> Shapes:
         if cached is None:
             pixels = jax.ShapeDtypeStruct((1, *module.event_shape), jnp.int32)
             key = lambda seed: jax.random.key(seed)  # made inside the trace, never in the caller's
-            init = lambda p: module.init(key(0), p, key(1), 2, method="discrete_log_prob")
+            context = module.example_context(1)
+            init = lambda p: module.init(key(0), p, key(1), 2, context, method="discrete_log_prob")
             cached = _abstract_init(init, pixels)
             object.__setattr__(module, _CACHE, cached)  # modules are frozen dataclasses: a private cache
         return cached

@@ -66,6 +66,8 @@ def glow(
     coupling_kwargs: dict[str, Any] | None = None,
     gradient: str = "standard",
     dequantizer: nn.Module | None = None,
+    num_classes: int | None = None,
+    context_features: int | None = None,
     dtype: DTypeLike | None = None,
     param_dtype: DTypeLike = jnp.float32,
 ) -> Flow:
@@ -97,6 +99,10 @@ def glow(
         backward pass: activation memory constant in K; see `jaxflows.core.backprop`).
       dequantizer: q(u | x) for `Flow.discrete_log_prob` (e.g. `VariationalDequantizer()`); None
         dequantises uniformly.
+      num_classes: N for a class-conditional Glow p(x | y) (Glow Sec 5): every coupling network,
+        split prior and the top prior read the one-hot label (`jaxflows.core.context`); the flow's
+        methods then take integer labels as `context`.
+      context_features: d for a Glow conditioned on any (batch, d) context vector instead.
       dtype: computation dtype of every layer (None: promoted from the input and parameters).
       param_dtype: dtype of every layer's parameters at init.
 
@@ -154,4 +160,6 @@ def glow(
         base=StandardNormal(),
         event_shape=tuple(image_shape),
         dequantizer=dequantizer,
+        num_classes=num_classes,
+        context_features=context_features,
     )

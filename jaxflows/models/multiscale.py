@@ -24,7 +24,8 @@ class MultiScaleFlow(Bijector):
     t_i's channels for every level but the last; z = unsqueeze(concat(… unsqueeze(concat(t_L,
     ε_{L−1})) …, ε_1)), a latent of x's shape; log_det = Σ_i the levels' log-dets.
     Inverse: read t_L and the ε_i back out of z by squeezing, then run each level's inverse from
-    the last to the first; log_det = Σ_i the levels' inverse log-dets.
+    the last to the first; log_det = Σ_i the levels' inverse log-dets. Every level receives the
+    same context.
     Each level's forward must map (b, h, w, c) to (b, h/2, w/2, 4c) (it starts with a squeeze),
     and every level but the last must end with a `Split`.
 
@@ -46,12 +47,12 @@ class MultiScaleFlow(Bijector):
             b.clone(parent=self, name=n) for b, n in zip(self.levels, names, strict=True)
         )
 
-    def forward(self, x: Array) -> tuple[Array, Array]:
+    def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         total = jnp.zeros(x.shape[0], x.dtype)
         factored = []
         h = x
         for i, level in enumerate(self.level_modules):
-            h, log_det = level.forward(h)
+            h, log_det = level.forward(h, context)
             total = total + log_det
             if i < len(self.level_modules) - 1:
                 cut = Split.num_kept(h.shape[-1])
@@ -62,7 +63,7 @@ class MultiScaleFlow(Bijector):
             z = unsqueeze2d(jnp.concatenate([z, eps], axis=-1))
         return z, total
 
-    def inverse(self, z: Array) -> tuple[Array, Array]:
+    def inverse(self, z: Array, context: Array | None = None) -> tuple[Array, Array]:
         factored = []
         rest = z
         for _ in self.level_modules[:-1]:
@@ -75,6 +76,6 @@ class MultiScaleFlow(Bijector):
         for i in reversed(range(len(self.level_modules))):
             if i < len(self.level_modules) - 1:
                 h = jnp.concatenate([h, factored[i]], axis=-1)
-            h, log_det = self.level_modules[i].inverse(h)
+            h, log_det = self.level_modules[i].inverse(h, context)
             total = total + log_det
         return h, total

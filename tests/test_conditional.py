@@ -31,35 +31,58 @@ def labels(num_classes: int):
     return lambda key, batch: jax.random.randint(key, (batch,), 0, num_classes)
 
 
-TINY = {"levels": 2, "steps": 2, "hidden": 8}
-STEP = lambda: Chain([ActNorm(), Conv1x1LU(), AffineCoupling(hidden=8)], names=["actnorm", "conv", "coupling"])
+TINY = {"levels": 2, "steps": 1, "hidden": 4}
+STEP = lambda: Chain(
+    [ActNorm(), Conv1x1LU(), AffineCoupling(hidden=8)], names=["actnorm", "conv", "coupling"]
+)
+
+slow = pytest.mark.slow
 
 CASES = [
-    BijectorCase("conditional_affine_channel", lambda: AffineCoupling(hidden=8), (2, 4, 4, 4), context=vectors(3)),
     BijectorCase(
-        "conditional_affine_checkerboard",
-        lambda: AffineCoupling(hidden=8, mask="checkerboard", parity=1),
-        (2, 4, 4, 2),
-        context=vectors(3),
+        "conditional_affine_channel", lambda: AffineCoupling(hidden=8), (2, 4, 4, 4), context=vectors(3)
     ),
-    BijectorCase("conditional_additive", lambda: AdditiveCoupling(hidden=8), (2, 4, 4, 4), context=vectors(2)),
-    BijectorCase(
-        "conditional_matrix_exp_coupling",
-        lambda: MatrixExpCoupling(hidden=8),
-        (2, 3, 3, 4),
-        perturb=0.3,
-        context=vectors(3),
+    pytest.param(
+        BijectorCase(
+            "conditional_affine_checkerboard",
+            lambda: AffineCoupling(hidden=8, mask="checkerboard", parity=1),
+            (2, 4, 4, 2),
+            context=vectors(3),
+        ),
+        marks=slow,
+    ),
+    pytest.param(
+        BijectorCase(
+            "conditional_additive", lambda: AdditiveCoupling(hidden=8), (2, 4, 4, 4), context=vectors(2)
+        ),
+        marks=slow,
+    ),
+    pytest.param(
+        BijectorCase(
+            "conditional_matrix_exp_coupling",
+            lambda: MatrixExpCoupling(hidden=8),
+            (2, 3, 3, 4),
+            perturb=0.3,
+            context=vectors(3),
+        ),
+        marks=slow,
     ),
     BijectorCase("conditional_split", Split, (2, 4, 4, 4), context=vectors(3)),
     BijectorCase("conditional_learned_prior", LearnedPrior, (2, 4, 4, 3), context=vectors(3)),
-    BijectorCase("conditional_glow_step", STEP, (2, 4, 4, 4), context=vectors(3)),
-    BijectorCase("conditional_repeat", lambda: Repeat(STEP(), 3), (2, 4, 4, 4), context=vectors(3)),
-    BijectorCase(
-        "conditional_repeat_invertible",
-        lambda: Repeat(STEP(), 3, gradient="invertible"),
-        (2, 4, 4, 4),
-        context=vectors(3),
-        jacobian="jacrev",
+    pytest.param(BijectorCase("conditional_glow_step", STEP, (2, 4, 4, 4), context=vectors(3)), marks=slow),
+    pytest.param(
+        BijectorCase("conditional_repeat", lambda: Repeat(STEP(), 3), (2, 4, 4, 4), context=vectors(3)),
+        marks=slow,
+    ),
+    pytest.param(
+        BijectorCase(
+            "conditional_repeat_invertible",
+            lambda: Repeat(STEP(), 3, gradient="invertible"),
+            (2, 4, 4, 4),
+            context=vectors(3),
+            jacobian="jacrev",
+        ),
+        marks=slow,
     ),
     BijectorCase(
         "conditional_glow_labels",
@@ -68,12 +91,15 @@ CASES = [
         data="unit",
         context=labels(3),
     ),
-    BijectorCase(
-        "conditional_glow_vectors",
-        lambda: glow((4, 4, 2), context_features=2, **TINY),
-        (2, 4, 4, 2),
-        data="unit",
-        context=vectors(2),
+    pytest.param(
+        BijectorCase(
+            "conditional_glow_vectors",
+            lambda: glow((4, 4, 2), context_features=2, **TINY),
+            (2, 4, 4, 2),
+            data="unit",
+            context=vectors(2),
+        ),
+        marks=slow,
     ),
 ]
 
@@ -87,27 +113,32 @@ def test_conditional_bijector_properties(case, check):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conditional_layers_depend_on_the_context(case):
     module, variables, x = setup_case(case)
+    forward = jax.jit(lambda v, a, c: module.apply(v, a, c, method="forward"))
     c = case_context(case)
     other = case_context(case, 2 * x.shape[0])[x.shape[0] :]
     if jnp.issubdtype(c.dtype, jnp.integer):
         other = (c + 1) % 3
-    y, ld = module.apply(variables, x, c, method="forward")
-    y2, ld2 = module.apply(variables, x, other, method="forward")
+    y, ld = forward(variables, x, c)
+    y2, ld2 = forward(variables, x, other)
     assert float(jnp.max(jnp.abs(y - y2)) + jnp.max(jnp.abs(ld - ld2))) > 1e-4
 
 
 def _flow_and_variables(conditional: bool, seed: int = 0):
-    flow = glow((8, 8, 1), num_classes=4 if conditional else None, **TINY)
-    x = jax.random.uniform(jax.random.key(seed), (6, 8, 8, 1))
+    flow = glow((4, 4, 2), num_classes=4 if conditional else None, **TINY)
+    x = jax.random.uniform(jax.random.key(seed), (6, 4, 4, 2))
     y = jnp.arange(6) % 4
-    variables = flow.init(jax.random.key(1), x, y if conditional else None)
+    variables = jax.jit(flow.init)(jax.random.key(1), x, y if conditional else None)
     return flow, variables, x, y
+
+
+def _log_prob(flow):
+    return jax.jit(lambda v, x, c: flow.apply(v, x, c, method="log_prob"))
 
 
 def test_conditional_glow_at_init_is_the_unconditional_glow():
     """The context projections start at zero and are the only new parameters: the same seed gives
     the unconditional model's parameters and exactly its log-likelihoods, for every label."""
-    cond, cond_vars, x, y = _flow_and_variables(True)
+    cond, cond_vars, x, _ = _flow_and_variables(True)
     plain, plain_vars, _, _ = _flow_and_variables(False)
     flat_cond = {"/".join(map(str, p)): a for p, a in jax.tree_util.tree_leaves_with_path(cond_vars)}
     flat_plain = {"/".join(map(str, p)): a for p, a in jax.tree_util.tree_leaves_with_path(plain_vars)}
@@ -115,10 +146,10 @@ def test_conditional_glow_at_init_is_the_unconditional_glow():
     assert extra and all("'context'" in p for p in extra), extra
     for path, value in flat_plain.items():
         np.testing.assert_array_equal(flat_cond[path], value, err_msg=path)
-    expected = plain.apply(plain_vars, x, method="log_prob")
+    expected = _log_prob(plain)(plain_vars, x, None)
+    log_prob = _log_prob(cond)
     for label in range(4):
-        got = cond.apply(cond_vars, x, jnp.full((6,), label), method="log_prob")
-        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(log_prob(cond_vars, x, jnp.full((6,), label)), expected)
 
 
 def test_unconditional_layers_called_with_context_none_are_unchanged():
@@ -140,16 +171,18 @@ def _trained_like(flow, variables, seed=3):
 def test_conditional_log_likelihoods_and_samples_differ_between_labels():
     flow, variables, x, _ = _flow_and_variables(True)
     variables = _trained_like(flow, variables)
-    lp = [flow.apply(variables, x, jnp.full((6,), k), method="log_prob") for k in range(4)]
+    log_prob = _log_prob(flow)
+    lp = [log_prob(variables, x, jnp.full((6,), k)) for k in range(4)]
     for a in range(4):
         for b in range(a + 1, 4):
             assert float(jnp.max(jnp.abs(lp[a] - lp[b]))) > 1e-3
     key = jax.random.key(7)
-    samples = [flow.apply(variables, key, 5, 0.7, k, method="sample") for k in range(2)]
-    assert samples[0].shape == (5, 8, 8, 1)
+    sample = jax.jit(lambda c: flow.apply(variables, key, 5, 0.7, c, method="sample"))
+    samples = [sample(jnp.full((5,), k, jnp.int32)) for k in range(2)]
+    assert samples[0].shape == (5, 4, 4, 2)
     assert float(jnp.max(jnp.abs(samples[0] - samples[1]))) > 1e-3
-    # one label per sample and a scalar label broadcast to every sample agree
-    per_row = flow.apply(variables, key, 5, 0.7, jnp.ones(5, jnp.int32), method="sample")
+    # one integer label for all samples is broadcast to every sample
+    per_row = flow.apply(variables, key, 5, 0.7, 1, method="sample")
     np.testing.assert_allclose(per_row, samples[1], atol=1e-6)
 
 
@@ -161,38 +194,41 @@ def test_conditional_functional_view_and_round_trip_under_jit():
     x_back, ld_inv = jax.jit(f.inverse)(z, y)
     np.testing.assert_allclose(x_back, x, atol=1e-5)
     np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(f.log_det(x, y), ld, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(f.log_det)(x, y), ld, rtol=1e-6, atol=1e-4)
 
 
 def test_conditional_log_det_breakdown_adds_up_to_the_conditional_log_prob():
-    flow, variables, x, y = _flow_and_variables(True)
+    flow, variables, x, _ = _flow_and_variables(True)
     variables = _trained_like(flow, variables)
+    breakdown = jax.jit(lambda c: log_det_breakdown(flow, variables, x, c))
+    terms = {}
     for label in (0, 3):
         context = jnp.full((6,), label)
-        terms = log_det_breakdown(flow, variables, x, context)
-        total = sum(terms.values())
-        np.testing.assert_allclose(total, flow.apply(variables, x, context, method="log_prob"), rtol=1e-5)
-    split_a = log_det_breakdown(flow, variables, x, jnp.zeros(6, jnp.int32))["level1/split"]
-    split_b = log_det_breakdown(flow, variables, x, jnp.full((6,), 3))["level1/split"]
-    assert float(jnp.max(jnp.abs(split_a - split_b))) > 1e-4
+        terms[label] = breakdown(context)
+        total = sum(terms[label].values())
+        np.testing.assert_allclose(total, _log_prob(flow)(variables, x, context), rtol=1e-5)
+    assert float(jnp.max(jnp.abs(terms[0]["level1/split"] - terms[3]["level1/split"]))) > 1e-4
 
 
-@pytest.mark.parametrize("gradient", ["remat", "invertible"])
+@pytest.mark.parametrize("gradient", [pytest.param("remat", marks=slow), "invertible"])
 def test_conditional_gradients_match_standard_backprop(gradient):
     """Gradients with respect to parameters and to a float context are the same in every mode."""
-    x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
+    x = jax.random.uniform(jax.random.key(0), (3, 4, 4, 2))
     c = jax.random.normal(jax.random.key(1), (3, 2))
     grads = {}
     for mode in ("standard", gradient):
-        flow = glow((8, 8, 1), context_features=2, gradient=mode, **TINY)
-        variables = _trained_like(flow, flow.init(jax.random.key(2), x, c))
+        flow = glow((4, 4, 2), context_features=2, gradient=mode, **TINY)
+        variables = _trained_like(flow, jax.jit(flow.init)(jax.random.key(2), x, c))
         rest = {k: v for k, v in variables.items() if k != "params"}
 
         def loss(p, ctx, flow=flow, rest=rest):
             return -jnp.mean(flow.apply({"params": p, **rest}, x, ctx, method="log_prob"))
 
         grads[mode] = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], c)
-    for a, b in zip(jax.tree_util.tree_leaves(grads["standard"]), jax.tree_util.tree_leaves(grads[gradient])):
+    pairs = zip(
+        jax.tree_util.tree_leaves(grads["standard"]), jax.tree_util.tree_leaves(grads[gradient]), strict=True
+    )
+    for a, b in pairs:
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert float(jnp.abs(grads["standard"][1]).sum()) > 0
 
@@ -214,7 +250,7 @@ def test_conditional_flow_named_errors():
     plain, plain_vars, _, _ = _flow_and_variables(False)
     with pytest.raises(UnexpectedContextError, match="unconditional"):
         plain.apply(plain_vars, x, y, method="log_prob")
-    vector_flow = glow((8, 8, 1), context_features=2, **TINY)
+    vector_flow = glow((4, 4, 2), context_features=2, **TINY)
     with pytest.raises(ContextShapeError, match="floating"):
         vector_flow.init(jax.random.key(0), x, jnp.zeros((6, 2), jnp.int32))
 

@@ -13,7 +13,9 @@ from jaxflows.analysis.trace import leaves, trace_forward
 from jaxflows.core.bijector import Array
 
 
-def reconstruction_errors(model: nn.Module, variables: Any, x: Array, context: Any = None) -> dict[str, Array]:
+def reconstruction_errors(
+    model: nn.Module, variables: Any, x: Array, context: Any = None
+) -> dict[str, Array]:
     """max |inverse(forward(h)) − h| per example for every layer, at the input it sees from x.
 
     Computed in x's dtype (float32 for a trained model): the numbers say which layer loses

@@ -13,10 +13,11 @@ A sequence y = f_n ∘ … ∘ f_1 (x), log_det = Σ_i ld_i, is run in one of th
   through an invertible sequence raise.
 
 A step is a pure function ``step(variables, x, context, inverse) -> (y, log_det)`` where
-``variables`` is a dict of variable collections and ``context`` the conditional flow's context (an
-array or None, the same for every step; its gradient flows back through every step). Steps come either as a Python list (`run_sequence`, heterogeneous
-layers, one trace each) or as one function over variables stacked along axis 0 (`run_scan`, one
-`lax.scan`: a single trace whatever the depth).
+``variables`` is a dict of variable collections and ``context`` the conditional flow's context
+(an array or None, the same for every step; its gradient flows back through every step). Steps
+come either as a Python list (`run_sequence`, heterogeneous layers, one trace each) or as one
+function over variables stacked along axis 0 (`run_scan`, one `lax.scan`: a single trace whatever
+the depth).
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def _step_pullback(
 
 
 def _add(a: Any, b: Any) -> Any:
-    return jax.tree_util.tree_map(lambda u, v: None if u is None else u + v, a, b, is_leaf=lambda t: t is None)
+    return jax.tree_util.tree_map(
+        lambda u, v: None if u is None else u + v, a, b, is_leaf=lambda t: t is None
+    )
 
 
 def _zero_cotangents(tree: Any) -> Any:
@@ -142,7 +145,9 @@ def run_sequence(
         d_variables = [None] * len(steps)
         d_context = _split_differentiable(_zero_cotangents(c))[0]
         for i in reversed(order):
-            y, d_y, d_floats, d_c = _step_pullback(steps[i], all_variables[i], y, c, (d_y, d_log_det), inverse)
+            y, d_y, d_floats, d_c = _step_pullback(
+                steps[i], all_variables[i], y, c, (d_y, d_log_det), inverse
+            )
             d_variables[i] = _with_float0(d_floats, all_variables[i])
             d_context = _add(d_context, d_c)
         return d_variables, d_y, _with_float0(d_context, c)

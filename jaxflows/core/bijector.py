@@ -129,7 +129,9 @@ class Chain(Bijector):
             return x, total
         _, templates, variables = zip(*self.unrolled_steps(), strict=True)
         steps = [
-            lambda v, h, c, step_inverse, t=t: t.apply(v, h, c, method="inverse" if step_inverse else "forward")
+            lambda v, h, c, step_inverse, t=t: t.apply(
+                v, h, c, method="inverse" if step_inverse else "forward"
+            )
             for t in templates
         ]
         return run_sequence(steps, variables, x, context, inverse, self.gradient)

@@ -48,7 +48,9 @@ def check_context(context: Array, x: Array, owner: str) -> None:
             "turned into one-hot vectors by the Flow (glow(..., num_classes=N))"
         )
     if shape[0] != x.shape[0]:
-        raise ContextShapeError(f"{owner}: the context has {shape[0]} rows but the batch has {x.shape[0]} examples")
+        raise ContextShapeError(
+            f"{owner}: the context has {shape[0]} rows but the batch has {x.shape[0]} examples"
+        )
 
 
 class ContextProjection(nn.Module):

@@ -122,10 +122,14 @@ class Flow(Bijector):
                     )
             return jax.nn.one_hot(context, self.num_classes, dtype=dtype)
         if not jnp.issubdtype(context.dtype, jnp.floating):
-            raise ContextShapeError(f"expected a floating context array (batch, {width}), got {context.dtype}")
+            raise ContextShapeError(
+                f"expected a floating context array (batch, {width}), got {context.dtype}"
+            )
         self._check_batch(context, batch, "context", f"({batch}, {width})")
         if context.ndim != 2 or context.shape[1] != width:
-            raise ContextShapeError(f"expected a context of shape ({batch}, {width}), got {tuple(context.shape)}")
+            raise ContextShapeError(
+                f"expected a context of shape ({batch}, {width}), got {tuple(context.shape)}"
+            )
         return context.astype(dtype)
 
     @staticmethod

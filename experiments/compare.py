@@ -90,7 +90,7 @@ def param_count(config: TrainConfig) -> int:
 
 
 def _param_count(exp) -> int:
-    return count_params(jax.eval_shape(init_fn(exp), exp.init_pixels, 0).params)
+    return count_params(jax.eval_shape(init_fn(exp), exp.init_batch, 0).params)
 
 
 def _baseline(data, config: TrainConfig) -> float:

@@ -100,7 +100,11 @@ def report(args, config, exp, state, say, lead: bool) -> None:
         f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
     if args.mode in ("train", "eval"):
         scores = jft.evaluate(exp, state)
-        say(f"held-out bits/dim (flow):                     {scores['flow_bits_per_dim']:.4f}")
+        given = " given the label" if exp.conditional else ""
+        say(f"held-out bits/dim (flow{given}):{' ' * (29 - len(given))}{scores['flow_bits_per_dim']:.4f}")
+        if "marginal_bits_per_dim" in scores:
+            say(f"held-out bits/dim (flow, marginal over classes): {scores['marginal_bits_per_dim']:.4f}")
+            say(f"Bayes-rule accuracy (argmax_c log p(x|c) + log p(c)): {scores['bayes_accuracy']:.4f}")
         if "flow_bits_per_dim_without_ema" in scores:
             raw = scores["flow_bits_per_dim_without_ema"]
             say(f"held-out bits/dim (flow, without EMA):        {raw:.4f}")
@@ -117,10 +121,10 @@ def report(args, config, exp, state, say, lead: bool) -> None:
         if args.mode == "train" and lead:
             say(f"training curve: {jft.write_curve(args.workdir, scores['baseline_bits_per_dim'])}")
     if args.mode in ("train", "sample") and lead:
-        say(
-            f"samples (T={', '.join(map(str, config.sample_temperatures))}): "
-            f"{jft.write_samples(exp, state, args.workdir)}"
+        temperatures = (
+            "0.7, one row per class" if exp.conditional else ", ".join(map(str, config.sample_temperatures))
         )
+        say(f"samples (T={temperatures}): {jft.write_samples(exp, state, args.workdir)}")
     if args.mode == "interpolate" and lead:
         say(f"interpolation: {jft.write_interpolation(exp, state, args.workdir)}")
 

@@ -16,7 +16,7 @@ from jaxflows.data.datasets import (
     reduce_bits,
 )
 from jaxflows.data.iterator import BatchIterator, batch_indices
-from jaxflows.data.source import ArraySource, Dataset, Source
+from jaxflows.data.source import ArraySource, Dataset, Source, subset
 from jaxflows.data.tfds_source import TFDS_DATASETS, DatasetNotPreparedError, tfds_dataset
 from jaxflows.data.validation import validate_batch
 
@@ -35,6 +35,7 @@ __all__ = [
     "fashion_mnist_available",
     "load_dataset",
     "reduce_bits",
+    "subset",
     "tfds_dataset",
     "validate_batch",
 ]

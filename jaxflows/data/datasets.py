@@ -17,6 +17,13 @@ _FASHION_FILES = {
     "train": "train-images-idx3-ubyte.gz",
     "test": "t10k-images-idx3-ubyte.gz",
 }
+_FASHION_LABEL_FILES = {
+    "train": "train-labels-idx1-ubyte.gz",
+    "test": "t10k-labels-idx1-ubyte.gz",
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 
 
 class CorruptDatasetError(ValueError):
@@ -31,8 +38,9 @@ def reduce_bits(pixels: np.ndarray, num_bins: int, n_bits: int) -> np.ndarray:
     return (pixels // (num_bins // target)).astype(np.uint8)
 
 
-def _load_digits_csv() -> np.ndarray:
-    """The pixels of sklearn's bundled digits.csv.gz, read without importing sklearn (slow to import)."""
+def _load_digits_csv() -> tuple[np.ndarray, np.ndarray]:
+    """(pixels, labels) of sklearn's bundled digits.csv.gz, read without importing sklearn (slow to
+    import)."""
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
@@ -42,18 +50,22 @@ def _load_digits_csv() -> np.ndarray:
     if not path.is_file():
         from sklearn.datasets import load_digits
 
-        return load_digits().data.astype(np.uint8)
+        digits = load_digits()
+        return digits.data.astype(np.uint8), digits.target.astype(np.int32)
     table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-    return table[:, :-1].astype(np.uint8)
+    return table[:, :-1].astype(np.uint8), table[:, -1].astype(np.int32)
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits: values 0..16 (17 levels), deterministic split."""
-    images = _load_digits_csv().reshape(-1, 8, 8, 1)  # (1797, 8, 8, 1)
+    """scikit-learn's bundled 8x8 digits: values 0..16 (17 levels), labels 0..9, deterministic split."""
+    pixels, labels = _load_digits_csv()
+    images = pixels.reshape(-1, 8, 8, 1)  # (1797, 8, 8, 1)
     order = np.random.default_rng(seed).permutation(len(images))
     n_test = round(test_fraction * len(images))
-    test, train = images[order[:n_test]], images[order[n_test:]]
-    return Dataset("digits", ArraySource(train), ArraySource(test), 17, (8, 8, 1))
+    test, train = order[:n_test], order[n_test:]
+    split = lambda idx: ArraySource(images[idx], labels[idx])
+    names = tuple(str(d) for d in range(10))
+    return Dataset("digits", split(train), split(test), 17, (8, 8, 1), 10, names)
 
 
 _IDX3_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
@@ -106,6 +118,30 @@ def _read_idx_images(path: Path, image_size: tuple[int, int] | None = None) -> n
     return np.frombuffer(data, dtype=np.uint8, offset=_IDX3_HEADER).reshape(count, rows, cols, 1)
 
 
+_IDX1_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+
+def _read_idx_labels(path: Path, count: int, num_classes: int = 10) -> np.ndarray:
+    """int32 labels from a gzipped idx1 file, checked against the image count and class range."""
+    data = _gunzip(path)
+    if len(data) < 8:
+        raise CorruptDatasetError(f"{path}: expected an 8-byte idx1 header, the file has {len(data)} bytes")
+    magic, n = (int(v) for v in np.frombuffer(data[:8], dtype=">u4"))
+    if magic != _IDX1_MAGIC:
+        raise CorruptDatasetError(
+            f"{path}: not an idx1 label file (magic number {magic}, expected {_IDX1_MAGIC})"
+        )
+    if n != count or len(data) - 8 != n:
+        raise CorruptDatasetError(
+            f"{path}: {n} labels in the header and {len(data) - 8} in the payload, "
+            f"expected {count} (one per image)"
+        )
+    labels = np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int32)
+    if labels.size and labels.max() >= num_classes:
+        raise CorruptDatasetError(f"{path}: label {labels.max()} outside 0…{num_classes - 1}")
+    return labels
+
+
 def fashion_mnist_available(directory: Path | None = None) -> bool:
     """Whether both image files are in `directory` (default `FASHION_MNIST_DIR`)."""
     directory = Path(FASHION_MNIST_DIR if directory is None else directory)
@@ -123,7 +159,20 @@ def fashion_mnist(directory: Path | None = None) -> Dataset:
         )
     train = _read_idx_images(directory / _FASHION_FILES["train"], (28, 28))
     test = _read_idx_images(directory / _FASHION_FILES["test"], (28, 28))
-    return Dataset("fashion_mnist", ArraySource(train), ArraySource(test), 256, (28, 28, 1))
+    label_paths = {split: directory / name for split, name in _FASHION_LABEL_FILES.items()}
+    if not all(p.is_file() for p in label_paths.values()):  # images only: unlabelled
+        return Dataset("fashion_mnist", ArraySource(train), ArraySource(test), 256, (28, 28, 1))
+    train_labels = _read_idx_labels(label_paths["train"], len(train))
+    test_labels = _read_idx_labels(label_paths["test"], len(test))
+    return Dataset(
+        "fashion_mnist",
+        ArraySource(train, train_labels),
+        ArraySource(test, test_labels),
+        256,
+        (28, 28, 1),
+        10,
+        FASHION_MNIST_CLASSES,
+    )
 
 
 def load_dataset(name: str, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
@@ -150,6 +199,9 @@ class _ReducedSource:
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:
         return reduce_bits(self.source[indices], self.num_bins, self.n_bits)
+
+    def labels(self, indices: np.ndarray) -> np.ndarray:
+        return self.source.labels(indices)
 
 
 def _reduced(dataset: Dataset, n_bits: int) -> Dataset:

@@ -34,7 +34,8 @@ def batch_indices(
 
 
 class BatchIterator:
-    """Yields (step, uint8 NHWC host batch) from `start_step` on, validated, with a prefetch thread."""
+    """Yields (step, uint8 NHWC host batch) from `start_step` on, validated, with a prefetch thread;
+    with `labels` the batch is (pixels, int32 labels) (a class-conditional flow's input)."""
 
     def __init__(
         self,
@@ -46,18 +47,20 @@ class BatchIterator:
         process_index: int = 0,
         process_count: int = 1,
         prefetch: int = 2,
+        labels: bool = False,
     ):
         self.source, self.global_batch, self.num_bins = source, global_batch, num_bins
         self.seed, self.step = seed, start_step
         self.process_index, self.process_count = process_index, process_count
-        self.prefetch = prefetch
+        self.prefetch, self.labels = prefetch, labels
         batch_indices(len(source), global_batch, 0, seed, process_index, process_count)  # validates sizes
 
-    def batch(self, step: int) -> np.ndarray:
+    def batch(self, step: int) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         idx = batch_indices(
             len(self.source), self.global_batch, step, self.seed, self.process_index, self.process_count
         )
-        return validate_batch(self.source[idx], self.num_bins, name=f"training batch {step}")
+        pixels = validate_batch(self.source[idx], self.num_bins, name=f"training batch {step}")
+        return (pixels, self.source.labels(idx)) if self.labels else pixels
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self.prefetch <= 0:

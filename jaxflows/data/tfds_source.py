@@ -38,6 +38,10 @@ class TfdsSource:
         keys = np.asarray(indices).reshape(-1)
         return np.stack([np.asarray(self.data_source[int(i)][self.image_key], np.uint8) for i in keys])
 
+    def labels(self, indices: np.ndarray) -> np.ndarray:
+        keys = np.asarray(indices).reshape(-1)
+        return np.asarray([int(self.data_source[int(i)]["label"]) for i in keys], np.int32)
+
 
 def _prepare_hint(name: str, data_dir: str | None) -> str:
     flag = f" --data_dir={data_dir}" if data_dir else ""
@@ -65,4 +69,7 @@ def tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
     sources = builder.as_data_source(split=[train_split, test_split])
     train, test = TfdsSource(sources[0]), TfdsSource(sources[1])
     shape = tuple(int(d) for d in builder.info.features["image"].shape)
-    return Dataset(name, train, test, 256, shape)
+    label = builder.info.features.get("label") if hasattr(builder.info.features, "get") else None
+    num_classes = getattr(label, "num_classes", None)
+    names = tuple(label.names) if num_classes else None
+    return Dataset(name, train, test, 256, shape, num_classes, names)

@@ -9,10 +9,21 @@ import numpy as np
 
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
-from jaxflows.train.evaluate import evaluate_bits_per_dim, pixel_baseline_bits_per_dim
+from jaxflows.train.evaluate import (
+    class_conditional_scores,
+    class_log_prior,
+    evaluate_bits_per_dim,
+    pixel_baseline_bits_per_dim,
+)
 from jaxflows.train.experiment import Experiment, diagnostics, initial_state, setup
 from jaxflows.train.metrics import plot_training_curve
-from jaxflows.train.sampling import interpolate, sample_grid, sample_grid_path, sample_key
+from jaxflows.train.sampling import (
+    class_sample_grid,
+    interpolate,
+    sample_grid,
+    sample_grid_path,
+    sample_key,
+)
 from jaxflows.train.steps import TrainState
 from jaxflows.train.workdir import writing
 
@@ -34,7 +45,9 @@ def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Exp
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     """Held-out bits/dim of the flow (its parameters' moving average when trained with one; then also
     `flow_bits_per_dim_without_ema`) and of the per-pixel histogram baseline on the same split, and
-    the per-level log-det terms and reconstruction errors (`level_diagnostics`)."""
+    the per-level log-det terms and reconstruction errors (`level_diagnostics`). A class-conditional
+    flow's `flow_bits_per_dim` is of log P(x | y); it adds `class_conditional_scores` (the marginal
+    bits/dim of Σ_c p(c) P(x | c) and the Bayes-rule accuracy, p(c) the training frequencies)."""
     c, d = exp.config, exp.dataset
 
     def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
@@ -49,6 +62,20 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     if c.eval_importance_samples > 1:
         iw = held_out(averaged=True, draws=1, samples=c.eval_importance_samples)
         scores[f"flow_bits_per_dim_iw{c.eval_importance_samples}"] = iw
+    if exp.conditional:
+        prior = class_log_prior(d.train, d.num_classes)
+        scores.update(
+            class_conditional_scores(
+                exp.flow,
+                state.variables(True),
+                d.test,
+                d.num_bins,
+                exp.mesh,
+                prior,
+                c.eval_batch_size,
+                c.seed,
+            )
+        )
     baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
     return {
         **scores,
@@ -58,9 +85,23 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     }
 
 
+CLASS_SAMPLE_TEMPERATURE = 0.7
+
+
 def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Path:
+    """The sample grid (one row per temperature); a class-conditional flow's grid has one row per
+    class at T = 0.7 instead (`samples_by_class_T0.7.png`)."""
     c = exp.config
     key = sample_key(c.seed)
+    if exp.conditional:
+        image, _ = class_sample_grid(
+            exp.flow, state.variables(averaged=True), key, exp.dataset.num_bins,
+            CLASS_SAMPLE_TEMPERATURE, c.samples_per_temperature, exp.dataset.class_names,
+        )  # fmt: skip
+        path = Path(workdir) / f"samples_by_class_T{CLASS_SAMPLE_TEMPERATURE}.png"
+        with writing(path):
+            image.save(path)
+        return path
     image, _ = sample_grid(
         exp.flow,
         state.variables(averaged=True),
@@ -78,9 +119,11 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
 def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
     test = exp.dataset.test
     a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
+    label = int(test.labels(np.array([pair[0]]))[0]) if exp.conditional else None
     image = interpolate(
-        exp.flow, state.variables(averaged=True), a, b, exp.dataset.num_bins, exp.config.interpolation_steps
-    )
+        exp.flow, state.variables(averaged=True), a, b, exp.dataset.num_bins,
+        exp.config.interpolation_steps, label,
+    )  # fmt: skip
     path = Path(workdir) / f"interpolation_{pair[0]}_{pair[1]}.png"
     with writing(path):
         image.save(path)

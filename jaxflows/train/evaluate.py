@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from jaxflows.analysis import log_det_breakdown, reconstruction_errors
 from jaxflows.core import Flow, dequantize
 from jaxflows.data import Source, validate_batch
-from jaxflows.train.steps import global_batch, make_eval_step
+from jaxflows.train.steps import global_batch, make_class_log_probs_step, make_eval_step
 
 
 def _chunks(n: int, size: int):
@@ -39,8 +39,10 @@ def evaluate_bits_per_dim(
 
     The split is cut into global batches (rounded up to a multiple of the device count) and each
     host evaluates its share; the last batch is padded with zero-weight examples. Non-finite
-    per-example values are not dropped: they make the result NaN, with a warning.
+    per-example values are not dropped: they make the result NaN, with a warning. A class-conditional
+    flow is evaluated on log P(x | y) with each example's own label (`source.labels`).
     """
+    conditional = flow.num_classes is not None
     devices = mesh.devices.size
     hosts, host = jax.process_count(), jax.process_index()
     global_size = math.ceil(batch_size / devices) * devices
@@ -55,16 +57,73 @@ def evaluate_bits_per_dim(
             pixels = validate_batch(source[mine], bins, name="held-out batch") if len(mine) else None
             padded = np.zeros((local, *flow.event_shape), np.uint8)
             weights = np.zeros(local, np.float32)
+            labels = np.zeros(local, np.int32)
             if pixels is not None:
                 padded[: len(mine)], weights[: len(mine)] = pixels, 1.0
+                if conditional:
+                    labels[: len(mine)] = source.labels(mine)
+            batch = (padded, labels) if conditional else padded
             step_key = jax.random.fold_in(jax.random.fold_in(key, draw), b)
             s, c, nonfinite = eval_step(
-                variables, global_batch(padded, mesh), global_batch(weights, mesh), step_key
+                variables, global_batch(batch, mesh), global_batch(weights, mesh), step_key
             )
             total, count, bad = total + float(s), count + float(c), bad + int(nonfinite)
     if bad and warn:
         print(f"warning: {bad} held-out example(s) had non-finite bits/dim; the mean is NaN")
     return total / count
+
+
+def class_conditional_scores(
+    flow: Flow,
+    variables,
+    source: Source,
+    bins: int,
+    mesh: Mesh,
+    log_prior: np.ndarray,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """A class-conditional flow's held-out scores from log P(x | c) for every class c (one
+    dequantisation draw per example, shared by all classes):
+
+    - `conditional_bits_per_dim`: of log P(x | y), y the example's label;
+    - `marginal_bits_per_dim`: of log P(x) = log Σ_c p(c) P(x | c), the flow as an unconditional
+      model (a mixture over classes with the prior `log_prior`), comparable with unconditional flows;
+    - `bayes_accuracy`: how often argmax_c log P(x | c) + log p(c) is the label (Bayes' rule).
+
+    Every host scores the whole split (no sharding across hosts).
+    """
+    step = make_class_log_probs_step(flow, bins, mesh)
+    devices = mesh.devices.size
+    size = math.ceil(batch_size / devices) * devices
+    key = jax.random.PRNGKey(seed)
+    dims_log2 = math.prod(flow.event_shape) * math.log(2.0)
+    conditional, marginal, correct, n = 0.0, 0.0, 0, len(source)
+    for b, idx in enumerate(_chunks(n, size)):
+        pixels = np.zeros((size, *flow.event_shape), np.uint8)
+        pixels[: len(idx)] = validate_batch(source[idx], bins, name="held-out batch")
+        scores = step(variables, global_batch(pixels, mesh), jax.random.fold_in(key, b))
+        scores = np.asarray(scores)[: len(idx)]
+        labels = source.labels(idx)
+        joint = scores + log_prior[None, :]
+        conditional += float(-scores[np.arange(len(idx)), labels].sum() / dims_log2)
+        top = joint.max(axis=1, keepdims=True)
+        log_marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
+        marginal += float(-log_marginal.sum() / dims_log2)
+        correct += int((joint.argmax(axis=1) == labels).sum())
+    return {
+        "conditional_bits_per_dim": conditional / n,
+        "marginal_bits_per_dim": marginal / n,
+        "bayes_accuracy": correct / n,
+    }
+
+
+def class_log_prior(source: Source, num_classes: int, chunk: int = 10000) -> np.ndarray:
+    """log p(c), the class frequencies of `source` (Laplace-smoothed by one example per class)."""
+    counts = np.ones(num_classes)
+    for idx in _chunks(len(source), chunk):
+        counts += np.bincount(source.labels(idx), minlength=num_classes)
+    return np.log(counts / counts.sum())
 
 
 def fit_pixel_histogram(source: Source, bins: int, smoothing: float = 1.0, chunk: int = 10000) -> np.ndarray:
@@ -95,13 +154,13 @@ def pixel_baseline_bits_per_dim(train: Source, test: Source, bins: int, smoothin
     return histogram_bits_per_dim(fit_pixel_histogram(train, bins, smoothing), test, bins)
 
 
-def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key) -> dict[str, jax.Array]:
+def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key, labels) -> dict[str, jax.Array]:
     x = dequantize(key, pixels, bins)
     scale = -1.0 / (math.prod(flow.event_shape) * math.log(2.0))  # nats of log p -> bits/dim of -log p
     out: dict[str, jax.Array] = defaultdict(float)
-    for path, term in log_det_breakdown(flow, variables, x).items():
+    for path, term in log_det_breakdown(flow, variables, x, labels).items():
         out[f"bpd_term/{path.split('/')[0]}"] += scale * term.mean()
-    for path, error in reconstruction_errors(flow, variables, x).items():
+    for path, error in reconstruction_errors(flow, variables, x, labels).items():
         name = f"reconstruction_error/{path.split('/')[0]}"
         out[name] = error.max() if name not in out else jax.numpy.maximum(out[name], error.max())
     return dict(out)
@@ -113,12 +172,13 @@ def _compiled_diagnostics(flow: Flow, bins: int):
 
 
 def level_diagnostics(
-    flow: Flow, variables, pixels: np.ndarray, bins: int, seed: int = 0
+    flow: Flow, variables, pixels: np.ndarray, bins: int, seed: int = 0, labels: np.ndarray | None = None
 ) -> dict[str, float]:
     """Per level of a multi-scale flow, on a batch of integer pixels: `bpd_term/<level>` is minus the
     level's log-det in bits/dim (`bpd_term/base` is the base log-density's share; all terms plus
     log2(bins) give the batch's bits/dim) and `reconstruction_error/<level>` the worst float32
-    |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`)."""
+    |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`); `labels` for a
+    class-conditional flow."""
     fn = _compiled_diagnostics(flow, bins)
-    values = fn(variables, np.asarray(pixels), jax.random.PRNGKey(seed))
+    values = fn(variables, np.asarray(pixels), jax.random.PRNGKey(seed), labels)
     return {name: float(value) for name, value in sorted(values.items())}

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxflows.data import ArraySource, BatchIterator
+from jaxflows.data import BatchIterator, subset
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import DivergenceError
@@ -121,7 +121,7 @@ def _train(
     timer = _StepTimer()
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
-        jax.process_index(), jax.process_count(), config.prefetch,
+        jax.process_index(), jax.process_count(), config.prefetch, exp.conditional,
     )  # fmt: skip
     history: list[dict[str, float]] = []
     window: list[dict[str, jax.Array]] = []
@@ -130,8 +130,8 @@ def _train(
     deadline = tick + config.train_time_limit_s if config.train_time_limit_s else None
     try:
         with _StopSignals() as signals:
-            for step, pixels in batches if start < config.num_steps else ():
-                state, metrics = train_step(state, global_batch(pixels, exp.mesh))
+            for step, batch in batches if start < config.num_steps else ():
+                state, metrics = train_step(state, global_batch(batch, exp.mesh))
                 timer.stepped(state)
                 done = step + 1
                 window.append(metrics)
@@ -241,7 +241,7 @@ def _save_if_healthy(exp: Experiment, store: CheckpointStore, state: TrainState)
     """Save `state` unless its bits/dim on the first held-out batch are non-finite (a checkpoint of a
     broken state would rotate the good ones out)."""
     c, test = exp.config, exp.dataset.test
-    check = ArraySource(test[np.arange(min(c.eval_batch_size, len(test)))])
+    check = subset(test, np.arange(min(c.eval_batch_size, len(test))), exp.conditional)
     bpd = evaluate_bits_per_dim(exp.flow, state.variables(averaged=True), check, exp.dataset.num_bins,
                                 exp.mesh, c.eval_batch_size, 1, c.seed, warn=False)  # fmt: skip
     if not np.isfinite(bpd):

@@ -74,17 +74,46 @@ def sample_grid(
     return _stack_rows(rows, labels), samples
 
 
+def class_sample_grid(
+    flow: Flow,
+    variables,
+    key: jax.Array,
+    bins: int,
+    temperature: float = 0.7,
+    per_class: int = 8,
+    class_names: Sequence[str] | None = None,
+) -> tuple[Image.Image, np.ndarray]:
+    """A class-conditional flow's samples: one row of `per_class` draws from p(x | c) per class c,
+    labelled with the class name; returns the image and the samples (classes, per_class, H, W, C)."""
+    classes = flow.num_classes
+    if classes is None:
+        raise ValueError("class_sample_grid needs a class-conditional flow (glow(..., num_classes=N))")
+    names = [str(c) for c in range(classes)] if class_names is None else list(class_names)
+    draw = jax.jit(lambda v, k, c: flow.apply(v, k, per_class, temperature, c, method="sample"))
+    samples = np.stack([np.asarray(draw(variables, key, jnp.int32(c))) for c in range(classes)])
+    rows = [_tile(to_uint8(x, bins), _scale(x.shape[1])) for x in samples]
+    return _stack_rows(rows, [name[:10] for name in names]), samples
+
+
 def sample_grid_path(workdir: Path, temperatures: Sequence[float]) -> Path:
     return Path(workdir) / ("samples_T" + "_".join(str(float(t)) for t in temperatures) + ".png")
 
 
 def interpolate(
-    flow: Flow, variables, pixels_a: np.ndarray, pixels_b: np.ndarray, bins: int, num: int = 8
+    flow: Flow,
+    variables,
+    pixels_a: np.ndarray,
+    pixels_b: np.ndarray,
+    bins: int,
+    num: int = 8,
+    label: int | None = None,
 ) -> Image.Image:
-    """Decode (1 − α) z_a + α z_b for `num` values of α in [0, 1]; z = f(pixel centres)."""
+    """Decode (1 − α) z_a + α z_b for `num` values of α in [0, 1]; z = f(pixel centres). A
+    class-conditional flow encodes and decodes both under `label`."""
     centres = (np.stack([pixels_a, pixels_b]).astype(np.float32) + 0.5) / bins
-    z = flow.apply(variables, jnp.asarray(centres), method="forward")[0]
+    z = flow.apply(variables, jnp.asarray(centres), label, method="forward")[0]
     alphas = jnp.linspace(0.0, 1.0, num)[:, None, None, None]
     path = (1 - alphas) * z[0] + alphas * z[1]
-    x = np.asarray(jax.jit(lambda v, p: flow.apply(v, p, method="inverse")[0])(variables, path))
+    decode = jax.jit(lambda v, p: flow.apply(v, p, label, method="inverse")[0])
+    x = np.asarray(decode(variables, path))
     return _stack_rows([_tile(to_uint8(x, bins), _scale(x.shape[1]))], ["interp"])

@@ -57,9 +57,17 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch(local_pixels: np.ndarray, mesh: Mesh) -> jax.Array:
-    """Assemble each host's share into one batch-sharded global array."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), local_pixels)
+def global_batch(local_batch, mesh: Mesh):
+    """Assemble each host's share into one batch-sharded global array (every array of a
+    (pixels, labels) batch)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_batch)
+
+
+def split_batch(batch) -> tuple[jax.Array, jax.Array | None]:
+    """(pixels, labels) of a batch: uint8 pixels alone (labels None), or a (pixels, labels) pair for
+    a class-conditional flow."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch, None)
 
 
 def num_dims(flow: Flow) -> int:
@@ -71,38 +79,56 @@ def to_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
     return -log_prob / (num_dims(flow) * math.log(2.0))
 
 
-def mean_bits_per_dim(flow: Flow, variables, pixels: jax.Array, key: jax.Array, bins: int) -> jax.Array:
-    """Per-example bits/dim bound from one dequantisation draw of integer `pixels`
-    (`Flow.discrete_log_prob`: uniform, or the flow's variational dequantizer)."""
-    log_prob = flow.apply(variables, pixels, key, bins, method="discrete_log_prob")
+def mean_bits_per_dim(flow: Flow, variables, batch, key: jax.Array, bins: int) -> jax.Array:
+    """Per-example bits/dim bound from one dequantisation draw of the integer pixels of `batch`
+    (`Flow.discrete_log_prob`: uniform, or the flow's variational dequantizer); of log P(x | y) for
+    a (pixels, labels) batch."""
+    pixels, labels = split_batch(batch)
+    log_prob = flow.apply(variables, pixels, key, bins, labels, method="discrete_log_prob")
     return to_bits_per_dim(flow, log_prob)
 
 
 def importance_weighted_log_prob(
-    flow: Flow, variables, pixels: jax.Array, key: jax.Array, bins: int, samples: int
+    flow: Flow, variables, batch, key: jax.Array, bins: int, samples: int
 ) -> jax.Array:
     """log (1/S) Σ_s P̂_s(x) over S dequantisation draws (Burda et al. 2016): a lower bound on
     log P(x) that tightens as S grows and equals the one-draw bound at S = 1 (nats, per example)."""
+    pixels, labels = split_batch(batch)
     draws = jax.lax.map(
-        lambda k: flow.apply(variables, pixels, k, bins, method="discrete_log_prob"),
+        lambda k: flow.apply(variables, pixels, k, bins, labels, method="discrete_log_prob"),
         jax.random.split(key, samples),
     )
     return jax.nn.logsumexp(draws, axis=0) - math.log(samples)
 
 
+def class_log_probs(flow: Flow, variables, pixels: jax.Array, key: jax.Array, bins: int) -> jax.Array:
+    """log P(x | c) for every class c, (batch, num_classes), all from the same dequantisation draw
+    (so differences between classes are not dequantisation noise)."""
+    classes = jnp.arange(flow.num_classes, dtype=jnp.int32)
+    per_class = jax.lax.map(
+        lambda c: flow.apply(
+            variables, pixels, key, bins, jnp.full(pixels.shape[:1], c), method="discrete_log_prob"
+        ),
+        classes,
+    )
+    return per_class.T
+
+
 def init_state(
     flow: Flow,
     optimizer: optax.GradientTransformation,
-    init_pixels,
+    init_batch,
     bins: int,
     seed: int,
     ema_decay: float | None = None,
 ) -> TrainState:
-    """Variables from ActNorm's data-dependent init on `init_pixels`, a fresh optimiser state, and
-    (with `ema_decay`) a moving average of the parameters."""
+    """Variables from ActNorm's data-dependent init on `init_batch` (pixels, or (pixels, labels)
+    for a class-conditional flow), a fresh optimiser state, and (with `ema_decay`) a moving average
+    of the parameters."""
     check_decay(ema_decay)
     k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed), 3)
-    variables = flow.init(k_init, jnp.asarray(init_pixels), k_dequant, bins, method="discrete_log_prob")
+    pixels, labels = split_batch(init_batch)
+    variables = flow.init(k_init, jnp.asarray(pixels), k_dequant, bins, labels, method="discrete_log_prob")
     params = variables["params"]
     constants = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(
@@ -123,12 +149,15 @@ def abstract_inputs(
     mesh: Mesh,
     ema_decay: float | None = None,
 ) -> tuple[TrainState, jax.ShapeDtypeStruct]:
-    """Shapes, dtypes and shardings of (state, pixels) for `make_train_step(...).lower(...)`.
+    """Shapes, dtypes and shardings of (state, batch) for `make_train_step(...).lower(...)`; the
+    batch is (pixels, labels) for a class-conditional flow.
 
     Nothing is computed: use it to compile ahead of time, or to read a step's cost or memory
     analysis without initialising the model.
     """
     pixels = jax.ShapeDtypeStruct((batch_size, *flow.event_shape), jnp.uint8, sharding=batch_sharding(mesh))
+    if flow.num_classes is not None:
+        pixels = (pixels, jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding(mesh)))
     state = jax.eval_shape(lambda p: init_state(flow, optimizer, p, bins, 0, ema_decay), pixels)
     state = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated(mesh)), state
@@ -143,7 +172,8 @@ def make_train_step(
     mesh: Mesh,
     ema_decay: float | None = None,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
-    """jit(state, pixels) -> (state, metrics); loss = mean bits/dim of the dequantised batch.
+    """jit(state, batch) -> (state, metrics); loss = mean bits/dim of the dequantised batch (pixels,
+    or (pixels, labels) for a class-conditional flow: then of log P(x | y)).
 
     With `ema_decay` the step also updates `state.ema_params` (from `init_state(..., ema_decay)`).
     """
@@ -186,7 +216,7 @@ def make_train_step(
 def jit_init(
     flow: Flow, bins: int, optimizer: OptimizerSpec, ema_decay: float | None, mesh: Mesh
 ) -> Callable[[jax.Array, jax.Array], TrainState]:
-    """jit(init_pixels, seed) -> replicated TrainState, the seed traced (one compile per model).
+    """jit(init_batch, seed) -> replicated TrainState, the seed traced (one compile per model).
     The optimiser hyperparameters are left at 0: set them with `optim.set_hyperparameters`."""
     tx = build_optimizer(optimizer)
     init = lambda pixels, seed: init_state(flow, tx, pixels, bins, seed, ema_decay)
@@ -201,8 +231,9 @@ def jit_train_step(flow: Flow, bins: int, optimizer: OptimizerSpec, ema_decay: f
 
 @functools.lru_cache(_COMPILED_FUNCTIONS)
 def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
-    """jit(variables, pixels, weights, key) -> (Σ weight·bits/dim, Σ weight, # non-finite); with
-    `samples` > 1 the bits/dim are the importance-weighted estimate over that many draws."""
+    """jit(variables, batch, weights, key) -> (Σ weight·bits/dim, Σ weight, # non-finite); with
+    `samples` > 1 the bits/dim are the importance-weighted estimate over that many draws. `batch` is
+    pixels, or (pixels, labels) for a class-conditional flow."""
 
     def eval_step(variables, pixels, weights, key):
         log_prob = importance_weighted_log_prob(flow, variables, pixels, key, bins, samples)
@@ -218,4 +249,14 @@ def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
         eval_step,
         in_shardings=(replicated(mesh), batch_sharding(mesh), batch_sharding(mesh), replicated(mesh)),
         out_shardings=replicated(mesh),
+    )
+
+
+@functools.lru_cache(_COMPILED_FUNCTIONS)
+def make_class_log_probs_step(flow: Flow, bins: int, mesh: Mesh):
+    """jit(variables, pixels, key) -> log P(x | c) for every class, (batch, classes) (`class_log_probs`)."""
+    return jax.jit(
+        functools.partial(class_log_probs, flow, bins=bins),
+        in_shardings=(replicated(mesh), batch_sharding(mesh), replicated(mesh)),
+        out_shardings=batch_sharding(mesh),
     )

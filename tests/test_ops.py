@@ -1,4 +1,7 @@
-"""`jaxflows.ops.conv2d`: the CPU matmul formulation equals XLA's convolution, with all derivatives."""
+"""`jaxflows.ops`: the CPU matmul formulation of `conv2d` equals XLA's convolution and
+`batched_matmul` equals `jnp.matmul`, with all derivatives."""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxflows.ops import Conv, conv2d, matmul_conv, same_padding, xla_conv
+from jaxflows.ops import Conv, batched_matmul, conv2d, matmul_conv, same_padding, xla_conv
 
 # (c_in, c_out, kernel (kh, kw), padding or None for "SAME"): both narrow-side branches, 1x1,
 # even and rectangular kernels, causal (emerging) and lopsided padding.
@@ -86,3 +89,29 @@ def test_conv_layer_has_flax_conv_parameters_and_output():
     reference = flax_conv.init(jax.random.key(1), x)
     assert jax.tree_util.tree_map(jnp.shape, variables) == jax.tree_util.tree_map(jnp.shape, reference)
     np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "k", "m"), [(2, 2, 2), (4, 4, 4), (5, 6, 3), (3, 2, 7)])
+def test_batched_matmul_equals_matmul_with_its_derivatives(n, k, m):
+    """Both CPU formulations (the broadcast sum at 4–7, the dot elsewhere) and their transposes,
+    in float64: values, reverse and forward mode, second derivatives, vmap."""
+    with jax.enable_x64(True):
+        a = jax.random.normal(jax.random.key(0), (3, 2, n, k), jnp.float64)
+        b = jax.random.normal(jax.random.key(1), (3, 2, k, m), jnp.float64)
+        f = lambda a, b, mm: jnp.sum(jnp.sin(mm(a, b)))
+        ours, reference = (functools.partial(f, mm=batched_matmul), functools.partial(f, mm=jnp.matmul))
+        np.testing.assert_allclose(jax.jit(batched_matmul)(a, b), a @ b, rtol=1e-12)
+        for derivative in (jax.grad, jax.jacfwd, jax.hessian) if n == 4 else (jax.grad, jax.jacfwd):
+            got = jax.jit(derivative(ours, argnums=(0, 1)))(a, b)
+            want = derivative(reference, argnums=(0, 1))(a, b)
+            for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+        mapped = jax.vmap(batched_matmul, in_axes=(1, None))(a, b[:, 0])
+        np.testing.assert_allclose(mapped, jnp.swapaxes(a, 0, 1) @ b[:, 0], rtol=1e-12)
+
+
+def test_batched_matmul_names_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(\.\.\., n, k\) and \(\.\.\., k, m\)"):
+        batched_matmul(jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4)))
+    with pytest.raises(ValueError, match="same leading shape"):
+        batched_matmul(jnp.ones((2, 3, 4)), jnp.ones((3, 4, 4)))

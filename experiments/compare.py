@@ -129,6 +129,10 @@ def run_one(
         return {"bpd": nan, "baseline_bpd": _baseline(exp.dataset, config), "params": _param_count(exp),
                 "step_s": nan, "epoch_s": nan, "compile_s": nan, "final_loss": nan, "all_losses_finite": 0.0,
                 "skipped": config.max_consecutive_skips, "diverged": 1.0}  # fmt: skip
+    if result.preempted:  # a comparison row must be a whole run: stop the comparison instead
+        raise SystemExit(
+            f"stopped by {result.signal} at step {int(result.state.step)}; the comparison is abandoned"
+        )
     exp, state, data = result.experiment, result.state, result.experiment.dataset
     variables = state.variables()
     losses = np.asarray([row["loss"] for row in result.history], np.float64)

@@ -4,6 +4,8 @@ and the named errors. Select with `-k conditional`."""
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,14 @@ from jaxflows.core.context import (
     UnexpectedContextError,
 )
 from jaxflows.models import glow
-from tests.harness import PROPERTIES, BijectorCase, case_context, perturb_params, setup_case
+from tests.harness import (
+    PROPERTIES,
+    BijectorCase,
+    case_context,
+    check_log_det_matches_jacobian,
+    perturb_params,
+    setup_case,
+)
 
 
 def vectors(width: int):
@@ -37,6 +46,13 @@ STEP = lambda: Chain(
 )
 
 slow = pytest.mark.slow
+GLOW_LABELS = BijectorCase(
+    "conditional_glow_labels",
+    lambda: glow((4, 4, 2), num_classes=3, **TINY),
+    (3, 4, 4, 2),
+    data="unit",
+    context=labels(3),
+)
 
 CASES = [
     BijectorCase(
@@ -84,13 +100,7 @@ CASES = [
         ),
         marks=slow,
     ),
-    BijectorCase(
-        "conditional_glow_labels",
-        lambda: glow((4, 4, 2), num_classes=3, **TINY),
-        (3, 4, 4, 2),
-        data="unit",
-        context=labels(3),
-    ),
+    pytest.param(GLOW_LABELS, marks=slow),
     pytest.param(
         BijectorCase(
             "conditional_glow_vectors",
@@ -108,6 +118,12 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_conditional_bijector_properties(case, check):
     check(case)
+
+
+def test_conditional_glow_log_det_matches_the_float64_jacobian():
+    """A whole class-conditional Glow in the default run: its log-det against the dense float64
+    jacobian with the label held fixed (every property under -m slow)."""
+    check_log_det_matches_jacobian(GLOW_LABELS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -275,3 +291,46 @@ def test_conditional_flow_rejects_two_kinds_of_context():
         glow((8, 8, 1), num_classes=3, context_features=2, **TINY)
     with pytest.raises(ValueError, match="num_classes"):
         glow((8, 8, 1), num_classes=0, **TINY)
+
+
+def test_conditional_training_pipeline_with_the_auxiliary_classifier():
+    """Labelled batches through the real loop (digits), the classification loss, and the evaluation
+    a class-conditional model gets: bits/dim given the label, marginal bits/dim, Bayes accuracy."""
+    from jaxflows.train import TrainConfig, evaluate, train
+
+    config = TrainConfig(
+        dataset="digits",
+        model={"levels": 1, "steps": 1, "hidden": 8, "num_classes": 10, "classifier": True},
+        batch_size=16,
+        init_batch_size=64,
+        warmup_steps=2,
+        num_steps=6,
+        log_every=3,
+        eval_every=0,
+        eval_batch_size=128,
+        learning_rate=1e-2,
+        class_loss_weight=1.0,
+    )
+    result = train(config, None, progress=False)
+    assert [row["step"] for row in result.history] == [3, 6]
+    assert all(np.isfinite(row["class_loss_bits"]) for row in result.history)
+    head = result.state.params["bijector"]["level1"]["prior"]["classifier"]["kernel"]
+    assert float(jnp.abs(head).sum()) > 0  # zero-initialised, trained by the class loss only
+    scores = evaluate(result.experiment, result.state)
+    assert 0.0 <= scores["bayes_accuracy"] <= 1.0
+    bound = math.log2(10) / (8 * 8)  # marginal ≤ conditional + log2(1 / min p(c)) / D, roughly
+    assert scores["marginal_bits_per_dim"] <= scores["flow_bits_per_dim"] + 2 * bound
+    assert np.isfinite(scores["conditional_bits_per_dim"])
+
+
+def test_conditional_config_checks_the_classifier_and_the_labels():
+    from jaxflows.train import TrainConfig
+    from jaxflows.train.errors import ConfigError
+    from jaxflows.train.experiment import setup
+
+    with pytest.raises(ConfigError, match="class_loss_weight"):
+        TrainConfig(model={"levels": 1, "steps": 1, "hidden": 8}, class_loss_weight=0.1)
+    with pytest.raises(ValueError, match="num_classes=3 but dataset 'digits' has 10 classes"):
+        setup(TrainConfig(model={"levels": 1, "steps": 1, "hidden": 8, "num_classes": 3}))
+    with pytest.raises(ValueError, match="classifier=True needs num_classes"):
+        glow((8, 8, 1), classifier=True, **TINY)

@@ -38,7 +38,11 @@ COUPLING_CASES = [
 CASES = [
     BijectorCase("mexp_conv", lambda: MatrixExpConv1x1(init_scale=0.5), (2, 3, 3, 4), perturb=0.3),
     *COUPLING_CASES,
-    BijectorCase("mef_model_4x4x2", lambda: glow((4, 4, 2), **TINY_MODEL), (2, 4, 4, 2), data="unit"),
+    # the whole model under -m slow: every MEF layer goes through the harness in the default run
+    pytest.param(
+        BijectorCase("mef_model_4x4x2", lambda: glow((4, 4, 2), **TINY_MODEL), (2, 4, 4, 2), data="unit"),
+        marks=pytest.mark.slow,
+    ),
 ]
 
 

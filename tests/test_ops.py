@@ -13,15 +13,16 @@ from jax.test_util import check_grads
 from jaxflows.ops import Conv, batched_matmul, conv2d, matmul_conv, same_padding, xla_conv
 
 # (c_in, c_out, kernel (kh, kw), padding or None for "SAME"): both narrow-side branches, 1x1,
-# even and rectangular kernels, causal (emerging) and lopsided padding.
+# even and rectangular kernels, causal (emerging) and lopsided padding. The default run keeps both
+# branches, a rectangular causal kernel and the emerging padding; the rest run under -m slow.
 SHAPES = [
     (3, 5, (3, 3), None),
     (5, 3, (3, 3), None),
-    (4, 4, (1, 1), None),
-    (2, 7, (4, 4), None),
+    pytest.param(4, 4, (1, 1), None, marks=pytest.mark.slow),
+    pytest.param(2, 7, (4, 4), None, marks=pytest.mark.slow),
     (3, 4, (2, 3), ((1, 0), (2, 0))),
     (6, 3, (3, 3), ((2, 0), (2, 0))),
-    (7, 2, (5, 5), ((0, 4), (3, 1))),
+    pytest.param(7, 2, (5, 5), ((0, 4), (3, 1)), marks=pytest.mark.slow),
 ]
 
 

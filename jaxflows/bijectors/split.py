@@ -97,20 +97,38 @@ class LearnedPrior(Bijector):
     """Glow's learned top prior N(μ, σ²), per-channel μ and log σ (zero-init), as whitening;
     class-conditional (Glow's `ycond`) when given a context c: (μ, log σ) + W c.
 
+    With `num_classes`, it also holds Glow's auxiliary classifier (Sec 5): logits = W' mean_pixels(z)
+    (zero-initialised) of the top latent z, sown as `intermediates/.../class_logits` on every forward
+    call, for a classification loss (`TrainConfig.class_loss_weight`). The flow itself is unchanged.
+
     Forward: ε = (z − μ) / σ, log_det = −h·w·Σ_c log σ_c.
     Inverse: z = μ + σ ε, log_det = h·w·Σ_c log σ_c.
 
     Attributes:
       dtype: computation dtype (None: promoted from the input and parameters).
       param_dtype: dtype of μ and log σ at init.
+      num_classes: classes of the auxiliary classifier; None: no classifier.
     """
 
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    num_classes: int | None = None
 
     @nn.compact
-    def prior(self, x: Array, context: Array | None = None) -> ScalarAffine:
-        """z = μ + σ ε: the prior as a map from ε ~ N(0, I), in the computation dtype."""
+    def prior(self, x: Array, context: Array | None = None, classify: bool = False) -> ScalarAffine:
+        """z = μ + σ ε: the prior as a map from ε ~ N(0, I), in the computation dtype; `classify`
+        (forward calls) also sows the auxiliary classifier's logits of x."""
+        if self.num_classes is not None:
+            head = nn.Dense(
+                self.num_classes,
+                kernel_init=nn.initializers.zeros,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="classifier",
+            )
+            logits = head(jnp.mean(x, axis=(1, 2)))
+            if classify:
+                self.sow("intermediates", "class_logits", logits)
         channels = x.shape[-1]
         mean = self.param("mean", nn.initializers.zeros, (channels,), self.param_dtype)
         log_scale = self.param("log_scale", nn.initializers.zeros, (channels,), self.param_dtype)
@@ -121,7 +139,7 @@ class LearnedPrior(Bijector):
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         check_image(x)
-        eps, terms = self.prior(x, context).inverse_and_log_det(x)
+        eps, terms = self.prior(x, context, classify=True).inverse_and_log_det(x)
         return eps, _total(terms, eps)
 
     def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:

@@ -68,6 +68,7 @@ def glow(
     dequantizer: nn.Module | None = None,
     num_classes: int | None = None,
     context_features: int | None = None,
+    classifier: bool = False,
     dtype: DTypeLike | None = None,
     param_dtype: DTypeLike = jnp.float32,
 ) -> Flow:
@@ -103,6 +104,8 @@ def glow(
         split prior and the top prior read the one-hot label (`jaxflows.core.context`); the flow's
         methods then take integer labels as `context`.
       context_features: d for a Glow conditioned on any (batch, d) context vector instead.
+      classifier: with `num_classes`, Glow's auxiliary classifier of the top latent (Sec 5), for a
+        classification loss next to the likelihood (`LearnedPrior`, `TrainConfig.class_loss_weight`).
       dtype: computation dtype of every layer (None: promoted from the input and parameters).
       param_dtype: dtype of every layer's parameters at init.
 
@@ -139,6 +142,8 @@ def glow(
         )
 
     check_gradient_mode(gradient, "glow")
+    if classifier and num_classes is None:
+        raise ValueError("glow: classifier=True needs num_classes (the classes it predicts)")
     period = 2 if mask == "checkerboard" else 1
     unit = step(0) if period == 1 else Chain([step(0), step(1)], names=["parity0", "parity1"])
     repeats, extra = divmod(steps, period)
@@ -152,7 +157,8 @@ def glow(
         if extra:
             layers.append(step(0))
             names.append("last_step")
-        layers.append(LearnedPrior(**dtypes) if last else Split(**dtypes))
+        top = LearnedPrior(**dtypes, num_classes=num_classes if classifier else None)
+        layers.append(top if last else Split(**dtypes))
         names.append("prior" if last else "split")
         level_list.append(Chain(layers, names=names))
     return Flow(

@@ -70,6 +70,9 @@ class TrainConfig:
     # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
     # DivergenceError, keeping its last good checkpoint.
     max_consecutive_skips: int = 20
+    # Glow's auxiliary classification loss (weight_y): with model {"num_classes": N, "classifier": True},
+    # the loss adds this weight × the top-latent classifier's cross-entropy (bits per example).
+    class_loss_weight: float = 0.0
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
@@ -120,6 +123,15 @@ def validate_config(config: TrainConfig) -> None:
     if unknown:
         raise ConfigError(
             f"TrainConfig.model has unknown key(s) {unknown}; models.glow takes {sorted(GLOW_ARGUMENTS)}"
+        )
+    if not _is_number(config.class_loss_weight) or config.class_loss_weight < 0:
+        fail("class_loss_weight", "a number >= 0")
+    if config.class_loss_weight > 0 and not (
+        config.model.get("classifier") and config.model.get("num_classes")
+    ):
+        fail(
+            "class_loss_weight",
+            "0 unless model has num_classes and classifier=True (the classifier it trains)",
         )
     if config.dequantizer is not None and not isinstance(config.dequantizer, dict):
         fail("dequantizer", "None or a dict of VariationalDequantizer keyword arguments")

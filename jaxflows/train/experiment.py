@@ -93,7 +93,9 @@ def initial_state(exp: Experiment, store: CheckpointStore | None = None) -> Trai
 def compiled_train_step(exp: Experiment):
     """The jitted train step of this experiment's model and optimiser (compiled once per process)."""
     c = exp.config
-    return jit_train_step(exp.flow, exp.dataset.num_bins, OptimizerSpec.of(c), c.ema_decay, exp.mesh)
+    return jit_train_step(
+        exp.flow, exp.dataset.num_bins, OptimizerSpec.of(c), c.ema_decay, exp.mesh, c.class_loss_weight
+    )
 
 
 DIAGNOSTIC_EXAMPLES = 64

@@ -211,6 +211,8 @@ def _log_row(exp: Experiment, state: TrainState, window, tick: float, lr, done: 
         "grad_norm": float(fetched[-1]["grad_norm"]),
         "skipped_updates": int(fetched[-1]["skipped_updates"]),
     }
+    if "class_loss" in fetched[-1]:
+        row["class_loss_bits"] = float(np.mean([m["class_loss"] for m in fetched]))
     if config.eval_every and done % config.eval_every == 0 and not last:
         row["eval_bits_per_dim"] = evaluate_bits_per_dim(
             exp.flow, state.variables(averaged=True), exp.dataset.test, exp.dataset.num_bins, exp.mesh,

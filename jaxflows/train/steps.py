@@ -114,6 +114,25 @@ def class_log_probs(flow: Flow, variables, pixels: jax.Array, key: jax.Array, bi
     return per_class.T
 
 
+INTERMEDIATES = "intermediates"  # values layers sow (the auxiliary classifier's logits); never state
+
+
+def class_logits(intermediates) -> jax.Array:
+    """The auxiliary classifier's logits sown by the top prior (`LearnedPrior(num_classes=...)`)."""
+    found = [
+        value
+        for path, value in jax.tree_util.tree_leaves_with_path(
+            intermediates, is_leaf=lambda v: isinstance(v, tuple)
+        )
+        if getattr(path[-1], "key", None) == "class_logits"
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected one sown class_logits (a glow built with classifier=True), found {len(found)}"
+        )
+    return found[0][0]
+
+
 def init_state(
     flow: Flow,
     optimizer: optax.GradientTransformation,
@@ -129,6 +148,7 @@ def init_state(
     k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed), 3)
     pixels, labels = split_batch(init_batch)
     variables = flow.init(k_init, jnp.asarray(pixels), k_dequant, bins, labels, method="discrete_log_prob")
+    variables = {k: v for k, v in variables.items() if k != INTERMEDIATES}
     params = variables["params"]
     constants = {k: v for k, v in variables.items() if k != "params"}
     return TrainState(
@@ -171,21 +191,40 @@ def make_train_step(
     bins: int,
     mesh: Mesh,
     ema_decay: float | None = None,
+    class_loss_weight: float = 0.0,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """jit(state, batch) -> (state, metrics); loss = mean bits/dim of the dequantised batch (pixels,
     or (pixels, labels) for a class-conditional flow: then of log P(x | y)).
 
     With `ema_decay` the step also updates `state.ema_params` (from `init_state(..., ema_decay)`).
+    With `class_loss_weight` > 0 (a class-conditional glow built with `classifier=True`) the loss adds
+    that weight × the auxiliary classifier's cross-entropy in bits per example (Glow's `weight_y`);
+    the metrics then report it as `class_loss` and `loss` stays the bits/dim.
     """
     check_decay(ema_decay)
+    classify = class_loss_weight > 0
 
-    def loss_fn(params, state: TrainState, pixels, key):
+    def loss_fn(params, state: TrainState, batch, key):
         variables = {"params": params, **state.constants}
-        return jnp.mean(mean_bits_per_dim(flow, variables, pixels, key, bins))
+        if not classify:
+            bpd = jnp.mean(mean_bits_per_dim(flow, variables, batch, key, bins))
+            return bpd, (bpd, jnp.zeros(()))
+        pixels, labels = split_batch(batch)
+        log_prob, sown = flow.apply(
+            variables, pixels, key, bins, labels, method="discrete_log_prob", mutable=[INTERMEDIATES]
+        )
+        bpd = jnp.mean(to_bits_per_dim(flow, log_prob))
+        logits = class_logits(sown[INTERMEDIATES])
+        cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)) / math.log(
+            2.0
+        )
+        return bpd + class_loss_weight * cross_entropy, (bpd, cross_entropy)
 
     def train_step(state: TrainState, pixels: jax.Array):
         key = jax.random.fold_in(state.rng, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, state, pixels, key)
+        (_, (loss, class_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state, pixels, key
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
@@ -199,6 +238,8 @@ def make_train_step(
             "skipped_updates": opt_state.skipped,
             "skipped_in_a_row": opt_state.skipped_in_a_row,
         }
+        if classify:
+            metrics["class_loss"] = class_loss
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
         )
@@ -224,9 +265,16 @@ def jit_init(
 
 
 @functools.lru_cache(_COMPILED_FUNCTIONS)
-def jit_train_step(flow: Flow, bins: int, optimizer: OptimizerSpec, ema_decay: float | None, mesh: Mesh):
+def jit_train_step(
+    flow: Flow,
+    bins: int,
+    optimizer: OptimizerSpec,
+    ema_decay: float | None,
+    mesh: Mesh,
+    class_loss_weight: float = 0.0,
+):
     """`make_train_step` with `build_optimizer(optimizer)`: its numbers come from the state."""
-    return make_train_step(flow, build_optimizer(optimizer), bins, mesh, ema_decay)
+    return make_train_step(flow, build_optimizer(optimizer), bins, mesh, ema_decay, class_loss_weight)
 
 
 @functools.lru_cache(_COMPILED_FUNCTIONS)

@@ -26,7 +26,7 @@ RESUMABLE_CHANGES = frozenset({
     "num_steps", "learning_rate", "warmup_steps", "lr_decay", "grad_clip_norm", "max_consecutive_skips",
     "eval_every", "eval_batch_size", "eval_dequant_draws", "eval_importance_samples", "baseline_smoothing",
     "checkpoint_every", "keep_checkpoints", "log_every", "sample_temperatures", "samples_per_temperature",
-    "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir",
+    "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir", "class_loss_weight",
 })  # fmt: skip
 
 

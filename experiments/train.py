@@ -5,8 +5,11 @@
     python -m experiments.train --workdir runs/default --mode eval         # held-out bits/dim + baseline
     python -m experiments.train --workdir runs/default --mode sample       # sample grid PNG
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
+    python -m experiments.train --workdir runs/cond --set model.num_classes=10  # class-conditional Glow
 
 `--set FIELD=VALUE ...` overrides any TrainConfig field (`model.hidden=64` one key of a dict field).
+A class-conditional model (`model.num_classes`) is evaluated given each image's label, as a mixture
+over classes, and by Bayes' rule; its sample grid has one row per class at T = 0.7.
 Training in a workdir with checkpoints resumes from the latest one. Without --config, the eval,
 sample and interpolate modes use the config saved in the workdir. Multi-host: set
 JAXFLOWS_MULTIHOST=1 (or pass --multihost) and run the same command on every host.

@@ -24,7 +24,7 @@ from jax.typing import DTypeLike
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
 from jaxflows.bijectors.masks import MASKS, Mask
 from jaxflows.core.bijector import Array, Bijector
-from jaxflows.core.context import ContextProjection, check_context, require_context
+from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import Conv
 
@@ -69,11 +69,7 @@ class CouplingNetwork(nn.Module):
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:
         conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = conv(self.hidden, 3, name="conv_in")(x)
-        require_context(self, "context", context, "this coupling network")
-        if context is not None:
-            check_context(context, x, "coupling network")
-            h = h + ContextProjection(self.hidden, self.dtype, self.param_dtype, name="context")(context)
+        h = add_context(self, conv(self.hidden, 3, name="conv_in")(x), x, context)
         h = relu(conv(self.hidden, 1, name="conv_hidden")(relu(h)))
         return conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
 

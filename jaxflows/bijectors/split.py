@@ -19,24 +19,13 @@ from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ScalarAffine
 from jaxflows.core.bijector import Array, Bijector, compute_dtype, sum_except_batch
-from jaxflows.core.context import ContextProjection, check_context, require_context
+from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import Conv
 
 
 def _total(terms: Array, x: Array) -> Array:
     return sum_except_batch(terms + jnp.zeros_like(x))
-
-
-def _with_context(module: nn.Module, h: Array, x: Array, context: Array | None) -> Array:
-    """h (…, 2c) plus the projection of the context (a per-channel shift of μ and log σ)."""
-    owner = type(module).__name__
-    require_context(module, "context", context, owner)
-    if context is None:
-        return h
-    check_context(context, x, owner)
-    projection = ContextProjection(h.shape[-1], module.dtype, module.param_dtype, name="context")
-    return h + projection(context)
 
 
 class Split(Bijector):
@@ -72,7 +61,7 @@ class Split(Bijector):
             param_dtype=self.param_dtype,
             name="prior",
         )
-        h = _with_context(self, conv(kept), kept, context)
+        h = add_context(self, conv(kept), kept, context)
         return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
     def _halves(self, x: Array) -> tuple[Array, Array]:
@@ -134,7 +123,7 @@ class LearnedPrior(Bijector):
         log_scale = self.param("log_scale", nn.initializers.zeros, (channels,), self.param_dtype)
         dtype = compute_dtype(self.dtype, x, mean, log_scale)
         h = jnp.stack([mean, log_scale], axis=-1).reshape(2 * channels).astype(dtype)
-        h = _with_context(self, h, x, context)
+        h = add_context(self, h, x, context)
         return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:

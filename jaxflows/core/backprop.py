@@ -94,6 +94,11 @@ def _add(a: Any, b: Any) -> Any:
     )
 
 
+def _zero_float_cotangents(tree: Any) -> Any:
+    """Zero cotangents of a pytree's floating leaves (None elsewhere), to accumulate into."""
+    return _split_differentiable(_zero_cotangents(tree))[0]
+
+
 def _zero_cotangents(tree: Any) -> Any:
     """Cotangents of a variables pytree that receives none: zeros, float0 for integer leaves."""
     return jax.tree_util.tree_map(
@@ -143,7 +148,7 @@ def run_sequence(
         all_variables, y, c = residuals
         d_y, d_log_det = cotangents
         d_variables = [None] * len(steps)
-        d_context = _split_differentiable(_zero_cotangents(c))[0]
+        d_context = _zero_float_cotangents(c)
         for i in reversed(order):
             y, d_y, d_floats, d_c = _step_pullback(
                 steps[i], all_variables[i], y, c, (d_y, d_log_det), inverse
@@ -198,7 +203,7 @@ def run_scan(
             return (x, d_x, _add(d_context, d_c)), d_floats
 
         # The backward sweep visits the steps in the opposite order to the primal one.
-        start = (y, d_y, _split_differentiable(_zero_cotangents(c))[0])
+        start = (y, d_y, _zero_float_cotangents(c))
         (_, d_x, d_context), d_floats = jax.lax.scan(
             body, start, variables, reverse=not inverse, unroll=_SCAN_UNROLL.get()
         )

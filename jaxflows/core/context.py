@@ -82,6 +82,19 @@ class ContextProjection(nn.Module):
         return dense(context)[:, None, None, :]
 
 
+def add_context(module: nn.Module, h: Array, x: Array, context: Array | None) -> Array:
+    """h + W c: the projection of the context (a `ContextProjection` named "context" of `module`,
+    with its dtype and param_dtype) added to h per channel; h unchanged without a context. Raises
+    `MissingContextError` if `module` has that projection but got no context."""
+    owner = type(module).__name__
+    require_context(module, "context", context, owner)
+    if context is None:
+        return h
+    check_context(context, x, owner)
+    projection = ContextProjection(h.shape[-1], module.dtype, module.param_dtype, name="context")
+    return h + projection(context)
+
+
 def require_context(module: nn.Module, name: str, context: Array | None, owner: str) -> None:
     """Raise `MissingContextError` if `module` holds a context projection `name` but got no context."""
     if context is None and module.has_variable("params", name):

@@ -107,9 +107,7 @@ def class_conditional_scores(
         labels = source.labels(idx)
         joint = scores + log_prior[None, :]
         conditional += float(-scores[np.arange(len(idx)), labels].sum() / dims_log2)
-        top = joint.max(axis=1, keepdims=True)
-        log_marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
-        marginal += float(-log_marginal.sum() / dims_log2)
+        marginal += float(-np.logaddexp.reduce(joint, axis=1).sum() / dims_log2)
         correct += int((joint.argmax(axis=1) == labels).sum())
     return {
         "conditional_bits_per_dim": conditional / n,

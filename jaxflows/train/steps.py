@@ -79,15 +79,6 @@ def to_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
     return -log_prob / (num_dims(flow) * math.log(2.0))
 
 
-def mean_bits_per_dim(flow: Flow, variables, batch, key: jax.Array, bins: int) -> jax.Array:
-    """Per-example bits/dim bound from one dequantisation draw of the integer pixels of `batch`
-    (`Flow.discrete_log_prob`: uniform, or the flow's variational dequantizer); of log P(x | y) for
-    a (pixels, labels) batch."""
-    pixels, labels = split_batch(batch)
-    log_prob = flow.apply(variables, pixels, key, bins, labels, method="discrete_log_prob")
-    return to_bits_per_dim(flow, log_prob)
-
-
 def importance_weighted_log_prob(
     flow: Flow, variables, batch, key: jax.Array, bins: int, samples: int
 ) -> jax.Array:
@@ -206,14 +197,13 @@ def make_train_step(
 
     def loss_fn(params, state: TrainState, batch, key):
         variables = {"params": params, **state.constants}
-        if not classify:
-            bpd = jnp.mean(mean_bits_per_dim(flow, variables, batch, key, bins))
-            return bpd, (bpd, jnp.zeros(()))
         pixels, labels = split_batch(batch)
         log_prob, sown = flow.apply(
             variables, pixels, key, bins, labels, method="discrete_log_prob", mutable=[INTERMEDIATES]
         )
         bpd = jnp.mean(to_bits_per_dim(flow, log_prob))
+        if not classify:
+            return bpd, (bpd, jnp.zeros(()))
         logits = class_logits(sown[INTERMEDIATES])
         cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)) / math.log(
             2.0

@@ -11,9 +11,9 @@ The entries are thin modules that list their variants and metrics:
 
 Each accepts --config PATH (a TrainConfig file: the variants override its `model` entries and, for the
 coupling sweep, its learning rate), --set FIELD=VALUE (any config field, e.g. num_steps=800), --seeds,
---only and --out. Without --config they use `small_config()`, sized for scikit-learn's 8x8 digits on a
-2-core CPU. Every seed of an architecture shares one compiled initialisation and train step (the seed
-and the learning rate are data, not constants, of the compiled code).
+--first-seed, --only and --out. Without --config they use `small_config()`, sized for scikit-learn's
+8x8 digits on a 2-core CPU. Every seed of an architecture shares one compiled initialisation and train
+step (the seed and the learning rate are data, not constants, of the compiled code).
 """
 
 from __future__ import annotations
@@ -250,7 +250,8 @@ def begin(
     start = time.perf_counter()
     args = parse_args(description, argv, default_seeds, add_arguments)
     base = base_config(args, default_steps)
-    return Comparison(module, argv, args, base, list(range(args.seeds)), start)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    return Comparison(module, argv, args, base, seeds, start)
 
 
 def parse_args(
@@ -263,6 +264,9 @@ def parse_args(
     parser.add_argument("--config", type=Path, default=None, help="TrainConfig file (default: small digits)")
     add_override_argument(parser)
     parser.add_argument("--seeds", type=int, default=default_seeds, help="number of seeds (0, 1, …)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="first seed (--first-seed 1 --seeds 2: seeds 1 and 2)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory for the .md and .png")
     parser.add_argument("--only", default=None, help="comma-separated variant names to run (default: all)")
     parser.add_argument("--quiet", action="store_true")

@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     ]
     result = c.report(
         "compare_models",
-        "Glow vs MEF vs Emerging at equal parameter budget (small scale)",
+        "Glow vs MEF vs Emerging at equal parameter budget",
         "models at equal parameter budget (mean ± std over seeds)",
         runs,
         variants,

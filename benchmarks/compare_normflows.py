@@ -6,8 +6,10 @@ normflows is never a dependency of jaxflows: install it in a separate virtualenv
 (`python3 -m venv /tmp/normflows-venv && /tmp/normflows-venv/bin/pip install torch normflows`)
 and pass its interpreter. The reference step is `../shared/bench/normflows_glow.py L K H B STEPS`
 (2 PyTorch threads, LU 1x1 conv, affine coupling, 32×32×3). The two are run alternately `--rounds`
-times so that both see the same machine load; the last line is one JSON object with the medians
-and the ratio of images per second (jaxflows / normflows).
+times so that both see the same machine load, jaxflows once per `--cpu-devices` count each round
+(`--cpu-devices 1,2`: the CPU as one device, and split into two, one batch shard per core); the
+last line is one JSON object with the medians and the ratio of images per second (jaxflows /
+normflows) for each count.
 """
 
 from __future__ import annotations
@@ -40,14 +42,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=10, help="timed train steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--cpu-devices",
+        default="1",
+        help="comma-separated CPU device counts jaxflows runs with, each every round (e.g. 1,2)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.cpu_devices = [int(n) for n in args.cpu_devices.split(",")]
+    except ValueError:
+        parser.error(f"--cpu-devices expects integers separated by commas, got {args.cpu_devices!r}")
+    return args
 
 
-def run_jaxflows(args) -> dict:
+def run_jaxflows(args, cpu_devices: int) -> dict:
     command = [
         sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--model", "glow",
         "--levels", str(args.levels), "--steps", str(args.steps), "--hidden", str(args.hidden),
         "--batch", str(args.batch), "--image", "32x32x3", "--iters", str(args.iters),
+        "--cpu-devices", str(cpu_devices),
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -71,32 +84,37 @@ def main(argv=None) -> dict:
         sys.exit("--torch-python (or NORMFLOWS_PYTHON) must name a python with torch and normflows installed")
     if not Path(args.normflows_script).is_file():
         sys.exit(f"normflows reference script not found: {args.normflows_script}")
-    ours, theirs = [], []
+    ours: dict[int, list[dict]] = {n: [] for n in args.cpu_devices}
+    theirs = []
     for round_ in range(args.rounds):
-        ours.append(run_jaxflows(args))
+        for n in args.cpu_devices:
+            ours[n].append(run_jaxflows(args, n))
         theirs.append(run_normflows(args))
-        print(
-            f"round {round_ + 1}: jaxflows {ours[-1]['images_per_sec']:.1f} img/s "
-            f"(compile {ours[-1]['compile_s']:.1f} s), normflows {theirs[-1]['images_per_sec']:.1f} img/s"
-        )
-    jax_ips = statistics.median(r["images_per_sec"] for r in ours)
-    torch_ips = statistics.median(r["images_per_sec"] for r in theirs)
+        print(f"round {round_ + 1}: " + ", ".join(
+            f"jaxflows ({n} cpu device(s)) {runs[-1]['images_per_sec']:.1f} img/s "
+            f"(compile {runs[-1]['compile_s']:.1f} s)" for n, runs in ours.items()
+        ) + f"; normflows {theirs[-1]['images_per_sec']:.1f} img/s")  # fmt: skip
+    median = lambda runs, key: statistics.median(r[key] for r in runs)
+    torch_ips = median(theirs, "images_per_sec")
+    jaxflows = [
+        {
+            "cpu_devices": n,
+            "images_per_sec": median(runs, "images_per_sec"),
+            "step_ms": median(runs, "step_ms"),
+            "compile_s": median(runs, "compile_s"),
+            "fraction_of_peak": median(runs, "fraction_of_peak"),
+            "ratio": round(median(runs, "images_per_sec") / torch_ips, 3),
+        }
+        for n, runs in ours.items()
+    ]
     result = {
-        "architecture": {
-            "levels": args.levels,
-            "steps": args.steps,
-            "hidden": args.hidden,
-            "batch": args.batch,
-        },
-        "jaxflows_images_per_sec": jax_ips,
-        "jaxflows_step_ms": statistics.median(r["step_ms"] for r in ours),
-        "jaxflows_compile_s": statistics.median(r["compile_s"] for r in ours),
-        "jaxflows_fraction_of_peak": statistics.median(r["fraction_of_peak"] for r in ours),
-        "jaxflows_params": ours[0]["params"],
+        "architecture": {k: getattr(args, k) for k in ("levels", "steps", "hidden", "batch")},
+        "jaxflows": jaxflows,
+        "jaxflows_params": ours[args.cpu_devices[0]][0]["params"],
         "normflows_images_per_sec": torch_ips,
-        "normflows_step_ms": statistics.median(r["step_ms"] for r in theirs),
+        "normflows_step_ms": median(theirs, "step_ms"),
         "normflows_params": theirs[0]["params"],
-        "ratio": round(jax_ips / torch_ips, 3),
+        "ratio": {str(entry["cpu_devices"]): entry["ratio"] for entry in jaxflows},
         "rounds": args.rounds,
     }
     print(json.dumps(result))

@@ -3,7 +3,8 @@
     python benchmarks/train_step.py --model glow --levels 3 --steps 8 --hidden 128 --batch 64 --image 32x32x3
 
 --model glow | mef (conv="matrix_exp", coupling="matrix_exp") | emerging (conv="emerging").
-The step is the real one (jaxflows.train.make_train_step): jit, data-parallel over every device.
+The step is the real one (jaxflows.train.make_train_step): jit, data-parallel over every device;
+`--cpu-devices N` splits the CPU into N devices (one batch shard per core, `jaxflows.train.host`).
 
 The PRNG is "rbg" by default, as every config in experiments/configs sets it (`--prng`).
 Fields: compile_s (first call: trace + compile + one step), step_ms and images_per_sec (median over
@@ -52,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peak-size", type=int, default=None, help="matmul size for the peak (default by backend)"
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="expose the CPU as N devices (jaxflows.train.split_cpu_into_devices): one batch shard per core",
     )
     parser.add_argument(
         "--reuse-freed-memory",
@@ -123,6 +130,10 @@ def main(argv=None) -> dict:
     import numpy as np
 
     jax.config.update("jax_default_prng_impl", args.prng)
+    if args.cpu_devices is not None:
+        from jaxflows.train import split_cpu_into_devices
+
+        split_cpu_into_devices(args.cpu_devices)
 
     from jaxflows.models import glow
     from jaxflows.train import TrainConfig, init_state, make_mesh, make_optimizer, make_train_step

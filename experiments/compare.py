@@ -31,7 +31,14 @@ import numpy as np
 
 from experiments import report
 from jaxflows.data import load_dataset
-from jaxflows.train import DivergenceError, TrainConfig, evaluate_bits_per_dim, load_config, train
+from jaxflows.train import (
+    DivergenceError,
+    TrainConfig,
+    apply_process_settings,
+    evaluate_bits_per_dim,
+    load_config,
+    train,
+)
 from jaxflows.train.config import add_override_argument, apply_overrides
 from jaxflows.train.evaluate import pixel_baseline_bits_per_dim
 from jaxflows.train.experiment import init_fn, setup
@@ -287,11 +294,11 @@ def select(variants: Sequence[Variant], only: str | None) -> list[Variant]:
 
 
 def base_config(args: argparse.Namespace, default_steps: int | None = None):
-    """The base config (file or SMALL) with the --set overrides; sets the PRNG implementation before
-    any JAX work."""
+    """The base config (file or SMALL) with the --set overrides; applies its process settings (PRNG,
+    CPU devices) before any JAX work."""
     config = load_config(args.config) if args.config is not None else small_config()
     if args.config is None and default_steps is not None:
         config = config.replace(num_steps=default_steps)
     config = apply_overrides(config, args.overrides)
-    jax.config.update("jax_default_prng_impl", config.prng_impl or "rbg")
+    apply_process_settings(config, default_prng_impl="rbg")
     return config

@@ -38,15 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    import jax
-
     from experiments.report import describe_machine, save_lines
     from jaxflows import train as jft
 
     base = apply_overrides(jft.load_config(args.config), args.overrides)
     base = base.replace(ema_decay=args.ema, eval_importance_samples=args.iw, train_time_limit_s=None)
-    if base.prng_impl is not None:
-        jax.config.update("jax_default_prng_impl", base.prng_impl)
+    jft.apply_process_settings(base)
     start, rows, dataset = time.perf_counter(), [], None
     for name, dequantizer in VARIANTS.items():
         config = base.replace(dequantizer=dequantizer)

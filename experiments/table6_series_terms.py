@@ -25,7 +25,7 @@ import numpy as np
 from experiments.report import describe_machine, save_lines
 from jaxflows.analysis import trace_forward
 from jaxflows.core import dequantize
-from jaxflows.train import TrainConfig, setup, train
+from jaxflows.train import TrainConfig, apply_process_settings, setup, train
 from jaxflows.train.config import add_override_argument, apply_overrides
 
 FAMILIES = {"MatrixExpConv1x1": "matrix-exp 1x1 conv", "MatrixExpCoupling": "matrix-exp coupling"}
@@ -74,7 +74,7 @@ def summary(values: np.ndarray) -> str:
 def main(argv=None) -> Path:
     args = parse_args(argv)
     config = apply_overrides(mef_config(args.every), args.overrides)
-    jax.config.update("jax_default_prng_impl", config.prng_impl or "rbg")
+    apply_process_settings(config, default_prng_impl="rbg")
     start = time.perf_counter()
     batch, steps, model = config.batch_size, config.num_steps, config.model
     records: dict[str, list] = {}

@@ -70,8 +70,7 @@ def main(argv=None) -> None:
         config = resolve_config(args)
     except (ConfigError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    if config.prng_impl is not None:
-        jax.config.update("jax_default_prng_impl", config.prng_impl)
+    jft.apply_process_settings(config)  # PRNG and CPU devices, before JAX's backends start
     lead = jax.process_index() == 0
     say = print if lead else (lambda *a, **k: None)
     try:

@@ -36,6 +36,9 @@ def test_overrides_set_any_field_with_its_type():
         ("model.hiden=8", r"unknown key\(s\) \['hiden'\]"),
         ("num_steps", "--set expects field=value"),
         ("seed.x=1", "seed is 0, not a dict"),
+        ("cpu_devices=0", 'cpu_devices must be None, "cores" or an integer >= 1, got 0'),
+        ("cpu_devices=all", "cpu_devices must be None"),
+        ("cpu_devices=3", "cpu_devices must be a count that divides batch_size 64, got 3"),
     ],
 )
 def test_overrides_name_the_unknown_field_or_the_wrong_type(override, message):

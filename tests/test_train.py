@@ -27,6 +27,7 @@ from jaxflows.train import (
     make_train_step,
     pixel_baseline_bits_per_dim,
     skip_nonfinite,
+    split_cpu_into_devices,
     train,
 )
 
@@ -129,16 +130,17 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_run(tmp_path):
 
 _MULTI_DEVICE_SCRIPT = """
 import json, sys, jax
-jax.config.update("jax_default_prng_impl", sys.argv[2])  # the same generator as this test process
-from jaxflows.train import train
+from jaxflows.train import apply_process_settings, train
 from tests.test_train import TINY
-result = train(TINY.replace(num_steps=3), sys.argv[1], progress=False)
+config = TINY.replace(num_steps=3, cpu_devices=8)
+apply_process_settings(config, default_prng_impl=sys.argv[2])  # 8 CPU devices, this test's PRNG
+result = train(config, sys.argv[1], progress=False)
 print(json.dumps({"devices": jax.device_count(), "losses": [r["loss"] for r in result.history]}))
 """
 
 
-def test_eight_devices_match_one_device(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+def test_eight_devices_match_one_device_and_resume_on_one(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-c", _MULTI_DEVICE_SCRIPT, str(tmp_path / "eight")]
     command.append(jax.config.jax_default_prng_impl)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -150,6 +152,52 @@ def test_eight_devices_match_one_device(tmp_path):
     one_losses = [r["loss"] for r in one.history]
     np.testing.assert_allclose(eight["losses"], one_losses, rtol=2e-5)
     assert one_losses[0] != one_losses[2]  # the comparison spans real updates
+    # The 8-device checkpoint resumes on one device (cpu_devices may change on resume).
+    resumed = train(TINY.replace(num_steps=4), tmp_path / "eight", progress=False)
+    assert [int(r["step"]) for r in resumed.history] == [4] and np.isfinite(resumed.history[0]["loss"])
+
+
+_SPLIT_SCRIPT = """
+import json, sys, jax
+from jaxflows.train import split_cpu_into_devices
+got = split_cpu_into_devices(int(sys.argv[1]))
+jax.numpy.zeros(1).block_until_ready()  # the backend is running now
+try:
+    split_cpu_into_devices(int(sys.argv[1]) + 1)
+    late = "no error"
+except RuntimeError as error:
+    late = str(error)
+print(json.dumps({"returned": got, "devices": len(jax.devices("cpu")), "late": late,
+                  "same": split_cpu_into_devices(len(jax.devices("cpu")))}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("xla_flags", "expected"), [(None, 3), ("--xla_force_host_platform_device_count=5", 5)]
+)
+def test_split_cpu_into_devices(xla_flags, expected):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags  # an explicit XLA flag wins over the requested count
+    command = [sys.executable, "-c", _SPLIT_SCRIPT, "3"]
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["returned"] == out["devices"] == out["same"] == expected
+    if xla_flags is None:
+        assert "already running with 3 device(s)" in out["late"]
+    with pytest.raises(ValueError, match="expected a device count"):
+        split_cpu_into_devices(0)
+
+
+def test_cores_picks_a_device_count_that_divides_the_batch(monkeypatch):
+    from jaxflows.train import host
+
+    monkeypatch.setattr(host, "available_cores", lambda: 8)
+    assert host.cpu_devices_for(TINY.replace(batch_size=12, cpu_devices="cores")) == 6
+    assert host.cpu_devices_for(TINY.replace(batch_size=16, cpu_devices="cores")) == 8
+    assert host.cpu_devices_for(TINY.replace(cpu_devices=2)) == 2
+    assert host.cpu_devices_for(TINY) is None
 
 
 def test_main_job_cli_end_to_end(tmp_path, capsys):

@@ -31,6 +31,7 @@ from jaxflows.train.experiment import (
     maybe_initialize_distributed,
     setup,
 )
+from jaxflows.train.host import apply_process_settings, split_cpu_into_devices
 from jaxflows.train.loop import TrainResult, train
 from jaxflows.train.optim import make_optimizer, skip_nonfinite
 from jaxflows.train.steps import (
@@ -54,6 +55,7 @@ __all__ = [
     "TrainingError",
     "WorkdirLockedError",
     "WorkdirWriteError",
+    "apply_process_settings",
     "build_flow",
     "compiled_train_step",
     "evaluate",
@@ -73,6 +75,7 @@ __all__ = [
     "restore_for_inference",
     "setup",
     "skip_nonfinite",
+    "split_cpu_into_devices",
     "train",
     "write_curve",
     "write_interpolation",

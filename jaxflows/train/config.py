@@ -66,6 +66,10 @@ class TrainConfig:
     # "rbg" compiles several times faster on XLA:CPU (threefry's hash is unrolled) at equal quality
     # for this use; its streams differ from threefry's, so keep one choice per run.
     prng_impl: str | None = None
+    # CPU only: expose the host as this many JAX devices so the data-parallel step runs one batch
+    # shard per core (jaxflows.train.host): None keeps JAX's one device; "cores": one per core
+    # (the largest count dividing batch_size). Pays off for large steps, not for tiny models.
+    cpu_devices: int | str | None = None
     train_time_limit_s: float | None = None  # stop (and checkpoint) early after this much training time
     # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
     # DivergenceError, keeping its last good checkpoint.
@@ -147,6 +151,11 @@ def validate_config(config: TrainConfig) -> None:
         fail("optimizer", f"one of {OPTIMIZERS}")
     if config.lr_decay not in LR_DECAYS:
         fail("lr_decay", f"one of {LR_DECAYS}")
+    cpu_devices = config.cpu_devices
+    if not (cpu_devices is None or cpu_devices == "cores" or (_is_int(cpu_devices) and cpu_devices >= 1)):
+        fail("cpu_devices", 'None, "cores" or an integer >= 1')
+    if _is_int(cpu_devices) and config.batch_size % cpu_devices:
+        fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")
     if config.prng_impl is not None and config.prng_impl not in PRNG_IMPLS:
         fail("prng_impl", f"None or one of {PRNG_IMPLS}")
     temperatures = config.sample_temperatures

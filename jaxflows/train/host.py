@@ -1,7 +1,18 @@
-"""Process-level settings for training on a CPU host.
+"""Process-level settings for training on a CPU host: the PRNG, CPU devices, malloc.
 
-XLA:CPU allocates each execution's temporary buffer afresh (about 300 MB for the Glow train step of
-benchmarks/train_step.py) and frees it when the step ends. glibc serves requests that large with
+**CPU devices** (`split_cpu_into_devices`). JAX sees a CPU as one device, and XLA:CPU runs a step's
+operations one after another, each multi-threaded as far as it goes: the two cores of this machine
+are both busy only part of a Glow step. Exposing the cores as separate devices makes the train
+step, which shards its batch over every device, run one shard per core side by side. On this
+2-core machine (2026-11-29, alternating runs, `benchmarks/train_step.py --cpu-devices N`): Glow
+L=3 K=8 H=128 B=64 on 32×32×3 steps at 93 and 84 images/s with 2 devices against 72 and 67 with one
+(1.27×); the long Fashion-MNIST config's model (K=8, hidden 96, B=64) at 227–234 against 189–210
+(1.1×); the main job's tiny model (K=3, hidden 48, B=32) at 783–1001 against 1273–1486 (0.6×: its
+step is per-operation overhead, which two devices pay twice). Hence a config field
+(`TrainConfig.cpu_devices`), not a default.
+
+**Malloc.** XLA:CPU allocates each execution's temporary buffer afresh (about 300 MB for the Glow
+train step of benchmarks/train_step.py) and frees it when the step ends. glibc serves requests that large with
 `mmap` and returns them with `munmap`, so every step faults in every page of its working memory
 again: 73,800 minor page faults per step there (`resource.getrusage`), about 10% of the step's time.
 `reuse_freed_memory` keeps freed memory in the process heap (one malloc arena, no `mmap` for large
@@ -19,7 +30,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jaxflows.train.config import TrainConfig
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -46,3 +63,63 @@ def reuse_freed_memory() -> bool:
     mallopt.restype = ctypes.c_int
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     return all(mallopt(option, value) == 1 for option, value in settings)
+
+
+_FORCED_DEVICES = re.compile(r"--xla_force_host_platform_device_count=(\d+)")
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def split_cpu_into_devices(count: int) -> int:
+    """Expose the host CPU as `count` JAX devices; returns the number of CPU devices in effect.
+
+    Call it before the first JAX computation (it sets `jax_num_cpu_devices`). An
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N` already in the environment wins (tests
+    simulate several devices that way) and is returned unchanged. Raises RuntimeError when JAX's
+    backends are already running with a different CPU device count.
+    """
+    import jax
+
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"split_cpu_into_devices: expected a device count ≥ 1, got {count!r}")
+    forced = _FORCED_DEVICES.search(os.environ.get("XLA_FLAGS", ""))
+    if forced is not None:
+        return int(forced.group(1))
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # backends already initialised: fine if they already have `count`
+        have = len(jax.devices("cpu"))
+        if have != count:
+            raise RuntimeError(
+                f"JAX's CPU backend is already running with {have} device(s); call "
+                f"split_cpu_into_devices({count}) before the first JAX computation"
+            ) from None
+    return count
+
+
+def cpu_devices_for(config: TrainConfig) -> int | None:
+    """The CPU device count `config.cpu_devices` asks for: None (leave JAX's one device), an
+    int, or "cores": one per available core, reduced to the largest count that divides the batch."""
+    wanted = config.cpu_devices
+    if wanted != "cores":
+        return wanted
+    return max(d for d in range(1, available_cores() + 1) if config.batch_size % d == 0)
+
+
+def apply_process_settings(config: TrainConfig, default_prng_impl: str | None = None) -> None:
+    """The process-wide settings a config asks for, before any JAX work: the PRNG implementation
+    (`config.prng_impl`, else `default_prng_impl`, else JAX's default) and the CPU devices."""
+    import jax
+
+    prng = config.prng_impl or default_prng_impl
+    if prng is not None:
+        jax.config.update("jax_default_prng_impl", prng)
+    count = cpu_devices_for(config)
+    if count is not None:
+        split_cpu_into_devices(count)

@@ -10,9 +10,10 @@ of batch 64 on idle cores, so 18 000 steps (19 epochs) fit in about 75 minutes. 
 lessons carry over: a high learning rate with cosine decay to 0, and the 3x3 emerging convolution,
 which beat the LU 1x1 conv by 0.14 bits/dim at the main job's size for 12% more time per step
 (`experiments/results/compare_convs.md`). Polyak averaging (0.999) is on; the evaluation reports
-held-out bits/dim with and without it. `cpu_devices="cores"` runs one batch shard per core
-(jaxflows.train.host; about 1.1× the images/s of one CPU device for this model here). Interrupted
-runs resume from the last checkpoint.
+held-out bits/dim with and without it. One CPU device: split into one device per core
+(`cpu_devices="cores"`) this model trained at 186–200 images/s against 214–225 with one device
+(steps 1300–2300 of the committed run), though the synthetic benchmark had it 1.1× faster.
+Interrupted runs resume from the last checkpoint.
 """
 
 from jaxflows.train.config import TrainConfig
@@ -44,5 +45,4 @@ def get_config() -> TrainConfig:
         keep_checkpoints=2,
         log_every=100,
         prng_impl="rbg",
-        cpu_devices="cores",  # one batch shard per core: 1.1x the images/s of one device here
     )

@@ -4,12 +4,13 @@
 operations one after another, each multi-threaded as far as it goes: the two cores of this machine
 are both busy only part of a Glow step. Exposing the cores as separate devices makes the train
 step, which shards its batch over every device, run one shard per core side by side. On this
-2-core machine (2026-11-29, alternating runs, `benchmarks/train_step.py --cpu-devices N`): Glow
-L=3 K=8 H=128 B=64 on 32×32×3 steps at 93 and 84 images/s with 2 devices against 72 and 67 with one
-(1.27×); the long Fashion-MNIST config's model (K=8, hidden 96, B=64) at 227–234 against 189–210
-(1.1×); the main job's tiny model (K=3, hidden 48, B=32) at 783–1001 against 1273–1486 (0.6×: its
-step is per-operation overhead, which two devices pay twice). Hence a config field
-(`TrainConfig.cpu_devices`), not a default.
+2-core machine (2026-11-29, `benchmarks/train_step.py --cpu-devices N`, runs alternating with one
+device; the machine's speed drifts by ±15%): Glow L=3 K=8 H=128 B=64 on 32×32×3 at 1.0–1.3× the
+images/s of one device (`benchmarks.compare_normflows --cpu-devices 1,2`); the main job's tiny
+model (K=3, hidden 48, B=32) at 0.6× (its step is per-operation overhead, which two devices pay
+twice); the long Fashion-MNIST config's model (K=8, hidden 96, B=64) 1.1× in the benchmark but
+0.88× in its real training run (186–200 against 214–225 images/s). Hence a config field
+(`TrainConfig.cpu_devices`), off by default: measure it for your model.
 
 **Malloc.** XLA:CPU allocates each execution's temporary buffer afresh (about 300 MB for the Glow
 train step of benchmarks/train_step.py) and frees it when the step ends. glibc serves requests that large with

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TIMED_FIELDS = ("images_per_sec", "step_ms", "compile_s", "fraction_of_peak")  # train_step.py's medians
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -96,17 +97,10 @@ def main(argv=None) -> dict:
         ) + f"; normflows {theirs[-1]['images_per_sec']:.1f} img/s")  # fmt: skip
     median = lambda runs, key: statistics.median(r[key] for r in runs)
     torch_ips = median(theirs, "images_per_sec")
-    jaxflows = [
-        {
-            "cpu_devices": n,
-            "images_per_sec": median(runs, "images_per_sec"),
-            "step_ms": median(runs, "step_ms"),
-            "compile_s": median(runs, "compile_s"),
-            "fraction_of_peak": median(runs, "fraction_of_peak"),
-            "ratio": round(median(runs, "images_per_sec") / torch_ips, 3),
-        }
-        for n, runs in ours.items()
-    ]
+    jaxflows = []
+    for n, runs in ours.items():
+        entry = {"cpu_devices": n, **{key: median(runs, key) for key in TIMED_FIELDS}}
+        jaxflows.append(entry | {"ratio": round(entry["images_per_sec"] / torch_ips, 3)})
     result = {
         "architecture": {k: getattr(args, k) for k in ("levels", "steps", "hidden", "batch")},
         "jaxflows": jaxflows,

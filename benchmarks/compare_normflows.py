@@ -7,9 +7,11 @@ normflows is never a dependency of jaxflows: install it in a separate virtualenv
 and pass its interpreter. The reference step is `../shared/bench/normflows_glow.py L K H B STEPS`
 (2 PyTorch threads, LU 1x1 conv, affine coupling, 32×32×3). The two are run alternately `--rounds`
 times so that both see the same machine load, jaxflows once per `--cpu-devices` count each round
-(`--cpu-devices 1,2`: the CPU as one device, and split into two, one batch shard per core); the
-last line is one JSON object with the medians and the ratio of images per second (jaxflows /
-normflows) for each count.
+(`--cpu-devices 1,2`: the CPU as one device, and split into two, one batch shard per core), each
+without and/or with `--reuse-freed-memory` (`no`, `yes` or `both`: malloc keeps freed memory, see
+`jaxflows.train.host`); the last line is one JSON object with the medians and the ratio of images
+per second (jaxflows / normflows) for each setting, named by its CPU device count and "+reuse"
+("2+reuse").
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="1",
         help="comma-separated CPU device counts jaxflows runs with, each every round (e.g. 1,2)",
     )
+    parser.add_argument(
+        "--reuse-freed-memory",
+        choices=("no", "yes", "both"),
+        default="no",
+        help="run jaxflows without, with, or both without and with train_step.py --reuse-freed-memory",
+    )
     args = parser.parse_args(argv)
     try:
         args.cpu_devices = [int(n) for n in args.cpu_devices.split(",")]
@@ -56,12 +64,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_jaxflows(args, cpu_devices: int) -> dict:
+def settings(args) -> list[tuple[int, bool]]:
+    """(cpu devices, reuse freed memory) of every jaxflows run of a round."""
+    reuse = {"no": (False,), "yes": (True,), "both": (False, True)}[args.reuse_freed_memory]
+    return [(n, r) for n in args.cpu_devices for r in reuse]
+
+
+def setting_name(cpu_devices: int, reuse: bool) -> str:
+    return f"{cpu_devices}+reuse" if reuse else str(cpu_devices)
+
+
+def run_jaxflows(args, cpu_devices: int, reuse: bool) -> dict:
     command = [
         sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--model", "glow",
         "--levels", str(args.levels), "--steps", str(args.steps), "--hidden", str(args.hidden),
         "--batch", str(args.batch), "--image", "32x32x3", "--iters", str(args.iters),
-        "--cpu-devices", str(cpu_devices),
+        "--cpu-devices", str(cpu_devices), *(["--reuse-freed-memory"] if reuse else []),
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -85,30 +103,31 @@ def main(argv=None) -> dict:
         sys.exit("--torch-python (or NORMFLOWS_PYTHON) must name a python with torch and normflows installed")
     if not Path(args.normflows_script).is_file():
         sys.exit(f"normflows reference script not found: {args.normflows_script}")
-    ours: dict[int, list[dict]] = {n: [] for n in args.cpu_devices}
+    ours: dict[tuple[int, bool], list[dict]] = {setting: [] for setting in settings(args)}
     theirs = []
     for round_ in range(args.rounds):
-        for n in args.cpu_devices:
-            ours[n].append(run_jaxflows(args, n))
+        for n, reuse in ours:
+            ours[n, reuse].append(run_jaxflows(args, n, reuse))
         theirs.append(run_normflows(args))
         print(f"round {round_ + 1}: " + ", ".join(
-            f"jaxflows ({n} cpu device(s)) {runs[-1]['images_per_sec']:.1f} img/s "
-            f"(compile {runs[-1]['compile_s']:.1f} s)" for n, runs in ours.items()
+            f"jaxflows [{setting_name(n, reuse)}] {runs[-1]['images_per_sec']:.1f} img/s "
+            f"(compile {runs[-1]['compile_s']:.1f} s)" for (n, reuse), runs in ours.items()
         ) + f"; normflows {theirs[-1]['images_per_sec']:.1f} img/s")  # fmt: skip
     median = lambda runs, key: statistics.median(r[key] for r in runs)
     torch_ips = median(theirs, "images_per_sec")
     jaxflows = []
-    for n, runs in ours.items():
-        entry = {"cpu_devices": n, **{key: median(runs, key) for key in TIMED_FIELDS}}
+    for (n, reuse), runs in ours.items():
+        timed = {key: median(runs, key) for key in TIMED_FIELDS}
+        entry = {"cpu_devices": n, "reuse_freed_memory": reuse, **timed}
         jaxflows.append(entry | {"ratio": round(entry["images_per_sec"] / torch_ips, 3)})
     result = {
         "architecture": {k: getattr(args, k) for k in ("levels", "steps", "hidden", "batch")},
         "jaxflows": jaxflows,
-        "jaxflows_params": ours[args.cpu_devices[0]][0]["params"],
+        "jaxflows_params": next(iter(ours.values()))[0]["params"],
         "normflows_images_per_sec": torch_ips,
         "normflows_step_ms": median(theirs, "step_ms"),
         "normflows_params": theirs[0]["params"],
-        "ratio": {str(entry["cpu_devices"]): entry["ratio"] for entry in jaxflows},
+        "ratio": {setting_name(e["cpu_devices"], e["reuse_freed_memory"]): e["ratio"] for e in jaxflows},
         "rounds": args.rounds,
     }
     print(json.dumps(result))

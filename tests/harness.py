@@ -52,16 +52,22 @@ def sample_input(case: BijectorCase, key, batch: int | None = None):
 
 
 def perturb_params(variables, scale: float, key):
-    params = variables["params"]
+    """Add N(0, scale²) noise to every float parameter; one compiled program for the whole tree
+    (eager, each leaf's shape would compile its own random and add ops)."""
+    return {**variables, "params": _perturbed(variables["params"], scale, key)}
+
+
+@jax.jit
+def _perturbed(params, scale, key):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, max(len(leaves), 1))
     noisy = [
-        leaf + scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+        leaf + jnp.asarray(scale, leaf.dtype) * jax.random.normal(k, leaf.shape, leaf.dtype)
         if jnp.issubdtype(leaf.dtype, jnp.floating)
         else leaf
         for leaf, k in zip(leaves, keys, strict=False)
     ]
-    return {**variables, "params": jax.tree_util.tree_unflatten(treedef, noisy)}
+    return jax.tree_util.tree_unflatten(treedef, noisy)
 
 
 def case_context(case: BijectorCase, batch: int | None = None):

@@ -16,13 +16,14 @@ def test_overrides_set_any_field_with_its_type():
     config = apply_overrides(
         TrainConfig(),
         ["model.hidden=16", "learning_rate=3e-4", "num_steps=7", "sample_temperatures=(0.7, 1)",
-         "ema_decay=None", "dataset=fashion_mnist", "grad_clip_norm=2", "dequantizer={'hidden': 8}"],
+         "ema_decay=None", "dataset=fashion_mnist", "grad_clip_norm=2", "dequantizer={'hidden': 8}",
+         "reuse_freed_memory=True"],
     )  # fmt: skip
     assert config.model == {**TrainConfig().model, "hidden": 16}
     assert (config.learning_rate, config.num_steps, config.ema_decay) == (3e-4, 7, None)
     assert config.sample_temperatures == (0.7, 1) and config.dataset == "fashion_mnist"
     assert config.grad_clip_norm == 2.0 and isinstance(config.grad_clip_norm, float)
-    assert config.dequantizer == {"hidden": 8}
+    assert config.dequantizer == {"hidden": 8} and config.reuse_freed_memory is True
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,7 @@ def test_overrides_set_any_field_with_its_type():
         ("cpu_devices=0", 'cpu_devices must be None, "cores" or an integer >= 1, got 0'),
         ("cpu_devices=all", "cpu_devices must be None"),
         ("cpu_devices=3", "cpu_devices must be a count that divides batch_size 64, got 3"),
+        ("reuse_freed_memory=1", "expected bool, got int 1"),
     ],
 )
 def test_overrides_name_the_unknown_field_or_the_wrong_type(override, message):

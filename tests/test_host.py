@@ -10,7 +10,11 @@ PROBE = textwrap.dedent(
     """
     import ctypes, ctypes.util, resource, sys
     from jaxflows.train.host import reuse_freed_memory
+    from jaxflows.train import TrainConfig
+    from jaxflows.train.host import apply_process_settings
     applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+    if sys.argv[1] == "config":  # what every entry point does with TrainConfig.reuse_freed_memory
+        apply_process_settings(TrainConfig(reuse_freed_memory=True))
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
@@ -38,6 +42,7 @@ def test_freed_memory_is_reused_without_page_faults():
 
     applied, with_reuse = faults("reuse")
     _, without = faults("default")
+    _, from_config = faults("config")
     assert applied == "True"
     assert without > 10_000  # the pages of 300 MB faulted in again (4 KiB pages: 76,800)
-    assert with_reuse < 1_000
+    assert with_reuse < 1_000 and from_config < 1_000

@@ -70,6 +70,9 @@ class TrainConfig:
     # shard per core (jaxflows.train.host): None keeps JAX's one device; "cores": one per core
     # (the largest count dividing batch_size). Pays off for large steps, not for tiny models.
     cpu_devices: int | str | None = None
+    # CPU only: keep freed memory in the process heap (jaxflows.train.host.reuse_freed_memory) so a
+    # step does not fault its working memory in afresh; faster steps, 4-8 s slower compiles.
+    reuse_freed_memory: bool = False
     train_time_limit_s: float | None = None  # stop (and checkpoint) early after this much training time
     # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
     # DivergenceError, keeping its last good checkpoint.
@@ -156,6 +159,8 @@ def validate_config(config: TrainConfig) -> None:
         fail("cpu_devices", 'None, "cores" or an integer >= 1')
     if _is_int(cpu_devices) and config.batch_size % cpu_devices:
         fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")
+    if not isinstance(config.reuse_freed_memory, bool):
+        fail("reuse_freed_memory", "True or False")
     if config.prng_impl is not None and config.prng_impl not in PRNG_IMPLS:
         fail("prng_impl", f"None or one of {PRNG_IMPLS}")
     temperatures = config.sample_temperatures
@@ -186,6 +191,8 @@ def _coerce(field: str, raw: str, value: Any, annotation: Any) -> Any:
         if kind is float and _is_number(value):
             return float(value)
         if kind is int and _is_int(value):
+            return value
+        if kind is bool and isinstance(value, bool):
             return value
         if kind is str and isinstance(value, str):
             return value

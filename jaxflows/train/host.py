@@ -19,11 +19,16 @@ again: 73,800 minor page faults per step there (`resource.getrusage`), about 10%
 `reuse_freed_memory` keeps freed memory in the process heap (one malloc arena, no `mmap` for large
 blocks, no trimming), so the next step reuses the same pages: 0 faults per step after the first.
 
-It is a process-wide choice, so the library never makes it, and no entry point makes it by default:
-with one malloc arena XLA's compiler threads contend for the heap, so compilation takes 4-8 s
-longer, while the step time gain is within this machine's noise (2026-11-28, 2-core CPU, Glow
-L=3 K=8 H=128 B=64: 72 and 79 images/s with it, 76 and 68 without; compile 16.6/19.8 s against
-12.0/14.3 s). Worth trying for long CPU runs (`benchmarks/train_step.py --reuse-freed-memory`).
+It is a process-wide choice, so the library never makes it; a config asks for it with
+`TrainConfig.reuse_freed_memory` (every entry point applies it through `apply_process_settings`),
+off by default. With one malloc arena XLA's compiler threads contend for the heap, so compilation
+takes 4-8 s longer; the steps get faster. Measured 2026-11-29 (2-core CPU, Glow L=3 K=8 H=128 B=64,
+`benchmarks/train_step.py [--reuse-freed-memory] [--cpu-devices 2]`, three alternating rounds):
+one device 69.2 / 76.3 / 69.0 images/s without, 78.6 / 81.1 / 68.0 with; two devices 82.0 / 78.2 /
+93.0 without, 93.6 / 95.9 / 92.3 with; compile 11.9-16.5 s without, 17.1-20.8 s with. Keeping
+several arenas and only turning off `mmap` and trimming does not help: the freed blocks sit in
+another thread's arena and the faults stay (1.12 M against 1.15 M minor faults per benchmark run;
+0.40 M with one arena). Worth it for long CPU runs, not for a five-minute job.
 Linux with glibc only; a no-op elsewhere.
 """
 
@@ -114,8 +119,11 @@ def cpu_devices_for(config: TrainConfig) -> int | None:
 
 
 def apply_process_settings(config: TrainConfig, default_prng_impl: str | None = None) -> None:
-    """The process-wide settings a config asks for, before any JAX work: the PRNG implementation
-    (`config.prng_impl`, else `default_prng_impl`, else JAX's default) and the CPU devices."""
+    """The process-wide settings a config asks for, before any JAX work: malloc's reuse of freed
+    memory (`config.reuse_freed_memory`), the PRNG implementation (`config.prng_impl`, else
+    `default_prng_impl`, else JAX's default) and the CPU devices."""
+    if config.reuse_freed_memory:
+        reuse_freed_memory()
     import jax
 
     prng = config.prng_impl or default_prng_impl

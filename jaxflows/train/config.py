@@ -71,7 +71,7 @@ class TrainConfig:
     # (the largest count dividing batch_size). Pays off for large steps, not for tiny models.
     cpu_devices: int | str | None = None
     # CPU only: keep freed memory in the process heap (jaxflows.train.host.reuse_freed_memory) so a
-    # step does not fault its working memory in afresh; faster steps, 4-8 s slower compiles.
+    # step does not fault its working memory in afresh; faster steps, slower compiles.
     reuse_freed_memory: bool = False
     train_time_limit_s: float | None = None  # stop (and checkpoint) early after this much training time
     # Divergence: after this many consecutive skipped (non-finite) updates the run stops with

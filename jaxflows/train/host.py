@@ -22,10 +22,10 @@ blocks, no trimming), so the next step reuses the same pages: 0 faults per step 
 It is a process-wide choice, so the library never makes it; a config asks for it with
 `TrainConfig.reuse_freed_memory` (every entry point applies it through `apply_process_settings`),
 off by default. With one malloc arena XLA's compiler threads contend for the heap, so compilation
-takes 4-8 s longer; the steps get faster. Measured 2026-11-29 (2-core CPU, Glow L=3 K=8 H=128 B=64,
-`benchmarks/train_step.py [--reuse-freed-memory] [--cpu-devices 2]`, three alternating rounds):
-one device 69.2 / 76.3 / 69.0 images/s without, 78.6 / 81.1 / 68.0 with; two devices 82.0 / 78.2 /
-93.0 without, 93.6 / 95.9 / 92.3 with; compile 11.9-16.5 s without, 17.1-20.8 s with. Keeping
+takes 0-9 s longer (median 4 s); the steps get faster (see the README's benchmarks). Measured
+2026-11-29 (2-core CPU, Glow L=3 K=8 H=128 B=64, `benchmarks/train_step.py [--reuse-freed-memory]
+[--cpu-devices 2]`, three alternating rounds): one device 69.2 / 76.3 / 69.0 images/s without,
+78.6 / 81.1 / 68.0 with; two devices 82.0 / 78.2 / 93.0 without, 93.6 / 95.9 / 92.3 with. Keeping
 several arenas and only turning off `mmap` and trimming does not help: the freed blocks sit in
 another thread's arena and the faults stay (1.12 M against 1.15 M minor faults per benchmark run;
 0.40 M with one arena). Worth it for long CPU runs, not for a five-minute job.

@@ -10,10 +10,10 @@ PROBE = textwrap.dedent(
     """
     import ctypes, ctypes.util, resource, sys
     from jaxflows.train.host import reuse_freed_memory
-    from jaxflows.train import TrainConfig
-    from jaxflows.train.host import apply_process_settings
     applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
     if sys.argv[1] == "config":  # what every entry point does with TrainConfig.reuse_freed_memory
+        from jaxflows.train import TrainConfig
+        from jaxflows.train.host import apply_process_settings
         apply_process_settings(TrainConfig(reuse_freed_memory=True))
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p

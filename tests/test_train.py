@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +129,14 @@ def test_resume_after_sigterm_reproduces_the_uninterrupted_run(tmp_path):
     assert kept == ["4", "6"]  # every 2 steps, the last 2 kept (3 was the SIGTERM save)
 
 
+def _without_forced_device_count(environ) -> dict:
+    """The environment for a subprocess that sets its own CPU device count: a forced count in
+    XLA_FLAGS would win over it; the other flags (the suite's compile settings) stay."""
+    env = dict(environ)
+    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
+    return env
+
+
 _MULTI_DEVICE_SCRIPT = """
 import json, sys, jax
 from jaxflows.train import apply_process_settings, train
@@ -140,7 +149,7 @@ print(json.dumps({"devices": jax.device_count(), "losses": [r["loss"] for r in r
 
 
 def test_eight_devices_match_one_device_and_resume_on_one(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = _without_forced_device_count(os.environ) | {"JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-c", _MULTI_DEVICE_SCRIPT, str(tmp_path / "eight")]
     command.append(jax.config.jax_default_prng_impl)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -176,9 +185,9 @@ print(json.dumps({"returned": got, "devices": len(jax.devices("cpu")), "late": l
     ("xla_flags", "expected"), [(None, 3), ("--xla_force_host_platform_device_count=5", 5)]
 )
 def test_split_cpu_into_devices(xla_flags, expected):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
-    if xla_flags is not None:
-        env["XLA_FLAGS"] = xla_flags  # an explicit XLA flag wins over the requested count
+    env = _without_forced_device_count(os.environ) | {"JAX_PLATFORMS": "cpu"}
+    if xla_flags is not None:  # an explicit XLA flag wins over the requested count
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}"
     command = [sys.executable, "-c", _SPLIT_SCRIPT, "3"]
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,9 +11,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # fast-math either way): no LLVM optimisation (vectorisation, unrolling), and the elemental fusion
 # emitter instead of the MLIR fusion emitters, whose per-fusion pass pipelines took about a quarter
 # of a compile (a small Glow's gradient compiles in 0.8 s instead of 2.5 s). Set before JAX starts
-# its backend.
+# its backend. JAXFLOWS_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults instead, and
+# tests/test_compile_settings.py checks that both give the same numbers.
 _TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAGS}".strip()
+if os.environ.get("JAXFLOWS_TEST_XLA_DEFAULTS") != "1":
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAGS}".strip()
 
 # XLA:CPU compiles threefry's unrolled hash slowly (seconds per random op under jit, and every
 # eager random op is compiled too); the "rbg" generator compiles ~8x faster here. Tests only need

@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # its backend. JAXFLOWS_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults instead, and
 # tests/test_compile_settings.py checks that both give the same numbers.
 _TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-if os.environ.get("JAXFLOWS_TEST_XLA_DEFAULTS") != "1":
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_TEST_XLA_FLAGS}".strip()
+_flags = os.environ.get("XLA_FLAGS", "")
+if os.environ.get("JAXFLOWS_TEST_XLA_DEFAULTS") != "1" and _TEST_XLA_FLAGS not in _flags:  # workers inherit
+    os.environ["XLA_FLAGS"] = f"{_flags} {_TEST_XLA_FLAGS}".strip()
 
 # XLA:CPU compiles threefry's unrolled hash slowly (seconds per random op under jit, and every
 # eager random op is compiled too); the "rbg" generator compiles ~8x faster here. Tests only need

@@ -31,10 +31,12 @@ def batch() -> np.ndarray:
 def log_likelihoods_and_gradients(variables) -> dict[str, list[float]]:
     """log p(x) of the fixed batch and the gradient of its mean with respect to the parameters."""
     flow, x = small_glow(), batch()
-    log_prob = lambda params: flow.apply({**variables, "params": params}, x)
-    value, grads = jax.jit(lambda p: (log_prob(p), jax.grad(lambda q: jnp.mean(log_prob(q)))(p)))(
-        variables["params"]
-    )
+
+    def mean_and_log_prob(params):
+        log_prob = flow.apply({**variables, "params": params}, x)
+        return jnp.mean(log_prob), log_prob
+
+    (_, value), grads = jax.jit(jax.value_and_grad(mean_and_log_prob, has_aux=True))(variables["params"])
     flat = jnp.concatenate([g.ravel() for g in jax.tree_util.tree_leaves(grads)])
     return {"log_prob": np.asarray(value).tolist(), "grads": np.asarray(flat).tolist()}
 

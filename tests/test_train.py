@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from jaxflows.train import (
     split_cpu_into_devices,
     train,
 )
+from jaxflows.train.host import _FORCED_DEVICES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,7 +133,7 @@ def _without_forced_device_count(environ) -> dict:
     """The environment for a subprocess that sets its own CPU device count: a forced count in
     XLA_FLAGS would win over it; the other flags (the suite's compile settings) stay."""
     env = dict(environ)
-    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = _FORCED_DEVICES.sub("", env.get("XLA_FLAGS", ""))  # the pattern host.py honours
     return env
 
 

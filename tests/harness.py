@@ -39,6 +39,10 @@ class BijectorCase:
     seed: int = 0
     jacobian: str = "jacfwd"  # "jacrev" for reverse-mode-only bijectors (gradient="invertible")
     context: Callable | None = None  # (key, batch) -> context, for conditional layers and flows
+    # relative tolerance of log_det against slogdet(jacobian) in float64; None: 1e-7, and 1e-10 with
+    # float32 parameters. Looser only where the dense jacobian itself is not exact (bfloat16 networks
+    # inside a composition: their tangents are rounded, so jacfwd is not a linear map in floating point)
+    jacobian_rtol: float | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -150,7 +154,8 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
             assert sign != 0, f"{method}: singular jacobian"
             _, log_det = _apply(module, variables64, point, method, c1)
             assert log_det.dtype == jnp.float64
-            np.testing.assert_allclose(log_det[0], expected, rtol=1e-7, atol=1e-7)
+            rtol = case.jacobian_rtol or 1e-7
+            np.testing.assert_allclose(log_det[0], expected, rtol=rtol, atol=1e-7, err_msg=method)
 
 
 def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
@@ -175,7 +180,8 @@ def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
 
             jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
             _, expected = jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
-            np.testing.assert_allclose(log_det[0], expected, rtol=1e-10, atol=1e-9, err_msg=method)
+            rtol = case.jacobian_rtol or 1e-10
+            np.testing.assert_allclose(log_det[0], expected, rtol=rtol, atol=1e-9, err_msg=method)
 
 
 def check_jit_matches_eager(case: BijectorCase) -> None:

@@ -1,5 +1,6 @@
 """The property harness on every Glow / RealNVP / NICE layer and on composition."""
 
+import jax.numpy as jnp
 import pytest
 
 from jaxflows.bijectors import (
@@ -34,6 +35,16 @@ CASES = [
     BijectorCase("squeeze", Squeeze, (2, 4, 6, 3)),
     BijectorCase("split", Split, (2, 4, 4, 4)),
     BijectorCase("learned_prior", LearnedPrior, (2, 4, 4, 3)),
+    # bfloat16 networks, float32 (float64 under x64) maps: every check at full precision
+    BijectorCase(
+        "affine_bfloat16_network",
+        lambda: AffineCoupling(hidden=8, network_dtype=jnp.bfloat16),
+        (2, 4, 4, 4),
+        jit_atol=5e-2,
+    ),
+    BijectorCase(
+        "split_bfloat16_network", lambda: Split(network_dtype=jnp.bfloat16), (2, 4, 4, 4), jit_atol=5e-2
+    ),
     BijectorCase(
         "chain_glow_step",
         lambda: Chain([ActNorm(), Conv1x1LU(), AffineCoupling(hidden=8)]),

@@ -146,10 +146,14 @@ def test_glow_parameters_follow_param_dtype(conv, coupling):
         assert z.dtype == log_det.dtype == jnp.float64
 
 
-def test_dtype_field_sets_the_computation_dtype():
-    layer = bijectors.Conv1x1LU(dtype=jnp.bfloat16)
+def test_dtype_field_sets_the_computation_dtype_never_below_float32():
+    """`dtype` sets a map's computation dtype (float64 here from float32 parameters), but never
+    below float32: a bfloat16 request (or input) still computes the map in float32."""
     x = jax.random.normal(jax.random.key(0), (1, 2, 2, 4))
-    variables = layer.init(jax.random.key(1), x)
+    variables = bijectors.Conv1x1LU().init(jax.random.key(1), x)
     assert _float_dtypes(variables) == {"float32"}
-    y, log_det = layer.apply(variables, x)
-    assert y.dtype == log_det.dtype == jnp.bfloat16
+    y, log_det = bijectors.Conv1x1LU(dtype=jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
+    assert y.dtype == log_det.dtype == jnp.float32
+    with jax.enable_x64(True):
+        y, log_det = bijectors.Conv1x1LU(dtype=jnp.float64).apply(variables, x)
+        assert y.dtype == log_det.dtype == jnp.float64

@@ -1,4 +1,5 @@
-"""Analysis: per-layer log-det terms, their gradients, and invertibility diagnostics."""
+"""Analysis: per-layer log-det terms, their gradients, invertibility diagnostics, and the precision
+of every product in a program lowered for an accelerator."""
 
 from jaxflows.analysis.diagnostics import (
     LayerHealth,
@@ -13,12 +14,14 @@ from jaxflows.analysis.log_det import (
     log_det_grad_params,
     log_det_saliency,
 )
+from jaxflows.analysis.precision import Product, lowered_products
 from jaxflows.analysis.trace import LayerCall, layer_variables, leaves, trace_forward
 
 __all__ = [
     "BASE",
     "LayerCall",
     "LayerHealth",
+    "Product",
     "invertibility_report",
     "jacobian_condition_numbers",
     "layer_variables",
@@ -27,6 +30,7 @@ __all__ = [
     "log_det_grad_input",
     "log_det_grad_params",
     "log_det_saliency",
+    "lowered_products",
     "reconstruction_errors",
     "trace_forward",
 ]

@@ -6,8 +6,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
+from jaxflows.core.bijector import Array, Bijector, per_example
 from jaxflows.core.validation import check_image
+from jaxflows.ops.precision import bijection_dtype
 
 
 class ActNorm(Bijector):
@@ -47,7 +48,7 @@ class ActNorm(Bijector):
             bias_init = scale_init = jnp.zeros(channels)
         bias = self.param("bias", lambda _: bias_init.astype(self.param_dtype))
         log_scale = self.param("log_scale", lambda _: scale_init.astype(self.param_dtype))
-        dtype = compute_dtype(self.dtype, x, bias, log_scale)
+        dtype = bijection_dtype(self.dtype, x, bias, log_scale)
         return bias.astype(dtype), log_scale.astype(dtype)
 
     def _log_det(self, x: Array, log_scale: Array) -> Array:

@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
+from jaxflows.core.bijector import Array, Bijector, per_example
 from jaxflows.core.validation import check_image
+from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 
 def apply_1x1(x: Array, matrix: Array) -> Array:
     """y[..., i] = Σ_j matrix[i, j] x[..., j] at every pixel."""
-    return jnp.einsum("...j,ij->...i", x, matrix)
+    return jnp.einsum("...j,ij->...i", x, matrix, precision=BIJECTION_PRECISION)
 
 
 def random_rotation(key: Array, channels: int, dtype: DTypeLike = jnp.float32) -> Array:
@@ -86,7 +87,7 @@ class Conv1x1(InvertibleConv1x1):
     def weight(self, x: Array) -> Array:
         """W in the computation dtype."""
         weight = self.param("kernel", lambda key: random_rotation(key, x.shape[-1], self.param_dtype))
-        return weight.astype(compute_dtype(self.dtype, x, weight))
+        return weight.astype(bijection_dtype(self.dtype, x, weight))
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         weight = self.weight(x)
@@ -133,7 +134,7 @@ class Conv1x1LU(InvertibleConv1x1):
         upper = self.param("upper", init("upper"))
         log_s = self.param("log_s", init("log_s"))
 
-        dtype = compute_dtype(self.dtype, x, lower, upper, log_s)
+        dtype = bijection_dtype(self.dtype, x, lower, upper, log_s)
         lower, upper, log_s, sign = (a.astype(dtype) for a in (lower, upper, log_s, sign))
         l_mat = jnp.tril(lower, -1) + jnp.eye(channels, dtype=dtype)
         u_mat = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_s))
@@ -141,7 +142,7 @@ class Conv1x1LU(InvertibleConv1x1):
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         perm, lower, upper, log_abs_det = self.factors(x)
-        return (lower @ upper)[perm], log_abs_det  # P m = m[perm]
+        return jnp.matmul(lower, upper, precision=BIJECTION_PRECISION)[perm], log_abs_det  # P m = m[perm]
 
     def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
         perm, lower, upper, log_abs_det = self.factors(y)

@@ -11,14 +11,17 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, random_rotation
-from jaxflows.core.bijector import Array, compute_dtype
+from jaxflows.core.bijector import Array
+from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 
 def householder_product(vectors: Array) -> Array:
     """Q = Q₁ Q₂ … Q_n with Q_i = I − 2 v_i v_iᵀ / v_iᵀv_i (paper Eq. 11), v_i = vectors[i]."""
 
     def multiply(q, v):
-        return q - (2.0 / jnp.dot(v, v)) * jnp.outer(q @ v, v), None
+        return q - (2.0 / jnp.dot(v, v, precision=BIJECTION_PRECISION)) * jnp.outer(
+            jnp.dot(q, v, precision=BIJECTION_PRECISION), v
+        ), None
 
     q, _ = lax.scan(multiply, jnp.eye(vectors.shape[-1], dtype=vectors.dtype), vectors)
     return q
@@ -58,14 +61,14 @@ class Conv1x1QR(InvertibleConv1x1):
         upper = self.param("upper", init("upper"))
         log_r = self.param("log_r", init("log_r"))
 
-        dtype = compute_dtype(self.dtype, x, vectors, upper, log_r)
+        dtype = bijection_dtype(self.dtype, x, vectors, upper, log_r)
         vectors, upper, log_r, sign = (a.astype(dtype) for a in (vectors, upper, log_r, sign))
         r = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_r))
         return QRFactors(householder_product(vectors), r, jnp.sum(log_r))
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         q, r, log_abs_det = self.factors(x)
-        return q @ r, log_abs_det
+        return jnp.matmul(q, r, precision=BIJECTION_PRECISION), log_abs_det
 
     def inverse_matrix(self, y: Array) -> tuple[Array, Array]:
         q, r, log_abs_det = self.factors(y)
@@ -82,7 +85,9 @@ def _qr_of_random_rotation(key: Array, channels: int, dtype: DTypeLike) -> dict[
         pivot_sign = jnp.where(column[k] >= 0, 1.0, -1.0)
         # v = x + sign(x_k)‖x‖ e_k maps column k onto −sign(x_k)‖x‖ e_k (no cancellation)
         v = column.at[k].add(pivot_sign * jnp.linalg.norm(column))
-        a = a - (2.0 / jnp.dot(v, v)) * jnp.outer(v, v @ a)
+        a = a - (2.0 / jnp.dot(v, v, precision=BIJECTION_PRECISION)) * jnp.outer(
+            v, jnp.dot(v, a, precision=BIJECTION_PRECISION)
+        )
         return a, vectors.at[k].set(v)
 
     rotation = random_rotation(key, channels, dtype)

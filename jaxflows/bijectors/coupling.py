@@ -19,6 +19,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
@@ -26,7 +27,14 @@ from jaxflows.bijectors.masks import MASKS, Mask
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
-from jaxflows.ops import Conv
+from jaxflows.ops import (
+    DEFAULT_NETWORK_PRECISION,
+    Conv,
+    bijection_dtype,
+    check_network_policy,
+    network_policy,
+    network_scope,
+)
 
 
 @jax.custom_jvp
@@ -59,17 +67,20 @@ class CouplingNetwork(nn.Module):
       out_channels: channels of h (the coupling's `num_params`).
       dtype: computation dtype (None: promoted from the input and parameters).
       param_dtype: dtype of the parameters at init.
+      precision: of every convolution and product (None: JAX's default).
     """
 
     hidden: int
     out_channels: int
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    precision: lax.Precision | None = None
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:
-        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-        h = add_context(self, conv(self.hidden, 3, name="conv_in")(x), x, context)
+        policy = dict(dtype=self.dtype, precision=self.precision)
+        conv = functools.partial(Conv, param_dtype=self.param_dtype, **policy)
+        h = add_context(self, conv(self.hidden, 3, name="conv_in")(x), x, context, **policy)
         h = relu(conv(self.hidden, 1, name="conv_hidden")(relu(h)))
         return conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
 
@@ -89,8 +100,13 @@ class Coupling(Bijector):
       mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
         (`CheckerboardMask`: a spatial checkerboard).
       parity: 0 or 1, which half is active; alternate it between successive couplings.
-      dtype: computation dtype (None: promoted from the input and parameters).
+      dtype: the map's computation dtype (None: promoted from the input and parameters; at least
+        float32, `jaxflows.ops.precision`).
       param_dtype: dtype of the network's parameters at init.
+      network_dtype: the network's computation dtype, e.g. jnp.bfloat16 (None: the map's); its
+        output is cast to the map's dtype.
+      network_precision: the network's matmul precision, a key of `NETWORK_PRECISIONS`:
+        "highest" (default) | "high" | "default" (JAX's global setting: TF32 on GPU).
     """
 
     hidden: int = 512
@@ -98,6 +114,12 @@ class Coupling(Bijector):
     parity: int = 0
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    network_dtype: DTypeLike | None = None
+    network_precision: str = DEFAULT_NETWORK_PRECISION
+
+    def __post_init__(self) -> None:
+        check_network_policy(self)
+        super().__post_init__()
 
     def masking(self) -> Mask:
         """The mask named by `mask`, with `parity`."""
@@ -115,11 +137,15 @@ class Coupling(Bijector):
 
     @nn.compact
     def conditioner(self, cond: Array, out_channels: int, context: Array | None = None) -> Array:
-        """h = NN(x_b, c): the network output, `out_channels` channels, from the conditioning part."""
-        network = CouplingNetwork(
-            self.hidden, out_channels, dtype=self.dtype, param_dtype=self.param_dtype, name="network"
-        )
-        return network(cond, context)
+        """h = NN(x_b, c): the network output, `out_channels` channels, from the conditioning part,
+        computed under the network policy and returned in the map's dtype."""
+        with network_scope():
+            policy = network_policy(self)
+            network = CouplingNetwork(
+                self.hidden, out_channels, param_dtype=self.param_dtype, name="network", **policy
+            )
+            h = network(cond, context)
+        return h.astype(bijection_dtype(self.dtype, cond))
 
     def conditioned(self, x: Array, context: Array | None = None) -> tuple[Mask, Array, Array]:
         """(mask, active part of x, network output h computed from the conditioning part)."""
@@ -149,7 +175,7 @@ class AffineCoupling(Coupling):
     The sigmoid keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype: as `Coupling`.
+      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`.
     """
 
     def num_params(self, active_channels: int) -> int:
@@ -166,7 +192,7 @@ class AdditiveCoupling(Coupling):
     t = NN(x_b). Forward: y_a = x_a + t. Inverse: x_a = y_a − t. log_det = 0 both ways.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype: as `Coupling`.
+      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`.
     """
 
     def num_params(self, active_channels: int) -> int:

@@ -20,9 +20,9 @@ import numpy as np
 from jax import lax
 from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
+from jaxflows.core.bijector import Array, Bijector, per_example
 from jaxflows.core.validation import check_image
-from jaxflows.ops import conv2d
+from jaxflows.ops import BIJECTION_PRECISION, bijection_dtype, conv2d
 
 INVERSE_METHODS = ("pixels", "rows")
 
@@ -52,7 +52,8 @@ def autoregressive_kernel(raw: Array, log_diag: Array) -> Array:
 
 def causal_conv(x: Array, kernel: Array) -> Array:
     """y(i, j) = Σ_{a,b} kernel[a, b]ᵀ x(i + a − s + 1, j + b − s + 1), zeros outside the image."""
-    return conv2d(x, kernel, padding=((kernel.shape[0] - 1, 0), (kernel.shape[1] - 1, 0)))
+    causal = ((kernel.shape[0] - 1, 0), (kernel.shape[1] - 1, 0))
+    return conv2d(x, kernel, padding=causal, precision=BIJECTION_PRECISION)
 
 
 def solve_causal_conv_pixels(y: Array, kernel: Array) -> Array:
@@ -71,7 +72,7 @@ def solve_causal_conv_pixels(y: Array, kernel: Array) -> Array:
         index, y_pixel = inputs
         row, col = index // width, index % width
         window = lax.dynamic_slice(x_padded, (0, row, col, 0), (batch, size, size, channels))
-        rhs = y_pixel - jnp.einsum("bxyi,xyio->bo", window, off_centre)
+        rhs = y_pixel - jnp.einsum("bxyi,xyio->bo", window, off_centre, precision=BIJECTION_PRECISION)
         x_pixel = jax.scipy.linalg.solve_triangular(centre, rhs.T, lower=True).T
         x_padded = lax.dynamic_update_slice(x_padded, x_pixel[:, None, None, :], (0, row + pad, col + pad, 0))
         return x_padded, None
@@ -179,7 +180,7 @@ class EmergingConv(Bijector):
             raw = self.param(f"{name}_kernel", identity_plus_noise, shape, self.param_dtype)
             log_diag = self.param(f"{name}_log_diag", nn.initializers.zeros, (channels,), self.param_dtype)
             params += [raw, log_diag]
-        dtype = compute_dtype(self.dtype, x, *params)
+        dtype = bijection_dtype(self.dtype, x, *params)
         raw1, log_d1, raw2, log_d2 = (param.astype(dtype) for param in params)
         log_abs_det = jnp.sum(log_d1) + jnp.sum(log_d2)
         return autoregressive_kernel(raw1, log_d1), autoregressive_kernel(raw2, log_d2), log_abs_det

@@ -24,9 +24,10 @@ from jax.typing import DTypeLike
 
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1
 from jaxflows.bijectors.coupling import Coupling
-from jaxflows.core.bijector import Array, compute_dtype
+from jaxflows.core.bijector import Array
 from jaxflows.linalg import expm_adaptive, phi_adaptive
 from jaxflows.ops.matmul import batched_matmul
+from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 
 def skew_symmetric_init(scale: float):
@@ -62,7 +63,7 @@ class MatrixExpConv1x1(InvertibleConv1x1):
         """W in the computation dtype."""
         init = skew_symmetric_init(self.init_scale)
         weight = self.param("weight", init, (x.shape[-1],) * 2, self.param_dtype)
-        return weight.astype(compute_dtype(self.dtype, x, weight))
+        return weight.astype(bijection_dtype(self.dtype, x, weight))
 
     def _exp(self, w: Array) -> tuple[Array, Array]:
         """(exp(W), m) with m the power of the last series term used."""
@@ -160,11 +161,11 @@ class PixelExponential:
         """tr S per pixel."""
         if len(self.factors) == 1:
             return jnp.trace(self.factors[0], axis1=-2, axis2=-1)
-        return jnp.einsum("...ij,...ji->...", *self.factors)
+        return jnp.einsum("...ij,...ji->...", *self.factors, precision=BIJECTION_PRECISION)
 
     def matrix(self) -> Array:
         """S as a dense (..., c, c) matrix."""
-        return self.factors[0] if len(self.factors) == 1 else self.factors[0] @ self.factors[1]
+        return self.factors[0] if len(self.factors) == 1 else batched_matmul(*self.factors)
 
 
 def _matvec(m: Array, v: Array) -> Array:
@@ -219,7 +220,8 @@ class MatrixExpCoupling(Coupling):
     channel mask is supported: S mixes the active channels of one pixel.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype: as `Coupling` (mask must be "channel").
+      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`
+        (mask must be "channel").
       form: "auto" | "full" | "low_rank".
       rank: t of the low-rank form (3 in the official code).
       max_full_channels: the largest c for which "auto" uses the full form.

@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from jaxflows.core.bijector import Array, Bijector, compute_dtype, per_example
+from jaxflows.core.bijector import Array, Bijector, per_example
 from jaxflows.core.validation import check_image
+from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 
 def kernel_spectrum(kernel: Array, height: int, width: int) -> Array:
@@ -58,7 +59,9 @@ def lu_solve(lu: Array, permutation: Array, rhs: Array) -> Array:
 
     def substitute(matrix, targets, row, x):
         # rows of x not yet solved are zero, so the full row product sums only the solved ones
-        solved = targets[..., row, :] - jnp.einsum("...j,...jr->...r", matrix[..., row, :], x)
+        solved = targets[..., row, :] - jnp.einsum(
+            "...j,...jr->...r", matrix[..., row, :], x, precision=BIJECTION_PRECISION
+        )
         return x.at[..., row, :].set(solved)
 
     z = lax.fori_loop(0, size, lambda k, x: substitute(lower, rhs, k, x), jnp.zeros_like(rhs))
@@ -109,7 +112,7 @@ class PeriodicConv(Bijector):
 
         shape = (size, size, channels, channels)
         kernel = self.param("kernel", identity_plus_noise, shape, self.param_dtype)
-        return kernel_spectrum(kernel.astype(compute_dtype(self.dtype, x, kernel)), height, width)
+        return kernel_spectrum(kernel.astype(bijection_dtype(self.dtype, x, kernel)), height, width)
 
     def _factorised(self, x: Array) -> tuple[Array, Array, Array, Array]:
         """(K̂, its packed LU factors and pivots, log|det| of the forward map)."""
@@ -128,7 +131,7 @@ class PeriodicConv(Bijector):
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         matrices, _, _, log_abs_det = self._factorised(x)
         x_hat = jnp.fft.rfft2(x.astype(log_abs_det.dtype), axes=(1, 2))
-        y_hat = jnp.einsum("uvoi,buvi->buvo", matrices, x_hat)
+        y_hat = jnp.einsum("uvoi,buvi->buvo", matrices, x_hat, precision=BIJECTION_PRECISION)
         y = jnp.fft.irfft2(y_hat, s=x.shape[1:3], axes=(1, 2))
         return y, per_example(log_abs_det, x)
 

@@ -18,10 +18,17 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ScalarAffine
-from jaxflows.core.bijector import Array, Bijector, compute_dtype, sum_except_batch
+from jaxflows.core.bijector import Array, Bijector, sum_except_batch
 from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
-from jaxflows.ops import Conv
+from jaxflows.ops import (
+    DEFAULT_NETWORK_PRECISION,
+    Conv,
+    bijection_dtype,
+    check_network_policy,
+    network_policy,
+    network_scope,
+)
 
 
 def _total(terms: Array, x: Array) -> Array:
@@ -37,12 +44,20 @@ class Split(Bijector):
     Inverse: z₂ = μ + σ ε, log_det = Σ log σ.
 
     Attributes:
-      dtype: computation dtype (None: promoted from the input and parameters).
+      dtype: the map's computation dtype (None: promoted from the input and parameters; at least
+        float32).
       param_dtype: dtype of the prior's convolution at init.
+      network_dtype, network_precision: the policy of the prior's convolution, as `Coupling`'s.
     """
 
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    network_dtype: DTypeLike | None = None
+    network_precision: str = DEFAULT_NETWORK_PRECISION
+
+    def __post_init__(self) -> None:
+        check_network_policy(self)
+        super().__post_init__()
 
     @staticmethod
     def num_kept(channels: int) -> int:
@@ -53,15 +68,18 @@ class Split(Bijector):
         self, kept: Array, factored_channels: int, context: Array | None = None
     ) -> ScalarAffine:
         """z₂ = μ(z₁, c) + σ(z₁, c) ε: the prior on the factored half as a map from ε ~ N(0, I)."""
-        conv = Conv(
-            2 * factored_channels,
-            3,
-            kernel_init=nn.initializers.zeros,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="prior",
-        )
-        h = add_context(self, conv(kept), kept, context)
+        policy = network_policy(self)
+        with network_scope():
+            conv = Conv(
+                2 * factored_channels,
+                3,
+                kernel_init=nn.initializers.zeros,
+                param_dtype=self.param_dtype,
+                name="prior",
+                **policy,
+            )
+            h = add_context(self, conv(kept), kept, context, **policy)
+        h = h.astype(bijection_dtype(self.dtype, kept))
         return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
     def _halves(self, x: Array) -> tuple[Array, Array]:
@@ -94,36 +112,48 @@ class LearnedPrior(Bijector):
     Inverse: z = μ + σ ε, log_det = h·w·Σ_c log σ_c.
 
     Attributes:
-      dtype: computation dtype (None: promoted from the input and parameters).
+      dtype: the map's computation dtype (None: promoted from the input and parameters; at least
+        float32).
       param_dtype: dtype of μ and log σ at init.
       num_classes: classes of the auxiliary classifier; None: no classifier.
+      network_dtype, network_precision: the policy of the classifier and the context projection,
+        as `Coupling`'s.
     """
 
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
     num_classes: int | None = None
+    network_dtype: DTypeLike | None = None
+    network_precision: str = DEFAULT_NETWORK_PRECISION
+
+    def __post_init__(self) -> None:
+        check_network_policy(self)
+        super().__post_init__()
 
     @nn.compact
     def prior(self, x: Array, context: Array | None = None, classify: bool = False) -> ScalarAffine:
         """z = μ + σ ε: the prior as a map from ε ~ N(0, I), in the computation dtype; `classify`
         (forward calls) also sows the auxiliary classifier's logits of x."""
+        policy = network_policy(self)
         if self.num_classes is not None:
-            head = nn.Dense(
-                self.num_classes,
-                kernel_init=nn.initializers.zeros,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="classifier",
-            )
-            logits = head(jnp.mean(x, axis=(1, 2)))
+            with network_scope():
+                head = nn.Dense(
+                    self.num_classes,
+                    kernel_init=nn.initializers.zeros,
+                    param_dtype=self.param_dtype,
+                    name="classifier",
+                    **policy,
+                )
+                logits = head(jnp.mean(x, axis=(1, 2)))
             if classify:
-                self.sow("intermediates", "class_logits", logits)
+                self.sow("intermediates", "class_logits", logits.astype(bijection_dtype(None, logits)))
         channels = x.shape[-1]
         mean = self.param("mean", nn.initializers.zeros, (channels,), self.param_dtype)
         log_scale = self.param("log_scale", nn.initializers.zeros, (channels,), self.param_dtype)
-        dtype = compute_dtype(self.dtype, x, mean, log_scale)
+        dtype = bijection_dtype(self.dtype, x, mean, log_scale)
         h = jnp.stack([mean, log_scale], axis=-1).reshape(2 * channels).astype(dtype)
-        h = add_context(self, h, x, context)
+        with network_scope():
+            h = add_context(self, h, x, context, **policy).astype(dtype)
         return ScalarAffine(shift=h[..., 0::2], log_scale=h[..., 1::2])
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:

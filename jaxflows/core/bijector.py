@@ -18,7 +18,9 @@ on `x`. Methods are called as `module.apply(variables, x, method="inverse")`.
 Layers with parameters follow Flax's `dtype` / `param_dtype` convention: parameters are created in
 `param_dtype` (float32), and everything derived from them (matrices, inverses, log-dets) is
 computed in `dtype`, by default the promoted dtype of the input and the parameters, so float64
-inputs give float64-exact results from float32 parameters.
+inputs give float64-exact results from float32 parameters. A map's own maths never runs below
+float32 and its products run at `lax.Precision.HIGHEST`; conditioner networks have their own
+`network_dtype` and `network_precision` (`jaxflows.ops.precision`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax.linen.dtypes import canonicalize_dtype
-from jax.typing import DTypeLike
 
 from jaxflows.core.backprop import check_gradient_mode, run_sequence
 
@@ -46,11 +46,6 @@ def sum_except_batch(x: Array) -> Array:
 def per_example(log_det: Array, x: Array) -> Array:
     """A log-det that is the same for every example of the batch `x`, shape (batch,)."""
     return jnp.broadcast_to(log_det, (x.shape[0],))
-
-
-def compute_dtype(dtype: DTypeLike | None, *arrays: Array | None) -> jnp.dtype:
-    """Flax's convention: `dtype` if given, else the promoted inexact dtype of `arrays`."""
-    return canonicalize_dtype(*arrays, dtype=dtype)
 
 
 class Bijector(nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.typing import DTypeLike
 
 Array = jax.Array
@@ -64,11 +65,13 @@ class ContextProjection(nn.Module):
       features: output channels.
       dtype: computation dtype (None: promoted from the context and parameters).
       param_dtype: dtype of W and b at init.
+      precision: of the product W c (None: JAX's default); a network's, so the network policy's.
     """
 
     features: int
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    precision: lax.Precision | None = None
 
     @nn.compact
     def __call__(self, context: Array) -> Array:
@@ -77,21 +80,30 @@ class ContextProjection(nn.Module):
             kernel_init=nn.initializers.zeros,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            precision=self.precision,
             name="dense",
         )
         return dense(context)[:, None, None, :]
 
 
-def add_context(module: nn.Module, h: Array, x: Array, context: Array | None) -> Array:
+def add_context(
+    module: nn.Module,
+    h: Array,
+    x: Array,
+    context: Array | None,
+    dtype: DTypeLike | None = None,
+    precision: lax.Precision | None = None,
+) -> Array:
     """h + W c: the projection of the context (a `ContextProjection` named "context" of `module`,
-    with its dtype and param_dtype) added to h per channel; h unchanged without a context. Raises
-    `MissingContextError` if `module` has that projection but got no context."""
+    with `module.param_dtype` and the network policy's `dtype` and `precision`) added to h per
+    channel; h unchanged without a context. Raises `MissingContextError` if `module` has that
+    projection but got no context."""
     owner = type(module).__name__
     require_context(module, "context", context, owner)
     if context is None:
         return h
     check_context(context, x, owner)
-    projection = ContextProjection(h.shape[-1], module.dtype, module.param_dtype, name="context")
+    projection = ContextProjection(h.shape[-1], dtype, module.param_dtype, precision, name="context")
     return h + projection(context)
 
 

@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxflows.ops.precision import BIJECTION_PRECISION
+
 Array = jax.Array
 
 # After scaling, ‖W / 2^s‖₁ ≤ _THETA; the Taylor remainder is then below _THETA^(m+1) / (m+1)!:
@@ -63,7 +65,7 @@ def _taylor(w: Array, terms: int) -> Array:
     eye = jnp.broadcast_to(jnp.eye(w.shape[-1], dtype=w.dtype), w.shape)
 
     def horner(acc, k):
-        return eye + (w @ acc) / k, None
+        return eye + jnp.matmul(w, acc, precision=BIJECTION_PRECISION) / k, None
 
     ks = jnp.arange(terms, 0, -1).astype(w.dtype)
     return jax.lax.scan(horner, eye, ks)[0]
@@ -102,7 +104,7 @@ def _expm(w: Array, terms: int, max_squarings: int) -> Array:
     active = squarings[..., None, None]
 
     def square(acc, i):
-        return acc @ jnp.where(i < active, acc, eye), None
+        return jnp.matmul(acc, jnp.where(i < active, acc, eye), precision=BIJECTION_PRECISION), None
 
     return jax.lax.scan(square, result, jnp.arange(max_squarings, dtype=w.dtype))[0]
 
@@ -143,7 +145,7 @@ def _expm_multiply(w: Array, v: Array, terms: int, max_steps: int) -> Array:
     active = jnp.broadcast_to(steps, batch)[..., None]
 
     def matvec(u: Array) -> Array:
-        return jnp.einsum("...ij,...j->...i", scaled, u)
+        return jnp.einsum("...ij,...j->...i", scaled, u, precision=BIJECTION_PRECISION)
 
     def step(u, i):
         def horner(acc, k):
@@ -184,7 +186,7 @@ def phi_multiply(m: Array, u: Array, terms: int) -> Array:
 def _phi_multiply(m: Array, u: Array, terms: int) -> Array:
 
     def horner(acc, k):
-        return u + jnp.einsum("...ij,...j->...i", m, acc) / (k + 1), None
+        return u + jnp.einsum("...ij,...j->...i", m, acc, precision=BIJECTION_PRECISION) / (k + 1), None
 
     ks = jnp.arange(terms, 0, -1).astype(u.dtype)
     return jax.lax.scan(horner, u, ks)[0]
@@ -209,6 +211,8 @@ def low_rank_expm_multiply(a: Array, b: Array, v: Array, *, terms: int) -> Array
 
 @functools.partial(jax.jit, static_argnums=3)
 def _low_rank_expm_multiply(a: Array, b: Array, v: Array, terms: int) -> Array:
-    small = b @ a
-    projected = jnp.einsum("...ij,...j->...i", b, v)
-    return v + jnp.einsum("...ij,...j->...i", a, _phi_multiply(small, projected, terms))
+    small = jnp.matmul(b, a, precision=BIJECTION_PRECISION)
+    projected = jnp.einsum("...ij,...j->...i", b, v, precision=BIJECTION_PRECISION)
+    return v + jnp.einsum(
+        "...ij,...j->...i", a, _phi_multiply(small, projected, terms), precision=BIJECTION_PRECISION
+    )

@@ -20,7 +20,14 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxflows.core.bijector import Array, sum_except_batch
-from jaxflows.ops import Conv
+from jaxflows.ops import (
+    DEFAULT_NETWORK_PRECISION,
+    Conv,
+    bijection_dtype,
+    check_network_policy,
+    network_policy,
+    network_scope,
+)
 
 _LOG_SCALE_BOUND = 3.0  # per-dimension scales stay within e^±3, like a bounded affine coupling
 
@@ -37,14 +44,17 @@ class _ConditionalAffine(nn.Module):
     hidden: int
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    network_dtype: DTypeLike | None = None
+    network_precision: str = DEFAULT_NETWORK_PRECISION
 
     @nn.compact
     def __call__(self, h: Array, features: Array, keep: Array) -> tuple[Array, Array]:
-        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-        inputs = jnp.concatenate([h * keep, features], axis=-1)
-        hidden = jax.nn.relu(conv(self.hidden, 3, name="conv_in")(inputs))
-        out = conv(2 * h.shape[-1], 3, kernel_init=nn.initializers.zeros, name="conv_out")(hidden)
-        shift, raw = jnp.split(out, 2, axis=-1)
+        conv = functools.partial(Conv, param_dtype=self.param_dtype, **network_policy(self))
+        with network_scope():
+            inputs = jnp.concatenate([h * keep, features.astype(h.dtype)], axis=-1)
+            hidden = jax.nn.relu(conv(self.hidden, 3, name="conv_in")(inputs))
+            out = conv(2 * h.shape[-1], 3, kernel_init=nn.initializers.zeros, name="conv_out")(hidden)
+        shift, raw = jnp.split(out.astype(h.dtype), 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         change = 1.0 - keep
         return h + change * (h * jnp.expm1(log_scale) + shift), sum_except_batch(change * log_scale)
@@ -62,32 +72,49 @@ class VariationalDequantizer(nn.Module):
     Attributes:
       hidden: channels of the feature network and of each coupling's network.
       steps: number of checkerboard couplings after the elementwise map.
-      dtype: computation dtype (None: `param_dtype`; the input is integer pixels).
+      dtype: computation dtype of the flow's maps (None: `param_dtype`; at least float32; the
+        input is integer pixels).
       param_dtype: dtype of the parameters at init.
+      network_dtype, network_precision: the policy of its networks, as `Coupling`'s.
     """
 
     hidden: int = 32
     steps: int = 2
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    network_dtype: DTypeLike | None = None
+    network_precision: str = DEFAULT_NETWORK_PRECISION
+
+    def __post_init__(self) -> None:
+        check_network_policy(self)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, key: Array, pixels: Array, bins: int) -> tuple[Array, Array]:
         """(u, log q(u | x)) for integer `pixels` (batch, height, width, channels) in {0, …, bins−1}."""
-        conv = functools.partial(Conv, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = pixels.astype(self.dtype or self.param_dtype) / (bins - 1) - 0.5
-        features = jax.nn.relu(conv(self.hidden, 3, name="features_in")(x))
-        features = jax.nn.relu(conv(self.hidden, 3, name="features_out")(features))
+        dtype = bijection_dtype(self.dtype or self.param_dtype)
+        conv = functools.partial(Conv, param_dtype=self.param_dtype, **network_policy(self))
+        x = pixels.astype(dtype) / (bins - 1) - 0.5
+        with network_scope():
+            features = jax.nn.relu(conv(self.hidden, 3, name="features_in")(x))
+            features = jax.nn.relu(conv(self.hidden, 3, name="features_out")(features))
+            stats = conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
         eps = jax.random.normal(key, x.shape, x.dtype)
         log_q = sum_except_batch(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi))
-        stats = conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
-        shift, raw = jnp.split(stats, 2, axis=-1)
+        shift, raw = jnp.split(stats.astype(dtype), 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         h = shift + jnp.exp(log_scale) * eps
         log_q = log_q - sum_except_batch(log_scale)
         for i in range(self.steps):
             keep = checkerboard(x.shape[1], x.shape[2], i % 2, x.dtype)
-            coupling = _ConditionalAffine(self.hidden, self.dtype, self.param_dtype, name=f"coupling{i}")
+            coupling = _ConditionalAffine(
+                self.hidden,
+                dtype,
+                self.param_dtype,
+                self.network_dtype,
+                self.network_precision,
+                name=f"coupling{i}",
+            )
             h, log_det = coupling(h, features, keep)
             log_q = log_q - log_det
         log_q = log_q - sum_except_batch(jax.nn.log_sigmoid(h) + jax.nn.log_sigmoid(-h))

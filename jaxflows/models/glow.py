@@ -29,6 +29,7 @@ from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
+from jaxflows.ops import DEFAULT_NETWORK_PRECISION
 
 # name -> factory(dtype=, param_dtype=, **conv_kwargs) returning a channel-mixing bijector.
 CONVS: dict[str, Callable[..., Bijector]] = {
@@ -40,7 +41,8 @@ CONVS: dict[str, Callable[..., Bijector]] = {
     "matrix_exp": MatrixExpConv1x1,
 }
 
-# name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, **coupling_kwargs) returning a coupling.
+# name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, network_dtype=, network_precision=,
+# **coupling_kwargs) returning a coupling.
 COUPLINGS: dict[str, Callable[..., Bijector]] = {
     "affine": AffineCoupling,
     "additive": AdditiveCoupling,
@@ -71,6 +73,8 @@ def glow(
     classifier: bool = False,
     dtype: DTypeLike | None = None,
     param_dtype: DTypeLike = jnp.float32,
+    network_dtype: DTypeLike | None = None,
+    network_precision: str = DEFAULT_NETWORK_PRECISION,
 ) -> Flow:
     """A multi-scale Glow-style flow (Kingma & Dhariwal 2018, Fig. 2) with a standard normal base.
 
@@ -106,8 +110,15 @@ def glow(
       context_features: d for a Glow conditioned on any (batch, d) context vector instead.
       classifier: with `num_classes`, Glow's auxiliary classifier of the top latent (Sec 5), for a
         classification loss next to the likelihood (`LearnedPrior`, `TrainConfig.class_loss_weight`).
-      dtype: computation dtype of every layer (None: promoted from the input and parameters).
+      dtype: computation dtype of every layer's map (None: promoted from the input and
+        parameters); never below float32, and every product of the maps runs at
+        `lax.Precision.HIGHEST` (`jaxflows.ops.precision`).
       param_dtype: dtype of every layer's parameters at init.
+      network_dtype: computation dtype of the coupling networks, split priors, classifier and
+        context projections, e.g. jnp.bfloat16 (None: the maps' dtype); parameters stay in
+        `param_dtype` and network outputs are cast to the maps' dtype.
+      network_precision: matmul precision of those networks: "highest" (default; exact on every
+        accelerator), "high", or "default" (JAX's global setting: TF32 on NVIDIA GPUs).
 
     Returns:
       A `Flow` with a standard normal base over a latent of `image_shape`.
@@ -127,8 +138,9 @@ def glow(
     make_conv = _lookup(CONVS, conv, "conv")
     make_coupling = _lookup(COUPLINGS, coupling, "coupling")
     dtypes = {"dtype": dtype, "param_dtype": param_dtype}
+    networks = {**dtypes, "network_dtype": network_dtype, "network_precision": network_precision}
     conv_kwargs = {**dtypes, **(conv_kwargs or {})}
-    coupling_kwargs = {**dtypes, **(coupling_kwargs or {})}
+    coupling_kwargs = {**networks, **(coupling_kwargs or {})}
 
     def step(k: int) -> Bijector:
         parity = k % 2 if mask == "checkerboard" else 0
@@ -157,8 +169,8 @@ def glow(
         if extra:
             layers.append(step(0))
             names.append("last_step")
-        top = LearnedPrior(**dtypes, num_classes=num_classes if classifier else None)
-        layers.append(top if last else Split(**dtypes))
+        top = LearnedPrior(**networks, num_classes=num_classes if classifier else None)
+        layers.append(top if last else Split(**networks))
         names.append("prior" if last else "split")
         level_list.append(Chain(layers, names=names))
     return Flow(

@@ -2,12 +2,32 @@
 
 from jaxflows.ops.conv import Conv, conv2d, matmul_conv, overlap_add, patches, same_padding, xla_conv
 from jaxflows.ops.matmul import batched_matmul
+from jaxflows.ops.precision import (
+    BIJECTION_PRECISION,
+    DEFAULT_NETWORK_PRECISION,
+    NETWORK_PRECISIONS,
+    bijection_dtype,
+    check_network_policy,
+    network_dtype,
+    network_policy,
+    network_precision,
+    network_scope,
+)
 
 __all__ = [
+    "BIJECTION_PRECISION",
+    "DEFAULT_NETWORK_PRECISION",
+    "NETWORK_PRECISIONS",
     "Conv",
     "batched_matmul",
+    "bijection_dtype",
+    "check_network_policy",
     "conv2d",
     "matmul_conv",
+    "network_dtype",
+    "network_policy",
+    "network_precision",
+    "network_scope",
     "overlap_add",
     "patches",
     "same_padding",

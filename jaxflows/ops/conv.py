@@ -21,6 +21,7 @@ TPU) keep `lax.conv_general_dilated` (cuDNN's and the TPU's convolutions), chose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -34,6 +35,7 @@ from jax.typing import DTypeLike
 
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
+Precision = lax.Precision | None
 
 
 def same_padding(kernel_shape: Sequence[int]) -> Padding:
@@ -57,10 +59,15 @@ def _check(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: Padding
         )
 
 
-def xla_conv(x: Array, kernel: Array, padding: Padding) -> Array:
+def xla_conv(x: Array, kernel: Array, padding: Padding, precision: Precision = None) -> Array:
     """y[b, h, w, o] = Σ_{i, j, c} x[b, h + i − low_h, w + j − low_w, c] · kernel[i, j, c, o]."""
     return lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x,
+        kernel,
+        window_strides=(1, 1),
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision,
     )
 
 
@@ -97,91 +104,95 @@ def _flip_kernel(kernel: Array) -> Array:
     return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
 
 
-def _product_form(x: Array, kernel: Array, padding: Padding) -> Array:
+def _product_form(x: Array, kernel: Array, *, padding: Padding, precision: Precision) -> Array:
     kh, kw, c_in, c_out = kernel.shape
     if kh == kw == 1:
-        return jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
+        return jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0], precision=precision)
     if c_in <= c_out:
-        return jnp.einsum("bhwp,po->bhwo", patches(x, padding), kernel.reshape(kh * kw * c_in, c_out))
+        columns = kernel.reshape(kh * kw * c_in, c_out)
+        return jnp.einsum("bhwp,po->bhwo", patches(x, padding), columns, precision=precision)
     per_shift = kernel.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
-    return overlap_add(jnp.einsum("bhwc,cp->bhwp", x, per_shift), padding)
+    return overlap_add(jnp.einsum("bhwc,cp->bhwp", x, per_shift, precision=precision), padding)
 
 
-def _kernel_gradient(x: Array, g: Array, kernel_shape: Sequence[int], padding: Padding) -> Array:
+def _kernel_gradient(
+    x: Array, g: Array, kernel_shape: Sequence[int], padding: Padding, precision: Precision
+) -> Array:
     """Σ_{b, h, w} x[b, h + i − low_h, w + j − low_w, c] g[b, h, w, o]: one product over positions."""
     kh, kw, c_in, c_out = kernel_shape
     if kh == kw == 1:
-        return jnp.einsum("bhwc,bhwo->co", x, g)[None, None]
+        return jnp.einsum("bhwc,bhwo->co", x, g, precision=precision)[None, None]
     if c_in <= c_out:
-        return jnp.einsum("bhwp,bhwo->po", patches(x, padding), g).reshape(kernel_shape)
+        return jnp.einsum("bhwp,bhwo->po", patches(x, padding), g, precision=precision).reshape(kernel_shape)
     # Σ_n x[n + shift] g[n] = Σ_m x[m] g[m − shift]: shift the narrow g instead of x.
-    flipped = jnp.einsum("bhwc,bhwp->cp", x, patches(g, _transpose_padding(padding)))
+    flipped = jnp.einsum("bhwc,bhwp->cp", x, patches(g, _transpose_padding(padding)), precision=precision)
     return jnp.flip(flipped.reshape(c_in, kh, kw, c_out), (1, 2)).transpose(1, 2, 0, 3)
 
 
 matmul_conv_p = Primitive("matmul_conv")
 
 
-def matmul_conv(x: Array, kernel: Array, padding: Padding) -> Array:
-    """The convolution as one product with the shifts on the narrow side (see the module docstring)."""
+def matmul_conv(x: Array, kernel: Array, padding: Padding, precision: Precision = None) -> Array:
+    """The convolution as one product with the shifts on the narrow side (see the module docstring);
+    `precision` is that of every product it runs, its derivatives' included."""
     padding = tuple((int(low), int(high)) for low, high in padding)
     _check(x.shape, kernel.shape, padding)
-    return matmul_conv_p.bind(x, kernel, padding=padding)
+    return matmul_conv_p.bind(x, kernel, padding=padding, precision=precision)
 
 
-def _abstract_eval(x, kernel, *, padding):
+def _abstract_eval(x, kernel, *, padding, precision):
     return jax.core.ShapedArray((*x.shape[:-1], kernel.shape[-1]), jnp.result_type(x.dtype, kernel.dtype))
 
 
-def _input_transpose(g, x, kernel, *, padding):
-    return matmul_conv(g, _flip_kernel(kernel), _transpose_padding(padding))
+def _input_transpose(g, x, kernel, *, padding, precision):
+    return matmul_conv(g, _flip_kernel(kernel), _transpose_padding(padding), precision)
 
 
-def _kernel_transpose(g, x, kernel, *, padding):
-    return _kernel_gradient(x, g, kernel.aval.shape, padding)
+def _kernel_transpose(g, x, kernel, *, padding, precision):
+    return _kernel_gradient(x, g, kernel.aval.shape, padding, precision)
 
 
-def _batch(args, dims, *, padding):
+def _batch(args, dims, *, padding, precision):
     x, kernel = args
     x_dim, kernel_dim = dims
     if kernel_dim is not None:  # a batch of kernels: map the product form itself
         x_axis = None if x_dim is None else x_dim
-        fn = jax.vmap(lambda a, k: _product_form(a, k, padding), in_axes=(x_axis, kernel_dim))
+        product = functools.partial(_product_form, padding=padding, precision=precision)
+        fn = jax.vmap(product, in_axes=(x_axis, kernel_dim))
         return fn(x, kernel), 0
     x = jnp.moveaxis(x, x_dim, 0)
-    out = matmul_conv(x.reshape(-1, *x.shape[2:]), kernel, padding)
+    out = matmul_conv(x.reshape(-1, *x.shape[2:]), kernel, padding, precision)
     return out.reshape(*x.shape[:2], *out.shape[1:]), 0
 
 
-matmul_conv_p.def_impl(lambda x, kernel, *, padding: _product_form(x, kernel, padding))
+matmul_conv_p.def_impl(_product_form)
 matmul_conv_p.def_abstract_eval(_abstract_eval)
-mlir.register_lowering(
-    matmul_conv_p,
-    mlir.lower_fun(lambda x, kernel, *, padding: _product_form(x, kernel, padding), multiple_results=False),
-)
+mlir.register_lowering(matmul_conv_p, mlir.lower_fun(_product_form, multiple_results=False))
 ad.defbilinear(matmul_conv_p, _input_transpose, _kernel_transpose)
 batching.primitive_batchers[matmul_conv_p] = _batch
 
 
-def conv2d(x: Array, kernel: Array, padding: Padding | None = None) -> Array:
+def conv2d(x: Array, kernel: Array, padding: Padding | None = None, precision: Precision = None) -> Array:
     """Stride-1 convolution of NHWC `x` with an HWIO `kernel` (kh × kw); "SAME" padding by default.
 
     `padding` gives (low, high) zeros per spatial axis with low + high = k − 1 (the image size is
     kept), e.g. ((k − 1, 0), (k − 1, 0)) for a causal convolution. The formulation is chosen per
     backend when lowered: `matmul_conv` on CPU, `lax.conv_general_dilated` elsewhere; a 1x1
-    convolution is a matrix product everywhere.
+    convolution is a matrix product everywhere. `precision` (as `lax.dot_general`'s; None: JAX's
+    default) applies on every branch; a bijection's own convolution passes
+    `jaxflows.ops.precision.BIJECTION_PRECISION`.
     """
     if padding is None:
         padding = same_padding(kernel.shape)
     padding = tuple((int(low), int(high)) for low, high in padding)
     _check(x.shape, kernel.shape, padding)
     if kernel.shape[:2] == (1, 1):
-        return jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0])
+        return jnp.einsum("bhwc,co->bhwo", x, kernel[0, 0], precision=precision)
     return lax.platform_dependent(
         x,
         kernel,
-        cpu=lambda a, w: matmul_conv(a, w, padding),
-        default=lambda a, w: xla_conv(a, w, padding),
+        cpu=lambda a, w: matmul_conv(a, w, padding, precision),
+        default=lambda a, w: xla_conv(a, w, padding, precision),
     )
 
 
@@ -199,6 +210,7 @@ class Conv(nn.Module):
       bias_init: initialiser of the bias (c_out).
       dtype: computation dtype (None: promoted from the input and parameters).
       param_dtype: dtype of the parameters at init.
+      precision: of the convolution, as `lax.conv_general_dilated`'s (None: JAX's default).
     """
 
     features: int
@@ -208,6 +220,7 @@ class Conv(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
+    precision: Precision = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -218,5 +231,5 @@ class Conv(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel)
+        y = conv2d(x, kernel, precision=self.precision)
         return y if bias is None else y + bias

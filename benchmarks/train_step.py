@@ -7,6 +7,10 @@ The step is the real one (jaxflows.train.make_train_step): jit, data-parallel ov
 `--cpu-devices N` splits the CPU into N devices (one batch shard per core, `jaxflows.train.host`).
 
 The PRNG is "rbg" by default, as every config in experiments/configs sets it (`--prng`).
+`--network-dtype` / `--network-precision` set the coupling networks' and priors' policy
+(`jaxflows.ops.precision`; the bijection's own products are float32 at HIGHEST whatever they say);
+`max_reconstruction_error` is max |inverse(forward(x)) − x| of the benchmark batch after the timed
+steps, compiled like the step, in that policy.
 Fields: compile_s (first call: trace + compile + one step), step_ms and images_per_sec (median over
 --iters steps), gflops_per_step (XLA's cost analysis of the same step lowered with every `Repeat`
 unrolled: XLA counts a loop body once), peak_gflops (a jitted float32 matmul timed in the same run)
@@ -53,6 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peak-size", type=int, default=None, help="matmul size for the peak (default by backend)"
+    )
+    parser.add_argument("--network-dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--network-precision", choices=("highest", "high", "default"), default="highest")
+    parser.add_argument(
+        "--no-flops", action="store_true", help="skip XLA's cost analysis (slow to lower for large K)"
     )
     parser.add_argument(
         "--cpu-devices",
@@ -120,6 +129,22 @@ def xla_flops(flow, optimizer, bins: int, batch_size: int) -> float:
     return float(cost["flops"]) if cost and "flops" in cost else float("nan")
 
 
+def reconstruction_error(flow, variables, pixels, bins: int) -> float:
+    """max |inverse(forward(x)) − x| over the dequantised batch, compiled on the default backend."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxflows.core import dequantize
+
+    @jax.jit
+    def round_trip(v, p):
+        x = dequantize(jax.random.key(1), p, bins)
+        z, _ = flow.apply(v, x, method="forward")
+        return jnp.max(jnp.abs(flow.apply(v, z, method="inverse")[0] - x))
+
+    return float(round_trip(variables, pixels))
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.reuse_freed_memory:
@@ -127,6 +152,7 @@ def main(argv=None) -> dict:
 
         reuse_freed_memory()
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     jax.config.update("jax_default_prng_impl", args.prng)
@@ -149,7 +175,14 @@ def main(argv=None) -> dict:
         sys.exit(f"--batch {args.batch} must be divisible by the {mesh.devices.size} devices")
     bins = 2**args.bits
     flow = glow(
-        shape, levels=args.levels, steps=args.steps, hidden=args.hidden, gradient=args.gradient, **layers
+        shape,
+        levels=args.levels,
+        steps=args.steps,
+        hidden=args.hidden,
+        gradient=args.gradient,
+        network_dtype=jnp.dtype(args.network_dtype),
+        network_precision=args.network_precision,
+        **layers,
     )
     config = TrainConfig(optimizer="adamax", warmup_steps=10)
     optimizer = make_optimizer(config)
@@ -158,7 +191,7 @@ def main(argv=None) -> dict:
     state = jax.jit(lambda p: init_state(flow, optimizer, p, bins, 0), out_shardings=replicated(mesh))(pixels)
     batch = global_batch(pixels, mesh)
 
-    flops = xla_flops(flow, optimizer, bins, args.batch)
+    flops = float("nan") if args.no_flops else xla_flops(flow, optimizer, bins, args.batch)
 
     step = make_train_step(flow, optimizer, bins, mesh)
     start = time.perf_counter()
@@ -175,6 +208,7 @@ def main(argv=None) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     step_s = float(np.median(times))
+    error = reconstruction_error(flow, state.variables(), pixels, bins)
     backend = jax.default_backend()
     peak = matmul_peak_gflops(args.peak_size or (2048 if backend == "cpu" else 8192))
     achieved = flops / step_s / 1e9
@@ -186,6 +220,8 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "image": list(shape),
         "gradient": args.gradient,
+        "network_dtype": args.network_dtype,
+        "network_precision": args.network_precision,
         "prng": args.prng,
         "images_per_sec": round(args.batch / step_s, 2),
         "step_ms": round(1000 * step_s, 3),
@@ -196,6 +232,7 @@ def main(argv=None) -> dict:
         "fraction_of_peak": round(achieved / peak, 3),
         "params": int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params))),
         "loss": round(float(metrics["loss"]), 4),
+        "max_reconstruction_error": float(f"{error:.3g}"),
         "devices": jax.device_count(),
         "backend": backend,
         "device_kind": jax.devices()[0].device_kind,

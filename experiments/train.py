@@ -120,6 +120,11 @@ def report(args, config, exp, state, say, lead: bool) -> None:
             + (f", max reconstruction error {scores['reconstruction_error/' + lv]:.1e}"
                if "reconstruction_error/" + lv in scores else "")
             for lv in levels))  # fmt: skip
+        say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e} "
+            f"(networks {config.network_dtype} at {config.network_precision} precision; "
+            f"the maps float32 at highest)")  # fmt: skip
+        for warning in jft.reconstruction_warnings(scores, exp.dataset.num_bins):
+            say(warning)
         if args.mode == "train" and lead:
             say(f"training curve: {jft.write_curve(args.workdir, scores['baseline_bits_per_dim'])}")
     if args.mode in ("train", "sample") and lead:

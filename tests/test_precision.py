@@ -23,6 +23,8 @@ from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.models import VariationalDequantizer, glow
+from jaxflows.train import reconstruction_warnings
+from jaxflows.train.evaluate import level_diagnostics
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 SHAPE = (2, 4, 4, 4)
@@ -176,3 +178,26 @@ def test_dequantizer_networks_follow_the_policy():
 def test_invalid_network_policy_is_named_at_construction(make, kwargs, message):
     with pytest.raises(ValueError, match=message):
         make(**kwargs)
+
+
+def test_reconstruction_warnings_name_every_error_above_half_a_level():
+    scores = {
+        "flow_bits_per_dim": 3.1,
+        "reconstruction_error/level1": 3.8e-4,
+        "reconstruction_error/level2": 4.5e-3,  # the H200's default-precision figure
+        "reconstruction_error/model": float("nan"),
+    }
+    messages = reconstruction_warnings(scores, 256)
+    assert len(messages) == 2
+    assert "level2 reconstruction error 4.50e-03 exceeds half an intensity level (1.95e-03" in messages[0]
+    assert messages[1].startswith("warning: model reconstruction error nan")
+    assert reconstruction_warnings({"reconstruction_error/model": 7.6e-6}, 256) == []
+
+
+def test_level_diagnostics_report_the_whole_flow_round_trip():
+    flow = glow((4, 4, 1), levels=2, steps=1, hidden=4, network_dtype=jnp.bfloat16)
+    pixels = jax.random.randint(jax.random.key(0), (3, 4, 4, 1), 0, 256)
+    variables = flow.init(jax.random.key(1), pixels / 256.0)
+    scores = level_diagnostics(flow, variables, pixels, 256)
+    assert {"reconstruction_error/level1", "reconstruction_error/level2"} <= set(scores)
+    assert 0 <= scores["reconstruction_error/model"] < 1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -68,11 +69,16 @@ def invertibility_report(
     max_condition: float = 1e3,
     max_jacobian_dims: int = 1024,
     context: Any = None,
+    bins: int | None = 256,
 ) -> list[LayerHealth]:
     """Per-layer health, in call order; a layer is flagged when either threshold is exceeded.
 
-    Condition numbers are computed on the first example where the layer's input has at most
-    `max_jacobian_dims` entries.
+    Reconstruction errors are those of the precision the model runs in on the default backend
+    (its network policy and the platform's matmul defaults; `jaxflows.ops.precision`). With `bins`
+    intensity levels (None: no check), a layer whose error exceeds half a level (0.5 / bins on
+    the [0, 1) scale of dequantised images) is also reported with a `UserWarning`: there the
+    inverse no longer recovers the pixels. Condition numbers are computed on the first example
+    where the layer's input has at most `max_jacobian_dims` entries.
     """
     errors = reconstruction_errors(model, variables, x, context)
     small = x[:1].size <= max_jacobian_dims
@@ -84,4 +90,11 @@ def invertibility_report(
         cond = float(conditions[path]) if path in conditions else None
         flagged = worst > max_error or (cond is not None and not cond <= max_condition)
         report.append(LayerHealth(path, worst, cond, flagged))
+        if bins is not None and not worst <= 0.5 / bins:
+            warnings.warn(
+                f"{path}: reconstruction error {worst:.2e} exceeds half an intensity level "
+                f"({0.5 / bins:.2e} for {bins} levels) in the precision this model runs in on "
+                f"{jax.default_backend()}",
+                stacklevel=2,
+            )
     return report

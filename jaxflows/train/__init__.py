@@ -22,6 +22,7 @@ from jaxflows.train.evaluate import (
     fit_pixel_histogram,
     histogram_bits_per_dim,
     pixel_baseline_bits_per_dim,
+    reconstruction_warnings,
 )
 from jaxflows.train.experiment import (
     Experiment,
@@ -72,6 +73,7 @@ __all__ = [
     "make_train_step",
     "maybe_initialize_distributed",
     "pixel_baseline_bits_per_dim",
+    "reconstruction_warnings",
     "restore_for_inference",
     "setup",
     "skip_nonfinite",

@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from jaxflows.models import glow
+from jaxflows.ops import DEFAULT_NETWORK_PRECISION, NETWORK_PRECISIONS
 from jaxflows.train.errors import ConfigError
 
-# models.glow's keyword arguments a config's `model` may set (the image shape comes from the data)
-GLOW_ARGUMENTS = frozenset(inspect.signature(glow).parameters) - {"image_shape", "dequantizer"}
+# models.glow's keyword arguments a config's `model` may set (the image shape comes from the data;
+# the network policy from TrainConfig.network_dtype / network_precision)
+NETWORK_POLICY = ("network_dtype", "network_precision")
+GLOW_ARGUMENTS = frozenset(inspect.signature(glow).parameters) - {
+    "image_shape",
+    "dequantizer",
+    *NETWORK_POLICY,
+}
+NETWORK_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamax")
 LR_DECAYS = ("constant", "cosine")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
@@ -80,6 +88,12 @@ class TrainConfig:
     # Glow's auxiliary classification loss (weight_y): with model {"num_classes": N, "classifier": True},
     # the loss adds this weight × the top-latent classifier's cross-entropy (bits per example).
     class_loss_weight: float = 0.0
+    # The conditioner networks' compute dtype and matmul precision (jaxflows.ops.precision); the
+    # bijection's own maths is float32 at HIGHEST whatever these say. "bfloat16" keeps float32
+    # parameters and optimiser state; precision "default" is JAX's global setting (TF32 on NVIDIA
+    # GPUs, one bfloat16 pass on TPUs). Applies to the flow and to a variational dequantizer.
+    network_dtype: str = "float32"  # "float32" | "bfloat16"
+    network_precision: str = DEFAULT_NETWORK_PRECISION  # "highest" | "high" | "default"
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
@@ -126,6 +140,11 @@ def validate_config(config: TrainConfig) -> None:
         fail("dataset", "a dataset name")
     if not isinstance(config.model, dict):
         fail("model", "a dict of models.glow keyword arguments")
+    for name in NETWORK_POLICY:
+        if name in config.model or name in (config.dequantizer or {}):
+            raise ConfigError(
+                f"set the network policy with TrainConfig.{name} (--set {name}=...), not in model"
+            )
     unknown = sorted(set(config.model) - GLOW_ARGUMENTS)
     if unknown:
         raise ConfigError(
@@ -150,6 +169,10 @@ def validate_config(config: TrainConfig) -> None:
             fail(field, f"{'None or ' if optional else ''}a finite number > 0")
     if config.ema_decay is not None and (not _is_number(config.ema_decay) or not 0 < config.ema_decay < 1):
         fail("ema_decay", "None or a number in (0, 1)")
+    if config.network_dtype not in NETWORK_DTYPES:
+        fail("network_dtype", f"one of {NETWORK_DTYPES}")
+    if config.network_precision not in NETWORK_PRECISIONS:
+        fail("network_precision", f"one of {tuple(NETWORK_PRECISIONS)}")
     if config.optimizer not in OPTIMIZERS:
         fail("optimizer", f"one of {OPTIMIZERS}")
     if config.lr_decay not in LR_DECAYS:

@@ -161,6 +161,9 @@ def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key, labels) ->
     for path, error in reconstruction_errors(flow, variables, x, labels).items():
         name = f"reconstruction_error/{path.split('/')[0]}"
         out[name] = error.max() if name not in out else jax.numpy.maximum(out[name], error.max())
+    z, _ = flow.apply(variables, x, labels, method="forward")
+    back, _ = flow.apply(variables, z, labels, method="inverse")
+    out["reconstruction_error/model"] = jax.numpy.max(jax.numpy.abs(back - x))
     return dict(out)
 
 
@@ -174,9 +177,25 @@ def level_diagnostics(
 ) -> dict[str, float]:
     """Per level of a multi-scale flow, on a batch of integer pixels: `bpd_term/<level>` is minus the
     level's log-det in bits/dim (`bpd_term/base` is the base log-density's share; all terms plus
-    log2(bins) give the batch's bits/dim) and `reconstruction_error/<level>` the worst float32
-    |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`); `labels` for a
-    class-conditional flow."""
+    log2(bins) give the batch's bits/dim) and `reconstruction_error/<level>` the worst
+    |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`);
+    `reconstruction_error/model` is the whole flow's worst |inverse(forward(x)) − x| on the
+    dequantised images. All run compiled on the default backend in the precision the model runs in
+    (`jaxflows.ops.precision`); `labels` for a class-conditional flow."""
     fn = _compiled_diagnostics(flow, bins)
     values = fn(variables, np.asarray(pixels), jax.random.PRNGKey(seed), labels)
     return {name: float(value) for name, value in sorted(values.items())}
+
+
+def reconstruction_warnings(scores: dict[str, float], bins: int) -> list[str]:
+    """A message for every `reconstruction_error/*` of `scores` above half an intensity level
+    (0.5 / bins on the [0, 1) scale of the dequantised images): there, `inverse` and sampling no
+    longer invert `forward` to the pixel."""
+    limit = 0.5 / bins
+    return [
+        f"warning: {name.split('/', 1)[1]} reconstruction error {error:.2e} exceeds half an intensity "
+        f"level ({limit:.2e} for {bins} levels): inverse and sampling do not invert forward in the "
+        "precision this model runs in (see the README, 'Precision on GPU and TPU')"
+        for name, error in scores.items()
+        if name.startswith("reconstruction_error/") and not error <= limit
+    ]

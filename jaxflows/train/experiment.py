@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -47,8 +48,10 @@ class Experiment(NamedTuple):
 
 
 def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
-    deq = None if config.dequantizer is None else VariationalDequantizer(**config.dequantizer)
-    return glow(tuple(image_shape), **config.model, dequantizer=deq)
+    """The config's Glow (and variational dequantizer), with its network policy."""
+    policy = {"network_dtype": jnp.dtype(config.network_dtype), "network_precision": config.network_precision}
+    deq = None if config.dequantizer is None else VariationalDequantizer(**config.dequantizer, **policy)
+    return glow(tuple(image_shape), **config.model, dequantizer=deq, **policy)
 
 
 def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:

@@ -27,7 +27,7 @@ RESUMABLE_CHANGES = frozenset({
     "eval_every", "eval_batch_size", "eval_dequant_draws", "eval_importance_samples", "baseline_smoothing",
     "checkpoint_every", "keep_checkpoints", "log_every", "sample_temperatures", "samples_per_temperature",
     "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir", "class_loss_weight",
-    "cpu_devices", "reuse_freed_memory",
+    "cpu_devices", "reuse_freed_memory", "network_dtype", "network_precision",
 })  # fmt: skip
 
 

@@ -10,7 +10,9 @@ The PRNG is "rbg" by default, as every config in experiments/configs sets it (`-
 `--network-dtype` / `--network-precision` set the coupling networks' and priors' policy
 (`jaxflows.ops.precision`; the bijection's own products are float32 at HIGHEST whatever they say);
 `max_reconstruction_error` is max |inverse(forward(x)) − x| of the benchmark batch after the timed
-steps, compiled like the step, in that policy.
+steps, compiled like the step, in that policy. `--src DIR` imports jaxflows from DIR instead (an
+older checkout: `git archive COMMIT jaxflows | tar -x -C DIR`), so two versions of the library can
+be timed alternately on one machine; the network flags are then passed only when set.
 Fields: compile_s (first call: trace + compile + one step), step_ms and images_per_sec (median over
 --iters steps), gflops_per_step (XLA's cost analysis of the same step lowered with every `Repeat`
 unrolled: XLA counts a loop body once), peak_gflops (a jitted float32 matmul timed in the same run)
@@ -26,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
 
 MODEL_LAYERS = {
     "glow": {"conv": "lu", "coupling": "affine"},
@@ -63,6 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--no-flops", action="store_true", help="skip XLA's cost analysis (slow to lower for large K)"
     )
+    parser.add_argument("--src", type=Path, default=None, help="import jaxflows from this directory")
     parser.add_argument(
         "--cpu-devices",
         type=int,
@@ -147,6 +150,7 @@ def reconstruction_error(flow, variables, pixels, bins: int) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    sys.path.insert(0, str((args.src or REPO).resolve()))
     if args.reuse_freed_memory:
         from jaxflows.train.host import reuse_freed_memory
 
@@ -174,14 +178,16 @@ def main(argv=None) -> dict:
     if args.batch % mesh.devices.size:
         sys.exit(f"--batch {args.batch} must be divisible by the {mesh.devices.size} devices")
     bins = 2**args.bits
+    policy = {}
+    if args.src is None or (args.network_dtype, args.network_precision) != ("float32", "highest"):
+        policy = {"network_dtype": jnp.dtype(args.network_dtype), "network_precision": args.network_precision}
     flow = glow(
         shape,
         levels=args.levels,
         steps=args.steps,
         hidden=args.hidden,
         gradient=args.gradient,
-        network_dtype=jnp.dtype(args.network_dtype),
-        network_precision=args.network_precision,
+        **policy,
         **layers,
     )
     config = TrainConfig(optimizer="adamax", warmup_steps=10)
@@ -213,6 +219,7 @@ def main(argv=None) -> dict:
     peak = matmul_peak_gflops(args.peak_size or (2048 if backend == "cpu" else 8192))
     achieved = flops / step_s / 1e9
     result = {
+        "src": str(args.src or "."),
         "model": args.model,
         "levels": args.levels,
         "steps": args.steps,
@@ -220,8 +227,9 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "image": list(shape),
         "gradient": args.gradient,
-        "network_dtype": args.network_dtype,
-        "network_precision": args.network_precision,
+        # as passed to glow(); "library default" where --src's library was given none (older code)
+        "network_dtype": args.network_dtype if policy else "library default",
+        "network_precision": args.network_precision if policy else "library default",
         "prng": args.prng,
         "images_per_sec": round(args.batch / step_s, 2),
         "step_ms": round(1000 * step_s, 3),

@@ -20,7 +20,7 @@ inverse (a Glow's reconstruction error grows from 1e-6 to 4.5e-3 on an H200). So
 A network's output is recomputed by the inverse in another compiled program; at reduced precision
 the two programs may round differently, and that difference enters the reconstruction. Networks
 therefore default to "highest" too; "default" (TF32 / one bf16 pass) and bfloat16 networks are
-faster, opt-in choices (README, "Precision on GPU and TPU").
+faster, opt-in choices (docs/precision.md).
 """
 
 from __future__ import annotations

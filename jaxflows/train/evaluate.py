@@ -195,7 +195,7 @@ def reconstruction_warnings(scores: dict[str, float], bins: int) -> list[str]:
     return [
         f"warning: {name.split('/', 1)[1]} reconstruction error {error:.2e} exceeds half an intensity "
         f"level ({limit:.2e} for {bins} levels): inverse and sampling do not invert forward in the "
-        "precision this model runs in (see the README, 'Precision on GPU and TPU')"
+        "precision this model runs in (see docs/precision.md)"
         for name, error in scores.items()
         if name.startswith("reconstruction_error/") and not error <= limit
     ]

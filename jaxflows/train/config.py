@@ -94,6 +94,9 @@ class TrainConfig:
     # GPUs, one bfloat16 pass on TPUs). Applies to the flow and to a variational dequantizer.
     network_dtype: str = "float32"  # "float32" | "bfloat16"
     network_precision: str = DEFAULT_NETWORK_PRECISION  # "highest" | "high" | "default"
+    # JAX's persistent compilation cache, turned on by the entry points (jaxflows.train.host): a
+    # second run loads its compiled programs instead of compiling them. None: off.
+    compilation_cache_dir: str | None = "~/.cache/jaxflows/jax"
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
@@ -184,6 +187,10 @@ def validate_config(config: TrainConfig) -> None:
         fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")
     if not isinstance(config.reuse_freed_memory, bool):
         fail("reuse_freed_memory", "True or False")
+    if config.compilation_cache_dir is not None and not (
+        isinstance(config.compilation_cache_dir, str) and config.compilation_cache_dir
+    ):
+        fail("compilation_cache_dir", "None or a directory path")
     if config.prng_impl is not None and config.prng_impl not in PRNG_IMPLS:
         fail("prng_impl", f"None or one of {PRNG_IMPLS}")
     temperatures = config.sample_temperatures

@@ -1,4 +1,12 @@
-"""Process-level settings for training on a CPU host: the PRNG, CPU devices, malloc.
+"""Process-level settings of a training process: the compilation cache, the PRNG, CPU devices, malloc.
+
+**Compilation cache** (`enable_compilation_cache`). JAX can keep compiled programs on disk and load
+them in later processes; its cache key covers the program, the compiler flags, the backend and the
+versions, so a program compiled for other flags or another device is never served. It is global
+JAX state, so importing jaxflows never turns it on: the entry points (`experiments/train.py`, the
+comparisons) do, through `apply_process_settings`, in `TrainConfig.compilation_cache_dir`
+(`~/.cache/jaxflows/jax` by default; None turns it off). The benchmarks never do: their
+`compile_s` is a cold compile.
 
 **CPU devices** (`split_cpu_into_devices`). JAX sees a CPU as one device, and XLA:CPU runs a step's
 operations one after another, each multi-threaded as far as it goes: the two cores of this machine
@@ -39,6 +47,7 @@ import ctypes.util
 import os
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -118,13 +127,32 @@ def cpu_devices_for(config: TrainConfig) -> int | None:
     return max(d for d in range(1, available_cores() + 1) if config.batch_size % d == 0)
 
 
+def enable_compilation_cache(directory: str | os.PathLike | None) -> Path | None:
+    """Keep compiled programs in `directory` (`~` expanded; created) for later processes; None: off.
+
+    Programs that took at least 0.2 s to compile are kept (JAX's default, 1 s, would miss most of
+    a small model's programs on a CPU). Returns the directory used."""
+    import jax
+
+    if directory is None:
+        return None
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
+
+
 def apply_process_settings(config: TrainConfig, default_prng_impl: str | None = None) -> None:
     """The process-wide settings a config asks for, before any JAX work: malloc's reuse of freed
-    memory (`config.reuse_freed_memory`), the PRNG implementation (`config.prng_impl`, else
+    memory (`config.reuse_freed_memory`), the persistent compilation cache
+    (`config.compilation_cache_dir`), the PRNG implementation (`config.prng_impl`, else
     `default_prng_impl`, else JAX's default) and the CPU devices."""
     if config.reuse_freed_memory:
         reuse_freed_memory()
     import jax
+
+    enable_compilation_cache(config.compilation_cache_dir)
 
     prng = config.prng_impl or default_prng_impl
     if prng is not None:

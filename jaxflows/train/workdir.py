@@ -28,6 +28,7 @@ RESUMABLE_CHANGES = frozenset({
     "checkpoint_every", "keep_checkpoints", "log_every", "sample_temperatures", "samples_per_temperature",
     "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir", "class_loss_weight",
     "cpu_devices", "reuse_freed_memory", "network_dtype", "network_precision",
+    "compilation_cache_dir",
 })  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's entry point. Creates or reuses .venv and installs what pyproject.toml pins.
+# The project's entry point. Creates or reuses .venv and installs the versions requirements/lock.txt pins.
 #   ./run.sh train [--config experiments/configs/NAME.py] [--workdir DIR] [...]  main job
 #   ./run.sh test  [pytest args]                                                 lint + fast tests
 #   ./run.sh python ARGS...                                                      python in the venv
@@ -8,11 +8,11 @@ cd "$(dirname "$0")"
 
 venv=.venv
 python=${PYTHON:-python3}
-stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp="$venv/.installed-$(cat pyproject.toml requirements/lock.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -e ".[test]"
+  "$venv/bin/python" -m pip install -q -c requirements/lock.txt -e ".[test]"
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi

@@ -57,7 +57,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 50
     sample_temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
-    samples_per_temperature: int = 8
+    samples_per_temperature: int = 64  # an 8×8 block per temperature
     seed: int = 0
     data_dir: str | None = None  # tfds data_dir
     eval_dequant_draws: int = 1  # held-out bits/dim averaged over this many dequantisation draws

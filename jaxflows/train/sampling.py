@@ -27,14 +27,22 @@ def to_uint8(x: np.ndarray, bins: int) -> np.ndarray:
     return np.round(levels * (255.0 / max(bins - 1, 1))).astype(np.uint8)
 
 
-def _tile(images: np.ndarray, scale: int, pad: int = 2) -> Image.Image:
-    """One row of NHWC uint8 images, upscaled by `scale` (nearest), as a greyscale/RGB image."""
+COLUMNS = 8  # samples per row of a grid: 64 samples at one temperature make an 8×8 block
+MIN_PIXELS = 84  # an image is upscaled (nearest) to at least this many pixels on its side
+
+
+def _tile(images: np.ndarray, scale: int, pad: int = 2, columns: int = COLUMNS) -> Image.Image:
+    """NHWC uint8 images in rows of `columns`, upscaled by `scale` (nearest), as an RGB image."""
     n, h, w, c = images.shape
-    row = np.full((h * scale, n * (w * scale + pad) - pad, c), 255, np.uint8)
+    cols, rows = min(n, columns), -(-n // columns)
+    cell_h, cell_w = h * scale + pad, w * scale + pad
+    grid = np.full((rows * cell_h - pad, cols * cell_w - pad, c), 255, np.uint8)
     for i, im in enumerate(images):
-        big = im.repeat(scale, 0).repeat(scale, 1)
-        row[:, i * (w * scale + pad) : i * (w * scale + pad) + w * scale] = big
-    return Image.fromarray(row[..., 0] if c == 1 else row).convert("RGB")
+        r, k = divmod(i, columns)
+        grid[r * cell_h : r * cell_h + h * scale, k * cell_w : k * cell_w + w * scale] = im.repeat(
+            scale, 0
+        ).repeat(scale, 1)
+    return Image.fromarray(grid[..., 0] if c == 1 else grid).convert("RGB")
 
 
 def _stack_rows(rows: Sequence[Image.Image], labels: Sequence[str], pad: int = 4) -> Image.Image:
@@ -52,7 +60,7 @@ def _stack_rows(rows: Sequence[Image.Image], labels: Sequence[str], pad: int = 4
 
 
 def _scale(height: int) -> int:
-    return max(1, 48 // height)
+    return max(1, -(-MIN_PIXELS // height))
 
 
 def sample_grid(
@@ -63,7 +71,8 @@ def sample_grid(
     temperatures: Sequence[float] = (0.5, 0.7, 1.0),
     per_temperature: int = 8,
 ) -> tuple[Image.Image, dict[float, np.ndarray]]:
-    """One row of `per_temperature` samples per temperature, labelled "T=…" on the left."""
+    """A block of `per_temperature` samples per temperature (rows of 8, each image upscaled to at
+    least 84 pixels), labelled "T=…" on the left."""
     rows, labels, samples = [], [], {}
     draw = jax.jit(lambda v, k, t: flow.apply(v, k, per_temperature, t, method="sample"))
     for i, t in enumerate(temperatures):

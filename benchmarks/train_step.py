@@ -13,7 +13,8 @@ The PRNG is "rbg" by default, as every config in experiments/configs sets it (`-
 steps, compiled like the step, in that policy. `--src DIR` imports jaxflows from DIR instead (an
 older checkout: `git archive COMMIT jaxflows | tar -x -C DIR`), so two versions of the library can
 be timed alternately on one machine; the network flags are then passed only when set.
-Fields: compile_s (first call: trace + compile + one step), step_ms and images_per_sec (median over
+Fields: compile_s (first call: trace + compile + one step; always cold: this script never turns on
+the persistent compilation cache and turns it off), step_ms and images_per_sec (median over
 --iters steps), gflops_per_step (XLA's cost analysis of the same step lowered with every `Repeat`
 unrolled: XLA counts a loop body once), peak_gflops (a jitted float32 matmul timed in the same run)
 and fraction_of_peak = achieved GFLOP/s / peak_gflops.
@@ -160,6 +161,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     jax.config.update("jax_default_prng_impl", args.prng)
+    jax.config.update("jax_enable_compilation_cache", False)  # compile_s is a cold compile, whatever the env
     if args.cpu_devices is not None:
         from jaxflows.train import split_cpu_into_devices
 

@@ -9,12 +9,14 @@ import pytest
 
 from jaxflows.analysis import (
     BASE,
+    attribute_direction,
     invertibility_report,
     layer_variables,
     log_det_breakdown,
     log_det_grad_input,
     log_det_grad_params,
     log_det_saliency,
+    manipulate,
     reconstruction_errors,
 )
 from jaxflows.bijectors import ActNorm, AffineCoupling, Conv1x1, Conv1x1LU, Squeeze, random_rotation
@@ -118,3 +120,27 @@ def test_diagnostics_flag_an_ill_conditioned_1x1_conv():
     assert not report["norm"].flagged and not report["couple"].flagged
     errors = reconstruction_errors(chain, variables, x)
     assert float(errors["mix"].max()) > float(errors["norm"].max())
+
+
+def test_attribute_manipulation_moves_the_latent_by_alpha_times_the_direction():
+    flow = glow((8, 8, 1), levels=2, steps=2, hidden=8)
+    keys = jax.random.split(jax.random.key(0), 4)
+    with_attr = 0.6 + 0.3 * jax.random.uniform(keys[0], (6, 8, 8, 1))  # brighter images
+    without = 0.1 + 0.3 * jax.random.uniform(keys[1], (6, 8, 8, 1))
+    variables = flow.init(keys[2], jnp.concatenate([with_attr, without]))
+    variables = {**variables, "params": jax.tree_util.tree_map(
+        lambda p: p + 0.05 * jax.random.normal(keys[3], p.shape), variables["params"])}  # fmt: skip
+    direction = attribute_direction(flow, variables, with_attr, without)
+    assert direction.shape == (8, 8, 1) and float(jnp.abs(direction).max()) > 0.1
+
+    x = without[:3]
+    alphas = jnp.array([0.0, 0.5, 1.0, -0.5])
+    out = manipulate(flow, variables, x, direction, alphas)
+    assert out.shape == (3, 4, 8, 8, 1)
+    np.testing.assert_allclose(out[:, 0], x, atol=2e-5)  # α = 0 gives back the input
+    z = flow.apply(variables, x, method="forward")[0]
+    for i, alpha in enumerate(alphas):
+        moved = flow.apply(variables, out[:, i], method="forward")[0]
+        np.testing.assert_allclose(moved - z, jnp.broadcast_to(alpha * direction, z.shape), atol=5e-4)
+    with pytest.raises(ValueError, match="one example's shape"):
+        manipulate(flow, variables, x, direction[..., :0], alphas)

@@ -1,6 +1,8 @@
 """The property harness on every Glow / RealNVP / NICE layer and on composition."""
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxflows.bijectors import (
@@ -10,6 +12,8 @@ from jaxflows.bijectors import (
     Conv1x1,
     Conv1x1LU,
     LearnedPrior,
+    ReversePermutation,
+    ShufflePermutation,
     Split,
     Squeeze,
 )
@@ -33,6 +37,8 @@ CASES = [
         "additive_checkerboard", lambda: AdditiveCoupling(hidden=8, mask="checkerboard"), (2, 4, 4, 2)
     ),
     BijectorCase("squeeze", Squeeze, (2, 4, 6, 3)),
+    BijectorCase("reverse_permutation", ReversePermutation, (2, 3, 3, 5)),
+    BijectorCase("shuffle_permutation", ShufflePermutation, (2, 3, 3, 5)),
     BijectorCase("split", Split, (2, 4, 4, 4)),
     BijectorCase("learned_prior", LearnedPrior, (2, 4, 4, 3)),
     # bfloat16 networks, float32 (float64 under x64) maps: every check at full precision
@@ -63,3 +69,23 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_bijector_properties(case, check):
     check(case)
+
+
+def test_permutations_move_channels_exactly():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 5))
+    y, log_det = ReversePermutation().apply({}, x)
+    np.testing.assert_array_equal(y, x[..., ::-1])
+    np.testing.assert_array_equal(log_det, 0.0)
+
+    shuffle = ShufflePermutation()
+    variables = shuffle.init(jax.random.key(1), x)
+    assert set(variables) == {"constants"}  # nothing to train
+    order = np.asarray(variables["constants"]["permutation"])
+    assert sorted(order) == list(range(5)) and list(order) != list(range(5))
+    other = np.asarray(shuffle.init(jax.random.key(2), x)["constants"]["permutation"])
+    assert list(other) != list(order)  # drawn from the init key
+    y, _ = shuffle.apply(variables, x)
+    np.testing.assert_array_equal(y, x[..., order])
+    np.testing.assert_array_equal(shuffle.apply(variables, y, method="inverse")[0], x)  # bit-exact
+    with pytest.raises(ValueError, match="initialised for 5 channels, got 4"):
+        shuffle.apply(variables, x[..., :4])

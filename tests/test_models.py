@@ -22,6 +22,20 @@ CASES = [
         jit_atol=1e-4,
     ),
     BijectorCase(
+        "glow_reverse_additive",
+        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, conv="reverse", coupling="additive"),
+        (2, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
+    ),
+    BijectorCase(
+        "glow_shuffle_affine",
+        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, conv="shuffle"),
+        (2, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
+    ),
+    BijectorCase(
         "realnvp_checkerboard",
         lambda: glow((4, 4, 1), levels=1, steps=2, hidden=8, mask="checkerboard"),
         (2, 4, 4, 1),

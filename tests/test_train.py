@@ -251,5 +251,5 @@ def test_level_diagnostics_add_up_to_the_bits_per_dim():
     expected = float(jnp.mean(bits_per_dim(flow.apply(variables, x), 64, 17)))
     np.testing.assert_allclose(sum(terms.values()) + math.log2(17), expected, rtol=1e-4)
     errors = {k: v for k, v in diagnostics.items() if k.startswith("reconstruction_error/")}
-    assert set(errors) == {"reconstruction_error/level1", "reconstruction_error/level2"}
+    assert set(errors) == {f"reconstruction_error/{k}" for k in ("level1", "level2", "model")}
     assert all(0 <= v < 1e-4 for v in errors.values())

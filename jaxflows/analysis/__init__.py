@@ -7,6 +7,7 @@ from jaxflows.analysis.diagnostics import (
     jacobian_condition_numbers,
     reconstruction_errors,
 )
+from jaxflows.analysis.latent import attribute_direction, manipulate
 from jaxflows.analysis.log_det import (
     BASE,
     log_det_breakdown,
@@ -22,6 +23,7 @@ __all__ = [
     "LayerCall",
     "LayerHealth",
     "Product",
+    "attribute_direction",
     "invertibility_report",
     "jacobian_condition_numbers",
     "layer_variables",
@@ -31,6 +33,7 @@ __all__ = [
     "log_det_grad_params",
     "log_det_saliency",
     "lowered_products",
+    "manipulate",
     "reconstruction_errors",
     "trace_forward",
 ]

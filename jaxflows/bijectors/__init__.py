@@ -20,6 +20,7 @@ from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
+from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 
@@ -28,6 +29,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "ChannelMask",
+    "ChannelPermutation",
     "CheckerboardMask",
     "Conv1x1",
     "Conv1x1LU",
@@ -40,8 +42,10 @@ __all__ = [
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
     "PeriodicConv",
+    "ReversePermutation",
     "ScalarAffine",
     "Shift",
+    "ShufflePermutation",
     "Split",
     "Squeeze",
     "apply_1x1",

@@ -4,6 +4,7 @@ split], with a learned prior at the top. Other papers' layers plug in through `C
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.bijectors.periodic import PeriodicConv
+from jaxflows.bijectors.permutation import ReversePermutation, ShufflePermutation
 from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.validation import check_count
@@ -39,6 +41,8 @@ CONVS: dict[str, Callable[..., Bijector]] = {
     "periodic": PeriodicConv,  # conv_kwargs: kernel_size (3)
     "qr": Conv1x1QR,
     "matrix_exp": MatrixExpConv1x1,
+    "reverse": ReversePermutation,  # fixed permutations (Glow Fig. 3): no parameters, log-det 0
+    "shuffle": ShufflePermutation,
 }
 
 # name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, network_dtype=, network_precision=,
@@ -48,6 +52,14 @@ COUPLINGS: dict[str, Callable[..., Bijector]] = {
     "additive": AdditiveCoupling,
     "matrix_exp": MatrixExpCoupling,  # channel mask only; rejects mask="checkerboard"
 }
+
+
+def _accepted(factory: Callable[..., Bijector], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The `defaults` a layer class has fields for (a permutation has no dtype); all for a function."""
+    if not dataclasses.is_dataclass(factory):
+        return defaults
+    names = {field.name for field in dataclasses.fields(factory)}
+    return {key: value for key, value in defaults.items() if key in names}
 
 
 def _lookup(table: dict[str, Callable[..., Bijector]], key: str, what: str):
@@ -94,7 +106,7 @@ def glow(
       steps: K, flow steps per level.
       hidden: channels of each coupling network's hidden layers.
       conv: the channel mixer, a key of `CONVS`: "plain" | "lu" | "qr" | "emerging" | "periodic" |
-        "matrix_exp".
+        "matrix_exp", or a fixed permutation "reverse" | "shuffle" (Glow Fig. 3's baselines).
       coupling: a key of `COUPLINGS`: "affine" | "additive" | "matrix_exp".
       mask: "channel" | "checkerboard" (checkerboard alternates parity between steps, as in
         RealNVP).
@@ -139,7 +151,7 @@ def glow(
     make_coupling = _lookup(COUPLINGS, coupling, "coupling")
     dtypes = {"dtype": dtype, "param_dtype": param_dtype}
     networks = {**dtypes, "network_dtype": network_dtype, "network_precision": network_precision}
-    conv_kwargs = {**dtypes, **(conv_kwargs or {})}
+    conv_kwargs = {**_accepted(make_conv, dtypes), **(conv_kwargs or {})}
     coupling_kwargs = {**networks, **(coupling_kwargs or {})}
 
     def step(k: int) -> Bijector:

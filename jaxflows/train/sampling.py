@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
+from jaxflows.analysis import attribute_direction, manipulate
 from jaxflows.core import Flow
 
 SAMPLE_STREAM = 7  # sample grids draw from fold_in(PRNGKey(seed), SAMPLE_STREAM): apart from training's keys
@@ -119,10 +120,37 @@ def interpolate(
 ) -> Image.Image:
     """Decode (1 − α) z_a + α z_b for `num` values of α in [0, 1]; z = f(pixel centres). A
     class-conditional flow encodes and decodes both under `label`."""
-    centres = (np.stack([pixels_a, pixels_b]).astype(np.float32) + 0.5) / bins
-    z = flow.apply(variables, jnp.asarray(centres), label, method="forward")[0]
+    centres = pixel_centres(np.stack([pixels_a, pixels_b]), bins)
+    z = flow.apply(variables, centres, label, method="forward")[0]
     alphas = jnp.linspace(0.0, 1.0, num)[:, None, None, None]
     path = (1 - alphas) * z[0] + alphas * z[1]
     decode = jax.jit(lambda v, p: flow.apply(v, p, label, method="inverse")[0])
     x = np.asarray(decode(variables, path))
     return _stack_rows([_tile(to_uint8(x, bins), _scale(x.shape[1]))], ["interp"])
+
+
+def pixel_centres(pixels: np.ndarray, bins: int) -> jax.Array:
+    """Integer pixels -> the centres of their intensity bins in [0, 1): the flow's input without noise."""
+    return jnp.asarray((np.asarray(pixels).astype(np.float32) + 0.5) / bins)
+
+
+def attribute_grid(
+    flow: Flow,
+    variables,
+    pixels: np.ndarray,
+    with_attribute: np.ndarray,
+    without_attribute: np.ndarray,
+    alphas: Sequence[float],
+    bins: int,
+) -> Image.Image:
+    """Latent attribute manipulation as a picture (Glow Sec 5): the direction is the mean latent of
+    `with_attribute` minus that of `without_attribute` (`jaxflows.analysis.attribute_direction`);
+    one row per image of `pixels`, one column per α of f⁻¹(f(x) + α · direction). All integer
+    pixels, encoded at their bin centres."""
+    direction = attribute_direction(
+        flow, variables, pixel_centres(with_attribute, bins), pixel_centres(without_attribute, bins)
+    )
+    out = np.asarray(manipulate(flow, variables, pixel_centres(pixels, bins), direction, jnp.asarray(alphas)))
+    columns = len(alphas)
+    rows = [_tile(to_uint8(images, bins), _scale(images.shape[1]), columns=columns) for images in out]
+    return _stack_rows(rows, [""] * len(rows))

@@ -156,6 +156,8 @@ def run_one(
         "all_losses_finite": float(np.all(np.isfinite(losses))),
         "skipped": int(state.opt_state.skipped),
         "diverged": 0.0,
+        # the logged training curve: (step, training bits/dim) pairs
+        "curve": tuple((int(row["step"]), float(row["bits_per_dim"])) for row in result.history),
     }
     if sample_time:
         out["sample_s"] = sampling_time(exp, variables)

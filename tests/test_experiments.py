@@ -59,3 +59,19 @@ def test_table6_and_dequantization_entries_run(tmp_path):
         ["--config", str(config), "--iw", "2", "--out", str(tmp_path)]
     ).read_text()
     assert "| uniform | 3 |" in deq and "| variational | 3 |" in deq
+
+
+def test_compare_permutations_writes_table_curves_and_ordering(tmp_path):
+    from experiments import compare_permutations
+
+    config = tmp_path / "tiny.py"
+    config.write_text(textwrap.dedent(TINY_CONFIG))
+    out = tmp_path / "results"
+    argv = ["--config", str(config), "--set", "num_steps=3", "log_every=1", "--seeds", "2", "--out", str(out)]
+    only = "additive + reverse,additive + shuffle,additive + 1x1 conv (LU)"
+    result = compare_permutations.main([*argv, "--only", only])
+    text = (out / "compare_permutations.md").read_text()
+    assert (out / "compare_permutations_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "additive: the paper's ordering 1x1 < shuffle < reverse" in text
+    assert len(result["runs"]) == 6
+    assert all(len(r.metrics["curve"]) == 3 for r in result["runs"])

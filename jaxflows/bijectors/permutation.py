@@ -20,31 +20,41 @@ from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.validation import check_image
 
 
+def _gather(x: Array, order: Array) -> tuple[Array, Array]:
+    """(x[..., order], zero log-det per example)."""
+    return jnp.take(x, order, axis=-1), jnp.zeros(x.shape[0], x.dtype)
+
+
 class ChannelPermutation(Bijector):
-    """Base class: y[..., k] = x[..., permutation[k]]; a subclass gives `permutation(channels)`."""
+    """Base class: a fixed permutation π of the channels; a subclass gives `permutation(channels)`.
+
+    Forward: y[..., k] = x[..., π(k)]. Inverse: x[..., π(k)] = y[..., k] (the gather by π⁻¹).
+    log_det = 0 both ways.
+
+    Attributes:
+      (none: a subclass may keep π in the "constants" collection.)
+    """
 
     def permutation(self, channels: int) -> Array:
-        """The permutation of `channels` channels, an int32 vector."""
+        """π for `channels` channels, an int32 vector."""
         raise NotImplementedError
 
-    def _permute(self, x: Array, inverse: bool) -> tuple[Array, Array]:
-        check_image(x)
-        order = self.permutation(x.shape[-1])
-        if inverse:
-            order = jnp.argsort(order)
-        return jnp.take(x, order, axis=-1), jnp.zeros(x.shape[0], x.dtype)
-
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
-        return self._permute(x, inverse=False)
+        check_image(x)
+        return _gather(x, self.permutation(x.shape[-1]))
 
     def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
-        return self._permute(y, inverse=True)
+        check_image(y)
+        return _gather(y, jnp.argsort(self.permutation(y.shape[-1])))
 
 
 class ReversePermutation(ChannelPermutation):
-    """Reverse the channel order (RealNVP; Glow Fig. 3's "reverse"). No variables.
+    """Reverse the channel order (RealNVP; Glow Fig. 3's "reverse").
 
     Forward: y[..., k] = x[..., c − 1 − k]. Inverse: the same map. log_det = 0.
+
+    Attributes:
+      (none: the layer has no fields or variables.)
     """
 
     def permutation(self, channels: int) -> Array:
@@ -56,6 +66,9 @@ class ShufflePermutation(ChannelPermutation):
     kept in the "constants" collection (never trained), like the LU convolution's permutation.
 
     Forward: y[..., k] = x[..., π(k)]. Inverse: x[..., π(k)] = y[..., k]. log_det = 0.
+
+    Attributes:
+      (none: π is the variable "constants"/"permutation", made at init.)
     """
 
     @nn.compact

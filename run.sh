@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's entry point. Creates or reuses .venv and installs the versions requirements/lock.txt pins.
 #   ./run.sh train [--config experiments/configs/NAME.py] [--workdir DIR] [...]  main job
-#   ./run.sh test  [pytest args]                                                 lint + fast tests
+#   ./run.sh test  [pytest args]                                                 lint, format check, fast tests
 #   ./run.sh python ARGS...                                                      python in the venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -32,7 +32,7 @@ cmd=${1:-help}
 shift || true
 case "$cmd" in
   train)  ensure_fashion_mnist; exec "$venv/bin/python" -m experiments.train "$@" ;;
-  test)   "$venv/bin/ruff" check --quiet . && exec "$venv/bin/python" -m pytest -q "$@" ;;
+  test)   "$venv/bin/ruff" check --quiet . && "$venv/bin/ruff" format --check --quiet . && exec "$venv/bin/python" -m pytest -q "$@" ;;
   python) exec "$venv/bin/python" "$@" ;;
   *) echo "usage: ./run.sh {train|test|python} [args...]" >&2; exit 2 ;;
 esac

@@ -261,6 +261,21 @@ def test_metrics_are_rewound_to_the_checkpoint_a_run_resumes_from(tmp_path):
     assert read_metrics(tmp_path)[-1]["loss"] != 4.0
 
 
+def test_sigterm_after_a_scheduled_checkpoint_is_a_clean_preemption(tmp_path):
+    """A signal that lands while step 4's scheduled checkpoint is saved (or just after, in on_step)
+    must not save step 4 a second time ("already exists"): the run ends preempted at step 4."""
+
+    def terminate(step, state):
+        if step == 4:  # checkpoint_every=2: step 4 has just been saved
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train(TINY, tmp_path, progress=False, on_step=terminate)
+    assert result.preempted and result.signal == "SIGTERM" and int(result.state.step) == 4
+    assert 4 in _steps(tmp_path)
+    resumed = train(TINY, tmp_path, progress=False)
+    assert [int(r["step"]) for r in resumed.history] == [5, 6]
+
+
 def test_ctrl_c_saves_a_checkpoint_like_sigterm(tmp_path):
     def interrupt(step, state):
         if step == 3:

@@ -155,8 +155,9 @@ def _train(
                     on_step(done, state)
                 if last:
                     break
-                if signals.received is not None:  # arrived during on_step
-                    saved = store is None or _save_if_healthy(exp, store, state)
+                if signals.received is not None:  # arrived during this step's save or on_step
+                    if not save:  # a step saved on schedule is not saved twice
+                        saved = store is None or _save_if_healthy(exp, store, state)
                     break
         timer.stop(state)
         if store is not None:

@@ -23,6 +23,7 @@ from jaxflows.train import (
     train,
 )
 from jaxflows.train.checkpoint import CHECKSUMS, verify_checksums
+from jaxflows.train.errors import CheckpointStructureError
 from jaxflows.train.metrics import FIELDS, read_metrics
 from jaxflows.train.workdir import workdir_lock
 from tests.test_train import TINY
@@ -310,3 +311,24 @@ def test_ctrl_c_on_the_command_line_saves_and_exits_cleanly(tmp_path):
     step = int(out.split("stopped by SIGINT at step ")[1].split(";")[0])
     assert _steps(workdir) == [1, step]  # orbax's first save, and the one Ctrl-C asked for
     assert "cannot schedule new futures" not in err and "Traceback" not in err
+
+
+def test_an_intact_checkpoint_of_another_model_is_named_not_called_corrupt(tmp_path, monkeypatch):
+    """After an upgrade that renames or reshapes parameters, the resume check (on the config)
+    passes but the checkpoints do not fit the model: that is a named error listing the
+    differences, nothing is moved to checkpoints_corrupt/, and the run does not start over."""
+    train(TINY, tmp_path, progress=False)
+    metrics_before = (tmp_path / "metrics.csv").read_text()
+    from jaxflows.models import glow
+    from jaxflows.train import experiment
+
+    wider = lambda config, shape: glow(
+        tuple(shape), levels=1, steps=1, hidden=12
+    )  # same config, other shapes
+    monkeypatch.setattr(experiment, "build_flow", wider)
+    with pytest.raises(
+        CheckpointStructureError, match=r"intact but holds a different model: of another shape"
+    ):
+        train(TINY.replace(num_steps=8), tmp_path, progress=False)
+    assert _steps(tmp_path) == [4, 6] and not (tmp_path / "checkpoints_corrupt").exists()
+    assert (tmp_path / "metrics.csv").read_text() == metrics_before

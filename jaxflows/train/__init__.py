@@ -10,6 +10,7 @@ from jaxflows.train.commands import (
 from jaxflows.train.config import TrainConfig, load_config
 from jaxflows.train.errors import (
     CheckpointError,
+    CheckpointStructureError,
     ConfigError,
     ConfigMismatchError,
     DivergenceError,
@@ -46,6 +47,7 @@ from jaxflows.train.workdir import load_workdir_config
 
 __all__ = [
     "CheckpointError",
+    "CheckpointStructureError",
     "ConfigError",
     "ConfigMismatchError",
     "DivergenceError",

@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
-from jaxflows.train.errors import CheckpointError, WorkdirWriteError
+from jaxflows.train.errors import CheckpointError, CheckpointStructureError, WorkdirWriteError
 from jaxflows.train.steps import TrainState
 
 CHECKSUMS = "jaxflows_checksums.json"
@@ -179,6 +179,8 @@ class CheckpointStore:
                 with _quiet_orbax():
                     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except Exception as error:
+                if problems[step] is None:  # its checksums verified: an intact checkpoint of another model?
+                    self._check_structure(step, abstract)
                 problems[step] = f"unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
                 self._reject(step, problems[step])
                 continue
@@ -189,6 +191,33 @@ class CheckpointStore:
             return state
         details = "; ".join(f"step {s}: {problems[s]}" for s in steps)
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored ({details})")
+
+    def _check_structure(self, step: int, abstract: TrainState) -> None:
+        """Raise CheckpointStructureError, naming the differences, if the checkpoint at `step` holds
+        arrays under other paths or with other shapes than `abstract` (the model being restored)."""
+        with _quiet_orbax():
+            stored = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default")
+        stored = _shapes(getattr(stored, "item_metadata", stored))
+        expected = _shapes(abstract)
+        missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+        reshaped = sorted(p for p in set(expected) & set(stored) if expected[p] != stored[p])
+        if not (missing or extra or reshaped):
+            return
+        parts = [
+            f"{label} ({len(paths)}): {', '.join(paths[:4])}{', …' if len(paths) > 4 else ''}"
+            for label, paths in (
+                ("missing from the checkpoint", missing),
+                ("in the checkpoint but not in the model", extra),
+                ("of another shape", [f"{p} {stored[p]} -> {expected[p]}" for p in reshaped]),
+            )
+            if paths
+        ]
+        raise CheckpointStructureError(
+            f"the checkpoint at step {step} in {self.directory} is intact but holds a different model: "
+            + "; ".join(parts)
+            + ". Nothing was moved; train this config in a new --workdir, or restore with the config "
+            "(and jaxflows version) that wrote it"
+        )
 
     def _reject(self, step: int, problem: str) -> None:
         moved = ""
@@ -201,6 +230,19 @@ class CheckpointStore:
             self.manager.reload()
             moved = f" (moved to {target})"
         _warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"params/bijector/level1/...": shape} for every array (or array metadata) of a tree."""
+
+    def name(entry) -> str:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(entry, attribute):
+                return str(getattr(entry, attribute))
+        return str(entry)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(e) for e in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
 def _warn(message: str) -> None:

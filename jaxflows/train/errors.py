@@ -23,6 +23,11 @@ class CheckpointError(TrainingError):
     """No checkpoint of the workdir could be read and verified, or one could not be written."""
 
 
+class CheckpointStructureError(CheckpointError):
+    """An intact checkpoint that holds a different model (other parameter names or shapes, as after
+    an upgrade that renames them): nothing is moved and the run does not start over."""
+
+
 class WorkdirLockedError(TrainingError):
     """Another process is training in this workdir."""
 

@@ -99,7 +99,7 @@ def test_coupling_entries_are_bounded(case):
     limit = abs(float(params["bound"]["rescale"])) + abs(float(params["bound"]["reshift"]))
     bound = module.bind(variables)
     _, _, h = bound.conditioned(x)
-    _, *factors = bound.factors(h, c)
+    factors = bound.inner_bijector(h, c).exponential.factors  # S, or (A₁, A₂)
     largest = max(float(jnp.abs(f).max()) for f in factors)
     assert 0.9 * limit < largest <= limit + 1e-6  # saturated, and bounded
     y, _ = module.apply(variables, x)

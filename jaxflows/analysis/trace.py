@@ -57,6 +57,8 @@ def _trace(model: nn.Module, variables: Any, x: Array, context: Any, root: tuple
     def interceptor(next_fun, args, kwargs, context):
         nonlocal expanding
         module = context.module
+        if module.scope is None:  # an unbound copy (e.g. a clone validating its fields): not a layer call
+            return next_fun(*args, **kwargs)
         path = tuple(module.path)
         if (
             expanding

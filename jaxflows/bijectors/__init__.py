@@ -18,16 +18,19 @@ from jaxflows.bijectors.coupling import (
 from jaxflows.bijectors.elementwise import ScalarAffine, Shift
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
-from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
+from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling, MatrixExpTransformer
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
+from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 
 __all__ = [
     "ActNorm",
     "AdditiveCoupling",
+    "AdditiveTransformer",
     "AffineCoupling",
+    "AffineTransformer",
     "ChannelMask",
     "ChannelPermutation",
     "CheckerboardMask",
@@ -41,6 +44,7 @@ __all__ = [
     "LearnedPrior",
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
+    "MatrixExpTransformer",
     "PeriodicConv",
     "ReversePermutation",
     "ScalarAffine",
@@ -48,6 +52,7 @@ __all__ = [
     "ShufflePermutation",
     "Split",
     "Squeeze",
+    "Transformer",
     "apply_1x1",
     "random_rotation",
     "squeeze2d",

@@ -7,9 +7,10 @@ produces the parameters h of an invertible element-wise (or per-pixel) map T_h o
     inverse: x_a = T_h⁻¹(y_a),   x_b = y_b,  log_det = Σ log|∂T_h⁻¹/∂y_a|
 
 with h = NN(x_b) = NN(y_b) in both directions. A conditional coupling's network also reads the
-context c: h = NN(x_b, c), the same in both directions. `Coupling` owns the mask and the network; a
-subclass gives T_h as an inner bijector (`jaxflows.bijectors.elementwise`) whose
-`forward_and_log_det` and `inverse_and_log_det` each return their own direction's log-det terms.
+context c: h = NN(x_b, c), the same in both directions. `Coupling` owns the mask and the network;
+its `transformer` (`jaxflows.bijectors.transformers`) says how many channels h needs and builds T_h
+from it as an inner bijector (`jaxflows.bijectors.elementwise`) whose `forward_and_log_det` and
+`inverse_and_log_det` each return their own direction's log-det terms.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
+from jaxflows.bijectors.elementwise import ElementwiseBijector
 from jaxflows.bijectors.masks import MASKS, Mask
+from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
@@ -86,16 +88,18 @@ class CouplingNetwork(nn.Module):
 
 
 class Coupling(Bijector):
-    """Base class of coupling layers: y_a = T_h(x_a), y_b = x_b with h = NN(x_b).
+    """A coupling layer with a pluggable transformer: y_a = T_h(x_a), y_b = x_b, h = NN(x_b).
 
     Forward: y_a = T_h(x_a), log_det = Σ_active log|∂T_h/∂x_a|.
     Inverse: x_a = T_h⁻¹(y_a), log_det = Σ_active log|∂T_h⁻¹/∂y_a|.
-    A subclass implements `num_params(active_channels)`, the channels of h, and
-    `inner_bijector(h, active_channels)`, the map T_h (`jaxflows.bijectors.elementwise`); this
-    class splits and merges with the mask, runs the network and lets the mask sum the inner
-    bijector's log-det terms over the transformed entries.
+    The transformer gives the channels of h (`num_params`) and builds T_h (`inner_bijector`); this
+    class splits and merges with the mask, runs the network and lets the mask sum T_h's log-det
+    terms over the transformed entries. `AffineCoupling`, `AdditiveCoupling` and
+    `MatrixExpCoupling` are this layer with their transformer.
 
     Attributes:
+      transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
+        `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
       hidden: channels of the network's hidden layers (Glow: 512).
       mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
         (`CheckerboardMask`: a spatial checkerboard).
@@ -109,6 +113,7 @@ class Coupling(Bijector):
         "highest" (default) | "high" | "default" (JAX's global setting: TF32 on GPU).
     """
 
+    transformer: Transformer | None = None
     hidden: int = 512
     mask: str = "channel"
     parity: int = 0
@@ -119,7 +124,22 @@ class Coupling(Bijector):
 
     def __post_init__(self) -> None:
         check_network_policy(self)
+        self.masking()
+        transformer = self.elementwise()
+        if self.mask not in transformer.masks:
+            raise ValueError(
+                f"{type(self).__name__}: {type(transformer).__name__} works with mask in "
+                f"{transformer.masks}, got mask={self.mask!r}"
+            )
         super().__post_init__()
+
+    def elementwise(self) -> Transformer:
+        """The transformer: the `transformer` field (a subclass may build it from its fields)."""
+        if self.transformer is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a transformer, e.g. Coupling(transformer=AffineTransformer())"
+            )
+        return self.transformer
 
     def masking(self) -> Mask:
         """The mask named by `mask`, with `parity`."""
@@ -129,11 +149,13 @@ class Coupling(Bijector):
 
     def num_params(self, active_channels: int) -> int:
         """Channels of the network output h for `active_channels` active channels."""
-        raise NotImplementedError
+        return self.elementwise().num_params(active_channels)
 
+    @nn.compact
     def inner_bijector(self, h: Array, active_channels: int) -> ElementwiseBijector:
-        """T_h, the invertible map of an active part of `active_channels` channels, given h."""
-        raise NotImplementedError
+        """T_h, the invertible map of an active part of `active_channels` channels, given h (any
+        parameters of the transformer's own live in this layer's scope)."""
+        return self.elementwise()(h, active_channels, param_dtype=self.param_dtype)
 
     @nn.compact
     def conditioner(self, cond: Array, out_channels: int, context: Array | None = None) -> Array:
@@ -167,36 +189,30 @@ class Coupling(Bijector):
 
 
 class AffineCoupling(Coupling):
-    """Glow's affine coupling (Kingma & Dhariwal 2018, Table 1; RealNVP Eq. 6).
+    """Glow's affine coupling (Kingma & Dhariwal 2018, Table 1; RealNVP Eq. 6): `Coupling` with
+    `AffineTransformer`.
 
     (t, h_s) = NN(x_b) (interleaved channels), s = sigmoid(h_s + 2).
     Forward: y_a = s ⊙ x_a + t, log_det = Σ log s.
     Inverse: x_a = (y_a − t) / s, log_det = −Σ log s.
-    The sigmoid keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`.
+      transformer, hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as
+        `Coupling` (transformer: `AffineTransformer()`).
     """
 
-    def num_params(self, active_channels: int) -> int:
-        return 2 * active_channels
-
-    def inner_bijector(self, h: Array, active_channels: int) -> ScalarAffine:
-        shift, raw_scale = h[..., 0::2], h[..., 1::2]
-        return ScalarAffine(shift, jax.nn.log_sigmoid(raw_scale + 2.0))
+    transformer: Transformer | None = AffineTransformer()
 
 
 class AdditiveCoupling(Coupling):
-    """NICE's additive coupling (Dinh et al. 2014, Eq. 6); volume preserving.
+    """NICE's additive coupling (Dinh et al. 2014, Eq. 6): `Coupling` with `AdditiveTransformer`;
+    volume preserving.
 
     t = NN(x_b). Forward: y_a = x_a + t. Inverse: x_a = y_a − t. log_det = 0 both ways.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`.
+      transformer, hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as
+        `Coupling` (transformer: `AdditiveTransformer()`).
     """
 
-    def num_params(self, active_channels: int) -> int:
-        return active_channels
-
-    def inner_bijector(self, h: Array, active_channels: int) -> Shift:
-        return Shift(h)
+    transformer: Transformer | None = AdditiveTransformer()

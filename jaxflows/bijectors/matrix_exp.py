@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -200,13 +201,11 @@ class MatrixExpAffine:
 FORMS = ("auto", "full", "low_rank")
 
 
-class MatrixExpCoupling(Coupling):
-    """Matrix-exponential coupling (Xiao & Liu 2020, Eq. 8–9); (b, S) from the network of x_a.
-
-    Forward: y_b = exp(S) x_b + b, log_det = Σ_pixels tr S.
-    Inverse: x_b = exp(−S)(y_b − b), log_det = Σ_pixels tr(−S).
-    Both directions are `MatrixExpAffine`, the inverse being the same product with −S. The network
-    reads x_a and gives per pixel b (c values) and S:
+@dataclasses.dataclass(frozen=True)
+class MatrixExpTransformer:
+    """The matrix-exponential coupling law (Xiao & Liu 2020, Eq. 8): from h per pixel, b (c values)
+    and S, then y = exp(S) x + b (`MatrixExpAffine`). Channel masks only: S mixes the active
+    channels of one pixel.
 
     - "full": S = B(h_S), a c×c matrix, applied as exp(S) formed by scaling and squaring around
       a series of adaptive length (`expm_adaptive`).
@@ -216,12 +215,54 @@ class MatrixExpCoupling(Coupling):
       both factors 0 (the official code adds only 1e-8) S would sit at a saddle of zero gradient.
     - "auto" (default): "full" when c ≤ `max_full_channels` (24), else "low_rank", the official rule.
 
-    B is `BoundedEntries`, rescale·tanh(scale·s + shift) + reshift with learned scalars. Only the
-    channel mask is supported: S mixes the active channels of one pixel.
+    B is `BoundedEntries` (learned scalars, created in the coupling's scope as "bound").
+
+    Attributes:
+      form, rank, max_full_channels, tolerance, max_squarings: as `MatrixExpCoupling`'s.
+    """
+
+    masks: ClassVar[tuple[str, ...]] = ("channel",)
+    form: str = "auto"
+    rank: int = 3
+    max_full_channels: int = 24
+    tolerance: float | None = None
+    max_squarings: int = 5
+
+    def is_full(self, channels: int) -> bool:
+        """Whether S is a full matrix for `channels` active channels."""
+        return self.form == "full" or (self.form == "auto" and channels <= self.max_full_channels)
+
+    def num_params(self, channels: int) -> int:
+        c = channels
+        return c * (c + 1) if self.is_full(c) else c * (2 * self.rank + 1)
+
+    def __call__(self, h: Array, channels: int, *, param_dtype: DTypeLike = jnp.float32) -> MatrixExpAffine:
+        c, t, lead = channels, self.rank, h.shape[:-1]
+        bounded = BoundedEntries(c, param_dtype=param_dtype, name="bound")
+        shift = h[..., :c]
+        if self.is_full(c):
+            factors = (bounded(h[..., c:].reshape(*lead, c, c)),)
+        else:
+            raw_a1 = h[..., c : c + c * t].reshape(*lead, c, t)
+            raw_a2 = h[..., c + c * t :].reshape(*lead, t, c)
+            factors = (bounded(raw_a1), bounded(raw_a2 + jnp.asarray(_a2_offset(t, c), h.dtype)))
+        tolerance = series_tolerance(self.tolerance, h.dtype)
+        return MatrixExpAffine(shift, PixelExponential(factors, tolerance, self.max_squarings))
+
+
+class MatrixExpCoupling(Coupling):
+    """Matrix-exponential coupling (Xiao & Liu 2020, Eq. 8–9): `Coupling` with
+    `MatrixExpTransformer`, (b, S) from the network of x_a.
+
+    Forward: y_b = exp(S) x_b + b, log_det = Σ_pixels tr S.
+    Inverse: x_b = exp(−S)(y_b − b), log_det = Σ_pixels tr(−S).
+    Both directions are `MatrixExpAffine`, the inverse being the same product with −S; the forms of
+    S are `MatrixExpTransformer`'s ("auto": full S per pixel for c ≤ 24, rank-3 S = A₁A₂ above).
+    Only the channel mask is supported: S mixes the active channels of one pixel.
 
     Attributes:
       hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`
-        (mask must be "channel").
+        (mask must be "channel"); `transformer` is built from the fields below.
       form: "auto" | "full" | "low_rank".
       rank: t of the low-rank form (3 in the official code).
       max_full_channels: the largest c for which "auto" uses the full form.
@@ -251,30 +292,13 @@ class MatrixExpCoupling(Coupling):
             )
         super().__post_init__()
 
+    def elementwise(self) -> MatrixExpTransformer:
+        fields = ("form", "rank", "max_full_channels", "tolerance", "max_squarings")
+        return MatrixExpTransformer(**{name: getattr(self, name) for name in fields})
+
     def is_full(self, channels: int) -> bool:
         """Whether S is a full matrix for `channels` active channels."""
-        return self.form == "full" or (self.form == "auto" and channels <= self.max_full_channels)
-
-    def num_params(self, active_channels: int) -> int:
-        c = active_channels
-        return c * (c + 1) if self.is_full(c) else c * (2 * self.rank + 1)
-
-    @nn.compact
-    def factors(self, h: Array, channels: int) -> tuple[Array, ...]:
-        """(b, S) for the full form, (b, A₁, A₂) for the low-rank one, from the network output h."""
-        c, t, lead = channels, self.rank, h.shape[:-1]
-        bounded = BoundedEntries(c, param_dtype=self.param_dtype, name="bound")
-        shift = h[..., :c]
-        if self.is_full(c):
-            return shift, bounded(h[..., c:].reshape(*lead, c, c))
-        raw_a1 = h[..., c : c + c * t].reshape(*lead, c, t)
-        raw_a2 = h[..., c + c * t :].reshape(*lead, t, c)
-        return shift, bounded(raw_a1), bounded(raw_a2 + jnp.asarray(_a2_offset(t, c), h.dtype))
-
-    def inner_bijector(self, h: Array, active_channels: int) -> MatrixExpAffine:
-        shift, *s_factors = self.factors(h, active_channels)
-        tolerance = series_tolerance(self.tolerance, h.dtype)
-        return MatrixExpAffine(shift, PixelExponential(tuple(s_factors), tolerance, self.max_squarings))
+        return self.elementwise().is_full(channels)
 
     def series_terms(self, x: Array, context: Array | None = None) -> Array:
         """m per pixel: the power of the last series term of exp(S) (or φ) used (MEF Table 6)."""

@@ -18,6 +18,7 @@ from jaxflows.bijectors import (
     AffineCoupling,
     Conv1x1,
     Conv1x1LU,
+    Coupling,
     LearnedPrior,
     Split,
     Squeeze,
@@ -46,12 +47,25 @@ CONVS: dict[str, Callable[..., Bijector]] = {
 }
 
 # name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, network_dtype=, network_precision=,
-# **coupling_kwargs) returning a coupling.
+# **coupling_kwargs) returning a coupling. A new element-wise law is a transformer class
+# (`jaxflows.bijectors.transformers`) and one line: COUPLINGS["name"] = transformer_coupling(Class).
 COUPLINGS: dict[str, Callable[..., Bijector]] = {
     "affine": AffineCoupling,
     "additive": AdditiveCoupling,
     "matrix_exp": MatrixExpCoupling,  # channel mask only; rejects mask="checkerboard"
 }
+
+
+def transformer_coupling(transformer_class: type) -> Callable[..., Bijector]:
+    """A `COUPLINGS` entry for a transformer dataclass: keyword arguments naming its fields build the
+    transformer (e.g. `coupling_kwargs={"bins": 8}`), the others go to `Coupling`."""
+    names = {field.name for field in dataclasses.fields(transformer_class)}
+
+    def make(**kwargs: Any) -> Coupling:
+        own = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
+        return Coupling(transformer=transformer_class(**own), **kwargs)
+
+    return make
 
 
 def _accepted(factory: Callable[..., Bijector], defaults: dict[str, Any]) -> dict[str, Any]:

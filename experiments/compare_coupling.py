@@ -4,8 +4,9 @@
         [--learning-rates 1e-3,1e-2,...]
 
 Final held-out bits/dim and how many runs diverged at each learning rate. Writes compare_coupling.md
-and compare_coupling.png. Each learning rate compiles its own train step (the rate is a constant of
-the optimiser), so this entry runs fewer steps by default than the others.
+and compare_coupling.png. The learning rate lives in the optimiser state, so every rate of a coupling
+reuses one compiled train step; the grid is still 12 runs per seed, so this entry runs fewer
+steps by default than the others.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Variables that do not fit the model they are applied to.
 
-Flax reads only the variables a module asks for, so variables from another model (a deeper Glow,
-one with more levels, a stray entry) used to run silently: extra entries were ignored, and a
-`Repeat` scanned over however many stacked steps it was given. `Flow.apply` now compares the
+Flax reads only the variables a module asks for, so on its own it would run variables from another
+model (a deeper Glow, one with more levels, a stray entry) silently: extra entries ignored, a
+`Repeat` scanning over however many stacked steps it is given. `Flow.apply` therefore compares the
 variables' paths and shapes with those `Flow.init` creates (computed once per flow, abstractly,
 with `jax.eval_shape`; under `jit` the comparison runs at trace time only), and `Repeat` checks
 the depth of its stack. Missing entries are left to Flax, which names them when they are read.

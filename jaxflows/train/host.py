@@ -8,35 +8,19 @@ comparisons) do, through `apply_process_settings`, in `TrainConfig.compilation_c
 (`~/.cache/jaxflows/jax` by default; None turns it off). The benchmarks never do: their
 `compile_s` is a cold compile.
 
-**CPU devices** (`split_cpu_into_devices`). JAX sees a CPU as one device, and XLA:CPU runs a step's
-operations one after another, each multi-threaded as far as it goes: the two cores of this machine
-are both busy only part of a Glow step. Exposing the cores as separate devices makes the train
-step, which shards its batch over every device, run one shard per core side by side. On this
-2-core machine (2026-11-29, `benchmarks/train_step.py --cpu-devices N`, runs alternating with one
-device; the machine's speed drifts by ±15%): Glow L=3 K=8 H=128 B=64 on 32×32×3 at 1.0–1.3× the
-images/s of one device (`benchmarks.compare_normflows --cpu-devices 1,2`); the main job's tiny
-model (K=3, hidden 48, B=32) at 0.6× (its step is per-operation overhead, which two devices pay
-twice); the long Fashion-MNIST config's model (K=8, hidden 96, B=64) 1.1× in the benchmark but
-0.88× in its real training run (186–200 against 214–225 images/s). Hence a config field
-(`TrainConfig.cpu_devices`), off by default: measure it for your model.
+**CPU devices** (`split_cpu_into_devices`). JAX sees a CPU as one device and XLA:CPU runs a step's
+operations one after another, so the cores are busy only part of a step. Exposing each core as a
+device makes the data-parallel train step run one batch shard per core side by side. Whether that
+pays depends on the model (per-operation overhead is paid once per device), so it is a config
+field, `TrainConfig.cpu_devices`, off by default.
 
-**Malloc.** XLA:CPU allocates each execution's temporary buffer afresh (about 300 MB for the Glow
-train step of benchmarks/train_step.py) and frees it when the step ends. glibc serves requests that large with
-`mmap` and returns them with `munmap`, so every step faults in every page of its working memory
-again: 73,800 minor page faults per step there (`resource.getrusage`), about 10% of the step's time.
-`reuse_freed_memory` keeps freed memory in the process heap (one malloc arena, no `mmap` for large
-blocks, no trimming), so the next step reuses the same pages: 0 faults per step after the first.
-
-It is a process-wide choice, so the library never makes it; a config asks for it with
-`TrainConfig.reuse_freed_memory` (every entry point applies it through `apply_process_settings`),
-off by default. With one malloc arena XLA's compiler threads contend for the heap, so compilation
-takes 0-9 s longer (median 4 s); the steps get faster (see the README's benchmarks). Measured
-2026-11-29 (2-core CPU, Glow L=3 K=8 H=128 B=64, `benchmarks/train_step.py [--reuse-freed-memory]
-[--cpu-devices 2]`, three alternating rounds): one device 69.2 / 76.3 / 69.0 images/s without,
-78.6 / 81.1 / 68.0 with; two devices 82.0 / 78.2 / 93.0 without, 93.6 / 95.9 / 92.3 with. Keeping
-several arenas and only turning off `mmap` and trimming does not help: the freed blocks sit in
-another thread's arena and the faults stay (1.12 M against 1.15 M minor faults per benchmark run;
-0.40 M with one arena). Worth it for long CPU runs, not for a five-minute job.
+**Malloc** (`reuse_freed_memory`). XLA:CPU allocates each execution's temporary buffer afresh and
+frees it when the step ends; glibc serves buffers that large with `mmap` and returns them with
+`munmap`, so every step faults in its working memory again. `reuse_freed_memory` keeps freed
+memory in the process heap (one malloc arena, no `mmap` for large blocks, no trimming), so the next
+step reuses the same pages. It is a process-wide choice, so the library never makes it; a config
+asks for it with `TrainConfig.reuse_freed_memory`, off by default (compilation gets slower, steps
+faster). Both are measured in docs/benchmarks.md, "CPU devices and malloc".
 Linux with glibc only; a no-op elsewhere.
 """
 

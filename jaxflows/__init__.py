@@ -14,6 +14,7 @@ from jaxflows.core import (
     dequantize,
     functional,
 )
+from jaxflows.core.errors import JaxflowsError
 
 __all__ = [
     "Bijector",
@@ -22,6 +23,7 @@ __all__ = [
     "Flow",
     "Functional",
     "Invert",
+    "JaxflowsError",
     "Repeat",
     "StandardNormal",
     "bijectors",

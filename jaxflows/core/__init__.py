@@ -10,7 +10,15 @@ from jaxflows.core.bijector import (
     functional,
     sum_except_batch,
 )
+from jaxflows.core.context import (
+    ContextError,
+    ContextShapeError,
+    LabelRangeError,
+    MissingContextError,
+    UnexpectedContextError,
+)
 from jaxflows.core.distributions import DiagonalGaussian, StandardNormal, gaussian_log_prob
+from jaxflows.core.errors import JaxflowsError
 from jaxflows.core.flow import Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
 from jaxflows.core.repeat import Repeat
@@ -21,12 +29,18 @@ __all__ = [
     "Array",
     "Bijector",
     "Chain",
+    "ContextError",
+    "ContextShapeError",
     "DiagonalGaussian",
     "Flow",
     "Functional",
     "Invert",
+    "JaxflowsError",
+    "LabelRangeError",
+    "MissingContextError",
     "Repeat",
     "StandardNormal",
+    "UnexpectedContextError",
     "UnusedVariablesError",
     "VariablesMismatchError",
     "bits_per_dim",

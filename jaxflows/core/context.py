@@ -15,10 +15,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
+from jaxflows.core.errors import JaxflowsError
+
 Array = jax.Array
 
 
-class ContextError(ValueError):
+class ContextError(JaxflowsError, ValueError):
     """A context that does not fit the flow or the batch."""
 
 

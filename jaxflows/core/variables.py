@@ -19,13 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxflows.core.errors import JaxflowsError
+
 Path = tuple[str, ...]
 Shapes = dict[Path, tuple[int, ...]]
 _SHOWN = 5  # paths listed per problem
 _CACHE = "_jaxflows_variable_shapes"
 
 
-class VariablesMismatchError(ValueError):
+class VariablesMismatchError(JaxflowsError, ValueError):
     """Variables whose paths or shapes differ from the ones the model creates."""
 
 

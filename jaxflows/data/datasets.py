@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxflows.core.errors import JaxflowsError
 from jaxflows.data.source import ArraySource, Dataset, Source
 from jaxflows.data.tfds_source import tfds_dataset
 
@@ -26,7 +27,7 @@ FASHION_MNIST_CLASSES = (
 )  # fmt: skip
 
 
-class CorruptDatasetError(ValueError):
+class CorruptDatasetError(JaxflowsError, ValueError):
     """A dataset file that exists but cannot be read: the message names the file and the fault."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxflows.core.errors import JaxflowsError
 from jaxflows.data.source import Dataset
 
 # tfds name -> (train split, held-out split)
@@ -19,7 +20,7 @@ TFDS_DATASETS: dict[str, tuple[str, str]] = {
 }
 
 
-class DatasetNotPreparedError(RuntimeError):
+class DatasetNotPreparedError(JaxflowsError, RuntimeError):
     """The tfds files are not on disk (and this project never downloads them itself)."""
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from jaxflows.core.errors import JaxflowsError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(JaxflowsError, RuntimeError):
     """Base class: a run stopped (or refused to start) without losing the last good checkpoint."""
 
 
-class ConfigError(ValueError):
+class ConfigError(JaxflowsError, ValueError):
     """A config field has a value no run can use (checked at load, before anything compiles)."""
 
 

@@ -25,7 +25,9 @@ from jaxflows.core.validation import (
     check_range,
     is_concrete,
 )
-from jaxflows.core.variables import check_variables
+from jaxflows.core.variables import Shapes, abstract_init, check_variables
+
+_SHAPES_CACHE = "_jaxflows_variable_shapes"
 
 
 class Flow(Bijector):
@@ -139,6 +141,21 @@ class Flow(Bijector):
                 f"{what} of shape {tuple(context.shape)} do not match a batch of {batch} examples; "
                 f"expected {expected}"
             )
+
+    @nn.nowrap
+    def variable_shapes(self) -> Shapes:
+        """Path -> shape of every variable `init` creates, computed abstractly once per flow: the
+        event shape fixes them, and the flow is initialised through `discrete_log_prob`, so its
+        dequantizer's variables count as its own."""
+        cached = self.__dict__.get(_SHAPES_CACHE)
+        if cached is None:
+            pixels = jax.ShapeDtypeStruct((1, *self.event_shape), jnp.int32)
+            key = lambda seed: jax.random.key(seed)  # made inside the trace, never in the caller's
+            context = self.example_context(1)
+            init = lambda p: self.init(key(0), p, key(1), 2, context, method="discrete_log_prob")
+            cached = abstract_init(init, pixels)
+            object.__setattr__(self, _SHAPES_CACHE, cached)  # modules are frozen dataclasses: a private cache
+        return cached
 
     @nn.nowrap
     def apply(self, variables, *args, **kwargs):

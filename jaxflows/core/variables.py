@@ -24,7 +24,6 @@ from jaxflows.core.errors import JaxflowsError
 Path = tuple[str, ...]
 Shapes = dict[Path, tuple[int, ...]]
 _SHOWN = 5  # paths listed per problem
-_CACHE = "_jaxflows_variable_shapes"
 
 
 class VariablesMismatchError(JaxflowsError, ValueError):
@@ -50,7 +49,7 @@ def _listed(paths: list[str]) -> str:
     return ", ".join(paths[:_SHOWN]) + more
 
 
-def _abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) -> Shapes:
+def abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) -> Shapes:
     """Shapes of `init(example)`'s variables, traced in a fresh thread: Flax method interceptors,
     module contexts and JAX traces are thread-local, so none of the caller's (e.g. an enclosing
     `flax.linen.intercept_methods`, as `jaxflows.analysis` uses) sees or alters this trace."""
@@ -61,26 +60,17 @@ def _abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) ->
 def variable_shapes(module, example_input: Any = None) -> Shapes:
     """Path -> shape of every variable `module.init` creates, computed abstractly (no FLOPs).
 
-    A `Flow` needs no example (it is ignored): its `event_shape` fixes every shape, and it is
-    initialised through `discrete_log_prob`, so its dequantizer's variables count as its own. The
-    result is cached on the flow. Other modules are initialised on `example_input`'s shape and dtype.
+    A module that knows its own shapes (a `Flow`: its `event_shape` fixes them) provides them as
+    `module.variable_shapes()`, and `example_input` is ignored. Other modules are initialised on
+    `example_input`'s shape and dtype.
     """
-    from jaxflows.core.flow import Flow
-
-    if isinstance(module, Flow):
-        cached = module.__dict__.get(_CACHE)
-        if cached is None:
-            pixels = jax.ShapeDtypeStruct((1, *module.event_shape), jnp.int32)
-            key = lambda seed: jax.random.key(seed)  # made inside the trace, never in the caller's
-            context = module.example_context(1)
-            init = lambda p: module.init(key(0), p, key(1), 2, context, method="discrete_log_prob")
-            cached = _abstract_init(init, pixels)
-            object.__setattr__(module, _CACHE, cached)  # modules are frozen dataclasses: a private cache
-        return cached
+    own = getattr(module, "variable_shapes", None)
+    if own is not None:
+        return own()
     if example_input is None:
         raise ValueError(f"{type(module).__name__}: check_variables needs an example input (not a Flow)")
     example = jax.ShapeDtypeStruct(jnp.shape(example_input), jnp.result_type(example_input))
-    return _abstract_init(lambda x: module.init(jax.random.key(0), x), example)
+    return abstract_init(lambda x: module.init(jax.random.key(0), x), example)
 
 
 def compare_variables(expected: Shapes, given: Shapes, owner: str) -> None:

@@ -89,3 +89,19 @@ def test_permutations_move_channels_exactly():
     np.testing.assert_array_equal(shuffle.apply(variables, y, method="inverse")[0], x)  # bit-exact
     with pytest.raises(ValueError, match="initialised for 5 channels, got 4"):
         shuffle.apply(variables, x[..., :4])
+
+
+def test_couplings_are_one_layer_with_a_transformer():
+    from jaxflows.bijectors import AdditiveTransformer, AffineTransformer, Coupling
+
+    assert AffineCoupling(16).hidden == 16  # `hidden` is still the first positional field
+    assert AffineCoupling().transformer == AffineTransformer()
+    assert AdditiveCoupling().transformer == AdditiveTransformer()
+    with pytest.raises(ValueError, match="needs a transformer"):
+        Coupling(hidden=4)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
+    by_hand = Coupling(hidden=8, transformer=AffineTransformer())
+    variables = AffineCoupling(hidden=8).init(jax.random.key(1), x)
+    np.testing.assert_array_equal(
+        by_hand.apply(variables, x)[0], AffineCoupling(hidden=8).apply(variables, x)[0]
+    )

@@ -98,8 +98,6 @@ class Coupling(Bijector):
     `MatrixExpCoupling` are this layer with their transformer.
 
     Attributes:
-      transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
-        `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
       hidden: channels of the network's hidden layers (Glow: 512).
       mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
         (`CheckerboardMask`: a spatial checkerboard).
@@ -111,9 +109,10 @@ class Coupling(Bijector):
         output is cast to the map's dtype.
       network_precision: the network's matmul precision, a key of `NETWORK_PRECISIONS`:
         "highest" (default) | "high" | "default" (JAX's global setting: TF32 on GPU).
+      transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
+        `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
     """
 
-    transformer: Transformer | None = None
     hidden: int = 512
     mask: str = "channel"
     parity: int = 0
@@ -121,6 +120,7 @@ class Coupling(Bijector):
     param_dtype: DTypeLike = jnp.float32
     network_dtype: DTypeLike | None = None
     network_precision: str = DEFAULT_NETWORK_PRECISION
+    transformer: Transformer | None = None  # last, so `hidden` stays the first positional field
 
     def __post_init__(self) -> None:
         check_network_policy(self)

@@ -12,6 +12,7 @@ scaling the log-det is shared in `InvertibleConv1x1`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -27,6 +28,25 @@ from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 def apply_1x1(x: Array, matrix: Array) -> Array:
     """y[..., i] = Σ_j matrix[i, j] x[..., j] at every pixel."""
     return jnp.einsum("...j,ij->...i", x, matrix, precision=BIJECTION_PRECISION)
+
+
+def init_from_one_draw(
+    module: nn.Module,
+    draw: Callable[[Array], dict[str, Array]],
+    constants: tuple[str, ...],
+    params: tuple[str, ...],
+) -> dict[str, Array]:
+    """A layer's variables, every one an entry of one random draw (e.g. the LU factors of one random
+    rotation): `constants` in the "constants" collection (never trained), `params` as parameters.
+
+    Flax evaluates initialisers abstractly at apply time too (a shape check), so every initialiser
+    derives from one key: the params RNG at init, a placeholder afterwards. Call it from a compact
+    method of `module`."""
+    key = module.make_rng("params") if module.is_initializing() else jax.random.key(0)
+    init = lambda name: lambda *_: draw(key)[name]
+    values = {name: module.variable("constants", name, init(name)).value for name in constants}
+    values.update({name: module.param(name, init(name)) for name in params})
+    return values
 
 
 def random_rotation(key: Array, channels: int, dtype: DTypeLike = jnp.float32) -> Array:
@@ -124,15 +144,9 @@ class Conv1x1LU(InvertibleConv1x1):
     def factors(self, x: Array) -> LUFactors:
         """P, L and U + diag(s) in the computation dtype, and log|det W|."""
         channels = x.shape[-1]
-        # Flax evaluates param initialisers abstractly at apply time too (a shape check), so every
-        # initialiser derives from one key: the params RNG at init, a placeholder afterwards.
-        key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda name: lambda *_: _lu_of_random_rotation(key, channels, self.param_dtype)[name]
-        perm = self.variable("constants", "permutation", init("permutation")).value
-        sign = self.variable("constants", "sign", init("sign")).value
-        lower = self.param("lower", init("lower"))
-        upper = self.param("upper", init("upper"))
-        log_s = self.param("log_s", init("log_s"))
+        draw = lambda key: _lu_of_random_rotation(key, channels, self.param_dtype)
+        v = init_from_one_draw(self, draw, ("permutation", "sign"), ("lower", "upper", "log_s"))
+        perm, sign, lower, upper, log_s = (v[k] for k in ("permutation", "sign", "lower", "upper", "log_s"))
 
         dtype = bijection_dtype(self.dtype, x, lower, upper, log_s)
         lower, upper, log_s, sign = (a.astype(dtype) for a in (lower, upper, log_s, sign))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, random_rotation
+from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, init_from_one_draw, random_rotation
 from jaxflows.core.bijector import Array
 from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
@@ -52,14 +52,9 @@ class Conv1x1QR(InvertibleConv1x1):
     def factors(self, x: Array) -> QRFactors:
         """Q and R in the computation dtype, and log|det W|."""
         channels = x.shape[-1]
-        # Flax evaluates param initialisers abstractly at apply time too (a shape check), so every
-        # initialiser derives from one key: the params RNG at init, a placeholder afterwards.
-        key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda name: lambda *_: _qr_of_random_rotation(key, channels, self.param_dtype)[name]
-        sign = self.variable("constants", "sign", init("sign")).value
-        vectors = self.param("householder", init("householder"))
-        upper = self.param("upper", init("upper"))
-        log_r = self.param("log_r", init("log_r"))
+        draw = lambda key: _qr_of_random_rotation(key, channels, self.param_dtype)
+        v = init_from_one_draw(self, draw, ("sign",), ("householder", "upper", "log_r"))
+        sign, vectors, upper, log_r = (v[k] for k in ("sign", "householder", "upper", "log_r"))
 
         dtype = bijection_dtype(self.dtype, x, vectors, upper, log_r)
         vectors, upper, log_r, sign = (a.astype(dtype) for a in (vectors, upper, log_r, sign))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflows.bijectors.conv1x1 import init_from_one_draw
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.validation import check_image
 
@@ -73,10 +74,8 @@ class ShufflePermutation(ChannelPermutation):
 
     @nn.compact
     def permutation(self, channels: int) -> Array:
-        # Flax evaluates initialisers abstractly at apply time too: a placeholder key then.
-        key = self.make_rng("params") if self.is_initializing() else jax.random.key(0)
-        init = lambda: jax.random.permutation(key, channels).astype(jnp.int32)
-        order = self.variable("constants", "permutation", init).value
+        draw = lambda key: {"permutation": jax.random.permutation(key, channels).astype(jnp.int32)}
+        order = init_from_one_draw(self, draw, ("permutation",), ())["permutation"]
         if order.shape != (channels,):
             raise ValueError(
                 f"ShufflePermutation was initialised for {order.shape[0]} channels, got {channels}"

@@ -14,14 +14,13 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
-from jaxflows.train.errors import CheckpointError, CheckpointStructureError, WorkdirWriteError
+from jaxflows.train.errors import CheckpointError, CheckpointStructureError, WorkdirWriteError, warn
 from jaxflows.train.steps import TrainState
 
 CHECKSUMS = "jaxflows_checksums.json"
@@ -187,7 +186,7 @@ class CheckpointStore:
             for newer in (s for s in unverified if s > step):
                 self._reject(newer, problems[newer])  # training would otherwise save over it
             if problems[step] is not None:
-                _warn(f"warning: restored the checkpoint at step {step}, which is {problems[step]}")
+                warn(f"warning: restored the checkpoint at step {step}, which is {problems[step]}")
             return state
         details = "; ".join(f"step {s}: {problems[s]}" for s in steps)
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored ({details})")
@@ -229,7 +228,7 @@ class CheckpointStore:
             shutil.move(str(self.directory / str(step)), target)
             self.manager.reload()
             moved = f" (moved to {target})"
-        _warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
+        warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -243,8 +242,3 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
 
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(name(e) for e in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
-
-
-def _warn(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, file=sys.stderr)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
+import jax
+
 from jaxflows.core.errors import JaxflowsError
+
+
+def warn(message: str) -> None:
+    """Print a warning about the run to stderr, once (from the lead process)."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
 
 
 class TrainingError(JaxflowsError, RuntimeError):

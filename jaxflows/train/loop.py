@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 from jaxflows.data import BatchIterator, subset
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
-from jaxflows.train.errors import DivergenceError
+from jaxflows.train.errors import DivergenceError, warn
 from jaxflows.train.evaluate import evaluate_bits_per_dim
 from jaxflows.train.experiment import Experiment, compiled_train_step, diagnostics, initial_state, setup
 from jaxflows.train.metrics import MetricsWriter
@@ -67,11 +66,6 @@ class _StopSignals:
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-def _warn(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, file=sys.stderr, flush=True)
 
 
 def train(
@@ -248,7 +242,7 @@ def _save_if_healthy(exp: Experiment, store: CheckpointStore, state: TrainState)
     bpd = evaluate_bits_per_dim(exp.flow, state.variables(averaged=True), check, exp.dataset.num_bins,
                                 exp.mesh, c.eval_batch_size, 1, c.seed, warn=False)  # fmt: skip
     if not np.isfinite(bpd):
-        _warn(f"warning: step {int(state.step)}: held-out bits/dim is {bpd}; not checkpointed "
+        warn(f"warning: step {int(state.step)}: held-out bits/dim is {bpd}; not checkpointed "
               f"(last good checkpoint: step {store.latest_step()})")  # fmt: skip
         return False
     store.save(state, force=True)

@@ -43,6 +43,12 @@ def discrete_log_prob_offset(num_dims: int, bins: int) -> float:
     return -num_dims * math.log(bins)
 
 
+def discrete_bits_per_dim(log_mass, num_dims: int):
+    """−log P / (D log 2): bits per dimension of a discrete log-probability in nats (a float, a
+    NumPy or a JAX array; the arithmetic keeps its dtype)."""
+    return -log_mass / (num_dims * math.log(2.0))
+
+
 def bits_per_dim(log_prob: Array, num_dims: int, bins: int) -> Array:
     """Bits per dimension of discrete data from the density `log_prob` of its dequantised version."""
-    return -(log_prob + discrete_log_prob_offset(num_dims, bins)) / (num_dims * math.log(2.0))
+    return discrete_bits_per_dim(log_prob + discrete_log_prob_offset(num_dims, bins), num_dims)

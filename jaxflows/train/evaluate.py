@@ -12,6 +12,7 @@ from jax.sharding import Mesh
 
 from jaxflows.analysis import log_det_breakdown, reconstruction_errors
 from jaxflows.core import Flow, dequantize
+from jaxflows.core.objective import discrete_bits_per_dim
 from jaxflows.data import Source, validate_batch
 from jaxflows.train.steps import global_batch, make_class_log_probs_step, make_eval_step
 
@@ -97,7 +98,7 @@ def class_conditional_scores(
     devices = mesh.devices.size
     size = math.ceil(batch_size / devices) * devices
     key = jax.random.PRNGKey(seed)
-    dims_log2 = math.prod(flow.event_shape) * math.log(2.0)
+    dims = math.prod(flow.event_shape)
     conditional, marginal, correct, n = 0.0, 0.0, 0, len(source)
     for b, idx in enumerate(_chunks(n, size)):
         pixels = np.zeros((size, *flow.event_shape), np.uint8)
@@ -106,8 +107,8 @@ def class_conditional_scores(
         scores = np.asarray(scores)[: len(idx)]
         labels = source.labels(idx)
         joint = scores + log_prior[None, :]
-        conditional += float(-scores[np.arange(len(idx)), labels].sum() / dims_log2)
-        marginal += float(-np.logaddexp.reduce(joint, axis=1).sum() / dims_log2)
+        conditional += float(discrete_bits_per_dim(scores[np.arange(len(idx)), labels].sum(), dims))
+        marginal += float(discrete_bits_per_dim(np.logaddexp.reduce(joint, axis=1).sum(), dims))
         correct += int((joint.argmax(axis=1) == labels).sum())
     return {
         "conditional_bits_per_dim": conditional / n,
@@ -144,7 +145,7 @@ def histogram_bits_per_dim(log_probs: np.ndarray, source: Source, bins: int, chu
     for idx in _chunks(n, chunk):
         flat = validate_batch(source[idx], bins, name="baseline batch").reshape(len(idx), -1).astype(np.int64)
         total += float(log_probs[np.arange(dims)[None, :], flat].sum())
-    return -total / (n * dims * math.log(2.0))
+    return discrete_bits_per_dim(total, n * dims)
 
 
 def pixel_baseline_bits_per_dim(train: Source, test: Source, bins: int, smoothing: float = 1.0) -> float:
@@ -154,10 +155,10 @@ def pixel_baseline_bits_per_dim(train: Source, test: Source, bins: int, smoothin
 
 def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key, labels) -> dict[str, jax.Array]:
     x = dequantize(key, pixels, bins)
-    scale = -1.0 / (math.prod(flow.event_shape) * math.log(2.0))  # nats of log p -> bits/dim of -log p
+    dims = math.prod(flow.event_shape)
     out: dict[str, jax.Array] = defaultdict(float)
     for path, term in log_det_breakdown(flow, variables, x, labels).items():
-        out[f"bpd_term/{path.split('/')[0]}"] += scale * term.mean()
+        out[f"bpd_term/{path.split('/')[0]}"] += discrete_bits_per_dim(term.mean(), dims)
     for path, error in reconstruction_errors(flow, variables, x, labels).items():
         name = f"reconstruction_error/{path.split('/')[0]}"
         out[name] = error.max() if name not in out else jax.numpy.maximum(out[name], error.max())

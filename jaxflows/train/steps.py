@@ -20,6 +20,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow
+from jaxflows.core.objective import discrete_bits_per_dim
 from jaxflows.train.ema import check_decay, update_ema
 from jaxflows.train.optim import OptimizerSpec, build_optimizer
 
@@ -75,8 +76,8 @@ def num_dims(flow: Flow) -> int:
 
 
 def to_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
-    """Bits/dim of a discrete log-probability (nats) of one example."""
-    return -log_prob / (num_dims(flow) * math.log(2.0))
+    """Bits/dim of a discrete log-probability (nats) of one example of `flow`."""
+    return discrete_bits_per_dim(log_prob, num_dims(flow))
 
 
 def importance_weighted_log_prob(

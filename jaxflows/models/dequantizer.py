@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
+from jaxflows.bijectors.masks import CheckerboardMask
 from jaxflows.core.bijector import Array, sum_except_batch
+from jaxflows.core.distributions import gaussian_log_prob
 from jaxflows.ops import (
     DEFAULT_NETWORK_PRECISION,
     Conv,
@@ -30,12 +32,6 @@ from jaxflows.ops import (
 )
 
 _LOG_SCALE_BOUND = 3.0  # per-dimension scales stay within e^±3, like a bounded affine coupling
-
-
-def checkerboard(height: int, width: int, parity: int, dtype) -> Array:
-    """1 on the pixels (i + j) % 2 == parity, 0 elsewhere; shape (height, width, 1)."""
-    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
-    return ((rows + cols) % 2 == parity).astype(dtype)[..., None]
 
 
 class _ConditionalAffine(nn.Module):
@@ -100,13 +96,13 @@ class VariationalDequantizer(nn.Module):
             features = jax.nn.relu(conv(self.hidden, 3, name="features_out")(features))
             stats = conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
         eps = jax.random.normal(key, x.shape, x.dtype)
-        log_q = sum_except_batch(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi))
+        log_q = sum_except_batch(gaussian_log_prob(eps))
         shift, raw = jnp.split(stats.astype(dtype), 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         h = shift + jnp.exp(log_scale) * eps
         log_q = log_q - sum_except_batch(log_scale)
         for i in range(self.steps):
-            keep = checkerboard(x.shape[1], x.shape[2], i % 2, x.dtype)
+            keep = CheckerboardMask(i % 2).board(x)  # 1 on the pixels this coupling keeps
             coupling = _ConditionalAffine(
                 self.hidden,
                 dtype,

@@ -26,6 +26,7 @@ from jax.typing import DTypeLike
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1
 from jaxflows.bijectors.coupling import Coupling
 from jaxflows.core.bijector import Array
+from jaxflows.core.validation import check_count
 from jaxflows.linalg import expm_adaptive, phi_adaptive
 from jaxflows.ops.matmul import batched_matmul
 from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
@@ -281,8 +282,7 @@ class MatrixExpCoupling(Coupling):
     def __post_init__(self) -> None:
         if self.form not in FORMS:
             raise ValueError(f"MatrixExpCoupling: form must be one of {FORMS}, got {self.form!r}")
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"MatrixExpCoupling: rank must be an integer ≥ 1, got {self.rank!r}")
+        check_count(self.rank, "rank", "MatrixExpCoupling")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ValueError(f"MatrixExpCoupling: tolerance must be positive, got {self.tolerance!r}")
         if self.mask != "channel":

@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxflows.core.validation import check_count
 from jaxflows.ops.matmul import batched_matmul
 
 Array = jax.Array
@@ -40,8 +41,7 @@ def _check(w: Array, tolerance: float, max_terms: int, name: str) -> None:
         raise ValueError(f"{name}: expected a square matrix or a batch of them (..., n, n), got {w.shape}")
     if not tolerance > 0:
         raise ValueError(f"{name}: tolerance must be positive, got {tolerance!r}")
-    if int(max_terms) != max_terms or max_terms < 1:
-        raise ValueError(f"{name}: max_terms must be a positive integer, got {max_terms!r}")
+    check_count(max_terms, "max_terms", name)
 
 
 def _series(w: Array, offset: int, tolerance: float, max_terms: int) -> tuple[Array, Array]:

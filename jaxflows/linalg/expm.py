@@ -16,6 +16,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxflows.core.validation import check_count
 from jaxflows.ops.precision import BIJECTION_PRECISION
 
 Array = jax.Array
@@ -50,11 +51,6 @@ def _check_square(w: Array, name: str) -> None:
         raise ValueError(f"{name}: expected a square matrix or a batch of them (..., n, n), got {w.shape}")
 
 
-def _check_positive(value: int, name: str) -> None:
-    if int(value) != value or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def _one_norm(w: Array) -> Array:
     """‖W‖₁ = max column sum of |W| per matrix; it bounds the spectral radius."""
     return jnp.max(jnp.sum(jnp.abs(w), axis=-2), axis=-1)
@@ -85,7 +81,7 @@ def expm(w: Array, *, terms: int | None = None, max_squarings: int = _DEFAULT_MA
         raise ValueError(f"max_squarings must be a non-negative integer, got {max_squarings!r}")
     w = w.astype(_float_dtype(w))
     terms = terms if terms is not None else _default_terms(w.dtype)
-    _check_positive(terms, "terms")
+    check_count(terms, "terms", "expm")
 
     return _expm(w, terms, max_squarings)
 
@@ -127,11 +123,11 @@ def expm_multiply(
         raise ValueError(
             f"expm_multiply: v must have shape (..., {w.shape[-1]}) to match W {w.shape}, got {v.shape}"
         )
-    _check_positive(max_steps, "max_steps")
+    check_count(max_steps, "max_steps", "expm_multiply")
     dtype = jnp.result_type(_float_dtype(w), _float_dtype(v))
     w, v = w.astype(dtype), v.astype(dtype)
     terms = terms if terms is not None else _default_terms(dtype)
-    _check_positive(terms, "terms")
+    check_count(terms, "terms", "expm_multiply")
 
     return _expm_multiply(w, v, terms, max_steps)
 
@@ -178,7 +174,7 @@ def phi_multiply(m: Array, u: Array, terms: int) -> Array:
     Horner: r ← u + M r / (k+1) for k = terms … 1, starting from r = u. Remainder ≤
     ‖M‖^(terms+1) / (terms+2)! · ‖u‖; callers keep ‖M‖ bounded.
     """
-    _check_positive(terms, "terms")
+    check_count(terms, "terms", "phi_multiply")
     return _phi_multiply(m, u, terms)
 
 
@@ -205,7 +201,7 @@ def low_rank_expm_multiply(a: Array, b: Array, v: Array, *, terms: int) -> Array
         )
     if v.shape[-1] != a.shape[-2]:
         raise ValueError(f"low_rank_expm_multiply: v must end in {a.shape[-2]}, got {v.shape}")
-    _check_positive(terms, "terms")
+    check_count(terms, "terms", "low_rank_expm_multiply")
     return _low_rank_expm_multiply(a, b, v, terms)
 
 

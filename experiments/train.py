@@ -18,7 +18,9 @@ JAXFLOWS_MULTIHOST=1 (or pass --multihost) and run the same command on every hos
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -87,8 +89,20 @@ def main(argv=None) -> None:
             exp, state = jft.restore_for_inference(config, args.workdir)
         report(args, config, exp, state, say, lead)
     except (DatasetNotPreparedError, FileNotFoundError, TrainingError, ConfigError) as error:
-        sys.exit(f"error: {error}")
+        fail(f"error: {error}")
     say(f"wall time: {time.perf_counter() - start:.1f} s")
+
+
+def fail(message: str) -> None:
+    """Exit 1 with `message` on stderr. A failed checkpoint write can leave orbax's non-daemon
+    threads waiting for signals that never come, and the interpreter would wait for them at exit
+    forever: with such threads alive, the process ends at once (nothing is left to write)."""
+    waiting = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if any(t.is_alive() for t in waiting):
+        print(message, file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    sys.exit(message)
 
 
 def report(args, config, exp, state, say, lead: bool) -> None:

@@ -332,3 +332,19 @@ def test_an_intact_checkpoint_of_another_model_is_named_not_called_corrupt(tmp_p
         train(TINY.replace(num_steps=8), tmp_path, progress=False)
     assert _steps(tmp_path) == [4, 6] and not (tmp_path / "checkpoints_corrupt").exists()
     assert (tmp_path / "metrics.csv").read_text() == metrics_before
+
+
+def test_a_checkpoint_that_cannot_be_created_ends_the_command_at_once(tmp_path):
+    """A save that fails at creation (here `checkpoints` is a file; read-only or unwritable
+    directories fail the same way) used to print ~200 lines of orbax tracebacks and then never
+    exit: the interpreter waited on orbax's non-daemon threads. It must end, non-zero, in seconds,
+    with one line naming the failed write."""
+    args = _endless_config(tmp_path, "checkpoint_every=1, compilation_cache_dir=None")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("not a directory")
+    command = [sys.executable, "-m", "experiments.train", *args]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if not line.startswith("WARNING")]
+    assert lines[-1].startswith("error: the checkpoint of step 1 could not be written"), lines[-5:]
+    assert len(lines) < 5 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

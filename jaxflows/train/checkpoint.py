@@ -88,6 +88,10 @@ class CheckpointStore:
     """
 
     def __init__(self, workdir: Path, every: int, keep: int, writer: bool = True):
+        # orbax logs a failed write at length from its own threads (about 200 lines); the store
+        # reports each failure as one WorkdirWriteError, so orbax stays quiet while it is open
+        self._quiet = contextlib.ExitStack()
+        self._quiet.enter_context(_quiet_orbax())
         self.workdir = Path(workdir).absolute()
         self.directory = self.workdir / "checkpoints"
         self.writer = writer
@@ -153,6 +157,7 @@ class CheckpointStore:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.manager.close()
+        self._quiet.close()
 
     def restore(self, template: TrainState, sharding: NamedSharding) -> TrainState | None:
         """The newest verified checkpoint that orbax can read into the structure of `template`

@@ -98,7 +98,11 @@ class CheckpointStore:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every, create=writer, read_only=not writer
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except BaseException:
+            self._quiet.close()
+            raise
         self._unsealed: int | None = None
 
     def steps(self) -> list[int]:

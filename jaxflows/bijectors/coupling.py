@@ -20,7 +20,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ElementwiseBijector
@@ -32,6 +31,7 @@ from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import (
     DEFAULT_NETWORK_PRECISION,
     Conv,
+    Precision,
     bijection_dtype,
     check_network_policy,
     network_policy,
@@ -76,7 +76,7 @@ class CouplingNetwork(nn.Module):
     out_channels: int
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
-    precision: lax.Precision | None = None
+    precision: Precision = None
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:

@@ -33,9 +33,10 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.typing import DTypeLike
 
+from jaxflows.ops.precision import Precision
+
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
-Precision = lax.Precision | None
 
 
 def same_padding(kernel_shape: Sequence[int]) -> Padding:

@@ -22,10 +22,9 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxflows.ops.precision import BIJECTION_PRECISION
+from jaxflows.ops.precision import BIJECTION_PRECISION, Precision
 
 Array = jax.Array
-Precision = lax.Precision | None
 
 batched_matmul_p = Primitive("batched_matmul")
 

@@ -35,12 +35,13 @@ from jax import lax
 from jax.typing import DTypeLike
 
 Array = jax.Array
+Precision = lax.Precision | None  # a dot's or convolution's `precision`; None: JAX's default
 
 BIJECTION_PRECISION = lax.Precision.HIGHEST
 
 # network_precision name -> the `precision` of the networks' dots and convolutions; "default" is
 # JAX's global setting (jax_default_matmul_precision: TF32 on GPU, one bfloat16 pass on TPU).
-NETWORK_PRECISIONS: Mapping[str, lax.Precision | None] = {
+NETWORK_PRECISIONS: Mapping[str, Precision] = {
     "highest": lax.Precision.HIGHEST,
     "high": lax.Precision.HIGH,
     "default": None,
@@ -71,7 +72,7 @@ def network_dtype(network: DTypeLike | None, bijection: DTypeLike | None) -> jnp
     return None if bijection is None else bijection_dtype(bijection)
 
 
-def network_precision(name: str) -> lax.Precision | None:
+def network_precision(name: str) -> Precision:
     """The `precision` argument of a network's dots and convolutions for a `network_precision` name."""
     if name not in NETWORK_PRECISIONS:
         raise ValueError(f"network_precision must be one of {sorted(NETWORK_PRECISIONS)}, got {name!r}")

@@ -55,8 +55,8 @@ step() {  # step NAME [train_step.py flags]: one timed Glow step (no cost analys
   part "$name" 150 python3 benchmarks/train_step.py --model glow --levels 3 --batch 64 --image 32x32x3 \
     --iters 30 --no-flops "$@"
 }
-standard="--steps 8 --hidden 128"
-paper="--steps 32 --hidden 512"
+standard="--depth 8 --hidden 128"
+paper="--depth 32 --hidden 512"
 
 run_long() {
   local dir="$work/long" train="python3 -m experiments.train --no_progress"

@@ -131,7 +131,7 @@ def train_step_speed(image: int, batch: int, levels: int, steps: int, hidden: in
         "MEF (matrix_exp x2)": dict(conv="matrix_exp", coupling="matrix_exp"),
     }
     for name, layers in models.items():
-        flow = glow(shape, levels=levels, steps=steps, hidden=hidden, **layers)
+        flow = glow(shape, levels=levels, depth=steps, hidden=hidden, **layers)
         variables = flow.init(jax.random.key(1), pixels)
         optimizer = optax.adam(1e-3)
         opt_state = optimizer.init(variables["params"])

@@ -53,7 +53,7 @@ def temp_bytes(
     from jaxflows.train.steps import abstract_inputs
 
     mesh = make_mesh()
-    flow = glow(shape, levels=levels, steps=steps, hidden=hidden, gradient=gradient)
+    flow = glow(shape, levels=levels, depth=steps, hidden=hidden, gradient=gradient)
     optimizer = make_optimizer(TrainConfig(optimizer="adamax"))
     state, pixels = abstract_inputs(flow, optimizer, 256, batch, mesh)
     start = time.perf_counter()

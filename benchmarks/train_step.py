@@ -1,6 +1,6 @@
 """Time steady-state train steps of a flow on synthetic images; prints one JSON line.
 
-    python benchmarks/train_step.py --model glow --levels 3 --steps 8 --hidden 128 --batch 64 --image 32x32x3
+    python benchmarks/train_step.py --model glow --levels 3 --depth 8 --hidden 128 --batch 64 --image 32x32x3
 
 --model glow | mef (conv="matrix_exp", coupling="matrix_exp") | emerging (conv="emerging").
 The step is the real one (jaxflows.train.make_train_step): jit, data-parallel over every device;
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--model", choices=sorted(MODEL_LAYERS), default="glow")
     parser.add_argument("--levels", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8, help="flow steps per level (K)")
+    parser.add_argument("--depth", type=int, default=8, help="flow steps per level (K)")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32, help="global batch size")
     parser.add_argument("--image", default="32x32x3", help="HxWxC")
@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
     flow = glow(
         shape,
         levels=args.levels,
-        steps=args.steps,
+        depth=args.depth,
         hidden=args.hidden,
         gradient=args.gradient,
         **policy,
@@ -224,7 +224,7 @@ def main(argv=None) -> dict:
         "src": str(args.src or "."),
         "model": args.model,
         "levels": args.levels,
-        "steps": args.steps,
+        "depth": args.depth,
         "hidden": args.hidden,
         "batch": args.batch,
         "image": list(shape),

@@ -51,7 +51,7 @@ def small_config() -> TrainConfig:
     """The default base config: a small Glow on 8x8 digits (17 levels); the entries override `model`."""
     return TrainConfig(
         dataset="digits",
-        model={"levels": 2, "steps": 2, "hidden": 32, "conv": "lu", "coupling": "affine"},
+        model={"levels": 2, "depth": 2, "hidden": 32, "conv": "lu", "coupling": "affine"},
         batch_size=64,
         eval_batch_size=512,
         optimizer="adam",
@@ -199,16 +199,16 @@ def fit_kernel(base, kernel_size: int) -> tuple[Any, str | None]:
     emerging conv needs that), keeping the total number of flow steps; returns the config and a note."""
     height = min(load_dataset(base.dataset, base.data_dir, base.n_bits).image_shape[:2])
     levels = old_levels = int(base.model.get("levels", 3))
-    steps = int(base.model.get("steps", 32))
+    steps = int(base.model.get("depth", 32))
     while levels > 1 and height // 2**levels < kernel_size:
         levels -= 1
     if levels == old_levels:
         return base, None
-    model = {**base.model, "levels": levels, "steps": steps * old_levels // levels}
+    model = {**base.model, "levels": levels, "depth": steps * old_levels // levels}
     note = (
         f"The base model's {old_levels} levels would shrink the {height}-pixel image below the "
         f"{kernel_size}x{kernel_size} kernel, so every model here uses {levels} level(s) of "
-        f"{model['steps']} steps (the same total number of flow steps)."
+        f"{model['depth']} steps (the same total number of flow steps)."
     )
     return base.replace(model=model), note
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from jaxflows.train.config import add_override_argument, apply_overrides
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
-VARIANTS = {"uniform": None, "variational": {"hidden": 8, "steps": 2}}  # 32 hidden: 10x slower steps
+VARIANTS = {"uniform": None, "variational": {"hidden": 8, "depth": 2}}  # 32 hidden: 10x slower steps
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -80,9 +80,9 @@ def main(argv=None) -> Path:
         model = load_config(path).model
         models[name] = model
         cifar[name] = count_by_family(model, (32, 32, 3))
-    official = {**models["MEF"], "hidden": 128, "steps": 8}
+    official = {**models["MEF"], "hidden": 128, "depth": 8}
     cifar["MEF, 128 hidden, K = 8 (the official width)"] = count_by_family(official, (32, 32, 3))
-    small = {name: {**m, "levels": 2, "steps": 4, "hidden": 64} for name, m in models.items()}
+    small = {name: {**m, "levels": 2, "depth": 4, "hidden": 64} for name, m in models.items()}
     # the official code: K = 8, 4, 2 steps per level, 8 residual blocks of 128 channels per network
     fashion = {name: count_by_family(m, (28, 28, 1)) for name, m in small.items()}
     lines = [

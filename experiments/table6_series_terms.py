@@ -45,7 +45,7 @@ def mef_config(every: int) -> TrainConfig:
     """The MEF whose series lengths are recorded (override any field with --set)."""
     return TrainConfig(
         dataset="fashion_mnist",
-        model={"levels": 2, "steps": 4, "hidden": 64, "conv": "matrix_exp", "coupling": "matrix_exp"},
+        model={"levels": 2, "depth": 4, "hidden": 64, "conv": "matrix_exp", "coupling": "matrix_exp"},
         batch_size=64, learning_rate=1e-3, warmup_steps=100, num_steps=2000, eval_every=0,
         checkpoint_every=2000, keep_checkpoints=1, log_every=every, prng_impl="rbg",
     )  # fmt: skip
@@ -117,7 +117,7 @@ def main(argv=None) -> Path:
         f"- command: `python -m experiments.table6_series_terms {shlex.join(cli)}`",
         f"- date: {time.strftime('%Y-%m-%d')}; machine: {describe_machine()}; wall time {wall:.0f} s",
         f"- data: {dataset.name} {dataset.image_shape}; model: MEF, L = {model['levels']}, "
-        f"K = {model['steps']}, hidden {model['hidden']} (full S per pixel, c ≤ 24); tolerance 1e-8 "
+        f"K = {model['depth']}, hidden {model['hidden']} (full S per pixel, c ≤ 24); tolerance 1e-8 "
         f"(float32), at most 10 terms after scaling to ‖W‖∞ ≤ 1/2; {steps} Adam steps of batch "
         f"{batch} (last training bits/dim {bpd:.3f}); m recorded every {args.every} steps on "
         f"{batch} held-out images",

@@ -27,7 +27,7 @@ from tests.harness import perturb_params
 
 @pytest.fixture(scope="module")
 def model():
-    flow = glow((8, 8, 1), levels=2, steps=2, hidden=8)
+    flow = glow((8, 8, 1), levels=2, depth=2, hidden=8)
     x = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1))
     variables = perturb_params(jax.jit(flow.init)(jax.random.key(1), x), 0.05, jax.random.key(2))
     return flow, variables, x
@@ -37,7 +37,7 @@ def test_breakdown_names_every_layer_and_sums_to_log_prob(model):
     flow, variables, x = model
     terms = jax.jit(lambda v, a: log_det_breakdown(flow, v, a))(variables, x)
     expected_layers = {
-        f"level{lv}/steps/{s}/{name}"
+        f"level{lv}/flow_steps/{s}/{name}"
         for lv in (1, 2)
         for s in (0, 1)
         for name in ("actnorm", "conv", "coupling")
@@ -75,16 +75,16 @@ def test_gradient_helpers_agree_with_jax_grad_of_the_full_expression(model):
 
     # One coupling's term, written out by hand: squeeze → actnorm → conv → coupling.log_det.
     layers = [Squeeze(), ActNorm(), Conv1x1LU()]
-    paths = ["level1/squeeze", "level1/steps/0/actnorm", "level1/steps/0/conv"]
+    paths = ["level1/squeeze", "level1/flow_steps/0/actnorm", "level1/flow_steps/0/conv"]
     coupling = AffineCoupling(hidden=8)
 
     def by_hand(a, v):
         h = a
         for layer, path in zip(layers, paths, strict=True):
             h, _ = layer.apply(layer_variables(flow, v, path), h, method="forward")
-        return coupling.apply(layer_variables(flow, v, "level1/steps/0/coupling"), h, method="log_det").sum()
+        return coupling.apply(layer_variables(flow, v, "level1/flow_steps/0/coupling"), h, method="log_det").sum()
 
-    layer = "level1/steps/0/coupling"
+    layer = "level1/flow_steps/0/coupling"
     np.testing.assert_allclose(
         log_det_grad_input(flow, variables, x, layer), jax.grad(by_hand)(x, variables), rtol=1e-4, atol=1e-6
     )
@@ -93,7 +93,7 @@ def test_gradient_helpers_agree_with_jax_grad_of_the_full_expression(model):
     for g, e in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(expected), strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6)
     # ActNorm's log-det does not depend on the input.
-    np.testing.assert_allclose(log_det_grad_input(flow, variables, x, "level1/steps/0/actnorm"), 0.0)
+    np.testing.assert_allclose(log_det_grad_input(flow, variables, x, "level1/flow_steps/0/actnorm"), 0.0)
 
     saliency = log_det_saliency(flow, variables, x)
     assert saliency.shape == (3, 8, 8) and float(saliency.sum()) > 0
@@ -123,7 +123,7 @@ def test_diagnostics_flag_an_ill_conditioned_1x1_conv():
 
 
 def test_attribute_manipulation_moves_the_latent_by_alpha_times_the_direction():
-    flow = glow((8, 8, 1), levels=2, steps=2, hidden=8)
+    flow = glow((8, 8, 1), levels=2, depth=2, hidden=8)
     keys = jax.random.split(jax.random.key(0), 4)
     with_attr = 0.6 + 0.3 * jax.random.uniform(keys[0], (6, 8, 8, 1))  # brighter images
     without = 0.1 + 0.3 * jax.random.uniform(keys[1], (6, 8, 8, 1))

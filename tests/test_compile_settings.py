@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def small_glow():
-    return glow((4, 4, 2), levels=2, steps=1, hidden=8)  # ActNorm, LU 1x1 conv, affine coupling, split
+    return glow((4, 4, 2), levels=2, depth=1, hidden=8)  # ActNorm, LU 1x1 conv, affine coupling, split
 
 
 def batch() -> np.ndarray:

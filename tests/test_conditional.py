@@ -40,7 +40,7 @@ def labels(num_classes: int):
     return lambda key, batch: jax.random.randint(key, (batch,), 0, num_classes)
 
 
-TINY = {"levels": 2, "steps": 1, "hidden": 4}
+TINY = {"levels": 2, "depth": 1, "hidden": 4}
 STEP = lambda: Chain(
     [ActNorm(), Conv1x1LU(), AffineCoupling(hidden=8)], names=["actnorm", "conv", "coupling"]
 )
@@ -301,7 +301,7 @@ def test_conditional_training_pipeline_with_the_auxiliary_classifier():
 
     config = TrainConfig(
         dataset="digits",
-        model={"levels": 1, "steps": 1, "hidden": 8, "num_classes": 10, "classifier": True},
+        model={"levels": 1, "depth": 1, "hidden": 8, "num_classes": 10, "classifier": True},
         batch_size=16,
         init_batch_size=64,
         warmup_steps=2,
@@ -330,8 +330,8 @@ def test_conditional_config_checks_the_classifier_and_the_labels():
     from jaxflows.train.experiment import setup
 
     with pytest.raises(ConfigError, match="class_loss_weight"):
-        TrainConfig(model={"levels": 1, "steps": 1, "hidden": 8}, class_loss_weight=0.1)
+        TrainConfig(model={"levels": 1, "depth": 1, "hidden": 8}, class_loss_weight=0.1)
     with pytest.raises(ValueError, match="num_classes=3 but dataset 'digits' has 10 classes"):
-        setup(TrainConfig(model={"levels": 1, "steps": 1, "hidden": 8, "num_classes": 3}))
+        setup(TrainConfig(model={"levels": 1, "depth": 1, "hidden": 8, "num_classes": 3}))
     with pytest.raises(ValueError, match="classifier=True needs num_classes"):
         glow((8, 8, 1), classifier=True, **TINY)

@@ -56,7 +56,7 @@ def test_invert_swaps_directions():
 
 @pytest.fixture(scope="module")
 def small_flow():
-    flow = glow((8, 8, 1), levels=2, steps=2, hidden=16)
+    flow = glow((8, 8, 1), levels=2, depth=2, hidden=16)
     x = _x((6, 8, 8, 1))
     variables = perturb_params(jax.jit(flow.init)(jax.random.key(0), x), 0.05, jax.random.key(3))
     return flow, variables, x
@@ -151,8 +151,8 @@ def test_model_variable_names_follow_the_architecture(small_flow):
     _, variables, _ = small_flow
     params = variables["params"]["bijector"]
     assert set(params) == {"level1", "level2"}
-    assert set(params["level1"]) == {"steps", "split"}  # squeeze has no parameters
-    assert set(params["level1"]["steps"]) == {"actnorm", "conv", "coupling"}
-    steps = params["level1"]["steps"]["actnorm"]["bias"].shape[0]
+    assert set(params["level1"]) == {"flow_steps", "split"}  # squeeze has no parameters
+    assert set(params["level1"]["flow_steps"]) == {"actnorm", "conv", "coupling"}
+    steps = params["level1"]["flow_steps"]["actnorm"]["bias"].shape[0]
     assert steps == 2, "the K steps' parameters are stacked along a leading axis"
     assert "prior" in params["level2"]

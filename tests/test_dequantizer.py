@@ -50,7 +50,7 @@ def bound(flow, variables, draws=4000):
 
 @pytest.mark.parametrize("variational", [False, True], ids=["uniform", "variational"])
 def test_bound_lies_below_and_importance_weighting_approaches_the_exact_likelihood(variational):
-    flow, variables = make_flow(VariationalDequantizer(hidden=8, steps=2) if variational else None)
+    flow, variables = make_flow(VariationalDequantizer(hidden=8, depth=2) if variational else None)
     exact = np.array([exact_log_prob(0), exact_log_prob(1)])
     mean, stderr = bound(flow, variables)
     assert np.all(mean < exact - 0.02) and np.all(mean + 4 * stderr < exact), (mean, exact)
@@ -72,7 +72,7 @@ def test_bound_lies_below_and_importance_weighting_approaches_the_exact_likeliho
 
 
 def test_training_q_tightens_the_bound_beyond_uniform():
-    flow, variables = make_flow(VariationalDequantizer(hidden=8, steps=2))
+    flow, variables = make_flow(VariationalDequantizer(hidden=8, depth=2))
     uniform_flow, uniform_vars = make_flow(None)
     exact = np.array([exact_log_prob(0), exact_log_prob(1)])
     uniform_gap = exact - bound(uniform_flow, uniform_vars)[0]

@@ -39,13 +39,13 @@ def test_constant_parameters_are_their_own_average():
 
 
 def test_ema_decay_out_of_range_is_a_named_error():
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4)
     with pytest.raises(ValueError, match="ema_decay must be in"):
         make_train_step(flow, make_optimizer(TrainConfig()), 4, make_mesh(), ema_decay=1.0)
 
 
 def test_train_step_keeps_the_average_of_the_parameters_it_produced():
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4)
     optimizer, mesh, decay = make_optimizer(TrainConfig(warmup_steps=0, learning_rate=1e-2)), make_mesh(), 0.9
     pixels = jnp.asarray(np.random.default_rng(0).integers(0, 4, (8, 4, 4, 1)).astype(np.uint8))
     state = init_state(flow, optimizer, pixels, 4, seed=0, ema_decay=decay)
@@ -67,7 +67,7 @@ def test_train_step_keeps_the_average_of_the_parameters_it_produced():
 
 def test_average_is_checkpointed_resumed_and_evaluated(tmp_path):
     config = TrainConfig(
-        dataset="digits", model={"levels": 1, "steps": 1, "hidden": 8}, batch_size=16, init_batch_size=64,
+        dataset="digits", model={"levels": 1, "depth": 1, "hidden": 8}, batch_size=16, init_batch_size=64,
         warmup_steps=2, num_steps=4, log_every=2, checkpoint_every=2, keep_checkpoints=2, eval_every=0,
         eval_batch_size=128, ema_decay=0.9,
     )  # fmt: skip

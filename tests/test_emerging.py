@@ -168,7 +168,7 @@ MODEL_CASES = [
     BijectorCase(
         f"glow_{conv}",
         lambda conv=conv, kwargs=kwargs: glow(
-            (4, 4, 3), levels=1, steps=1, hidden=4, conv=conv, conv_kwargs=kwargs
+            (4, 4, 3), levels=1, depth=1, hidden=4, conv=conv, conv_kwargs=kwargs
         ),
         (2, 4, 4, 3),
         data="unit",
@@ -200,7 +200,7 @@ def test_glow_uses_the_requested_conv(case):
         "glow_periodic": "kernel",
         "glow_qr": "householder",
     }
-    conv_params = variables["params"]["bijector"]["level1"]["steps"]["conv"]
+    conv_params = variables["params"]["bijector"]["level1"]["flow_steps"]["conv"]
     assert names[case.name] in conv_params
 
 
@@ -208,6 +208,6 @@ def test_emerging_cifar10_config():
     config = load_config(Path(__file__).parents[1] / "experiments" / "configs" / "emerging_cifar10.py")
     assert config.dataset == "cifar10" and config.n_bits == 8
     assert config.model["conv"] == "emerging" and config.model["conv_kwargs"]["kernel_size"] == 3
-    assert (config.model["levels"], config.model["steps"], config.model["hidden"]) == (3, 32, 512)
+    assert (config.model["levels"], config.model["flow_steps"], config.model["hidden"]) == (3, 32, 512)
     flow = glow((32, 32, 3), **config.model)  # builds (no init: that would take minutes)
     assert flow.event_shape == (32, 32, 3)

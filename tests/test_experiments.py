@@ -12,7 +12,7 @@ from jaxflows.train.config import TrainConfig
 
 def get_config():
     return TrainConfig(
-        dataset="digits", model={"levels": 1, "steps": 1, "hidden": 8, "conv": "lu"}, batch_size=16,
+        dataset="digits", model={"levels": 1, "depth": 1, "hidden": 8, "conv": "lu"}, batch_size=16,
         init_batch_size=64, warmup_steps=2, num_steps=3, eval_batch_size=512, prng_impl="rbg",
     )
 """
@@ -49,7 +49,7 @@ def test_table6_and_dequantization_entries_run(tmp_path):
     from experiments import compare_dequantization, table6_series_terms
 
     table6 = table6_series_terms.main(
-        ["--every", "2", "--set", "dataset=digits", "num_steps=4", "model.levels=1", "model.steps=1",
+        ["--every", "2", "--set", "dataset=digits", "num_steps=4", "model.levels=1", "model.depth=1",
          "model.hidden=8", "batch_size=16", "init_batch_size=64", "--out", str(tmp_path)]
     ).read_text()  # fmt: skip
     assert "| matrix-exp coupling (per call, as the official code) |" in table6

@@ -128,7 +128,7 @@ def _float_dtypes(tree):
 def test_glow_parameters_follow_param_dtype(conv, coupling):
     """float32 parameters by default even under x64 (Flax's convention), float64 on request;
     float64 inputs with float32 parameters give float64 latents and log-dets."""
-    kwargs = dict(levels=1, steps=1, hidden=4, conv=conv, coupling=coupling)
+    kwargs = dict(levels=1, depth=1, hidden=4, conv=conv, coupling=coupling)
     if conv == "periodic":
         kwargs["conv_kwargs"] = {"kernel_size": 2}
     with jax.enable_x64(True):

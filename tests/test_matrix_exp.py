@@ -11,7 +11,7 @@ from jaxflows.models import glow
 from jaxflows.train.config import TrainConfig, load_config
 from tests.harness import PROPERTIES, BijectorCase, setup_case
 
-TINY_MODEL = dict(levels=2, steps=1, hidden=8, conv="matrix_exp", coupling="matrix_exp")
+TINY_MODEL = dict(levels=2, depth=1, hidden=8, conv="matrix_exp", coupling="matrix_exp")
 
 # Shapes repeat across cases and tests: eager (op-by-op) execution compiles once per shape.
 COUPLING_CASES = [
@@ -183,7 +183,7 @@ def test_mef_cifar10_config():
     assert config.dataset == "cifar10" and config.n_bits == 8
     assert config.model["conv"] == "matrix_exp" and config.model["coupling"] == "matrix_exp"
     assert config.model["levels"] == 3
-    small = {**config.model, "steps": 1, "hidden": 4}
+    small = {**config.model, "depth": 1, "hidden": 4}
     flow = glow((32, 32, 3), **small)  # the configuration builds (scaled down to stay fast)
     pixels = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3))
     variables = jax.eval_shape(flow.init, jax.random.key(1), pixels)

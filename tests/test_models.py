@@ -9,35 +9,35 @@ from tests.harness import PROPERTIES, BijectorCase
 CASES = [
     BijectorCase(
         "glow_lu_affine",
-        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8),
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8),
         (2, 4, 4, 2),
         data="unit",
         jit_atol=1e-4,
     ),
     BijectorCase(
         "glow_plain_additive",
-        lambda: glow((4, 4, 1), levels=2, steps=1, hidden=8, conv="plain", coupling="additive"),
+        lambda: glow((4, 4, 1), levels=2, depth=1, hidden=8, conv="plain", coupling="additive"),
         (2, 4, 4, 1),
         data="unit",
         jit_atol=1e-4,
     ),
     BijectorCase(
         "glow_reverse_additive",
-        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, conv="reverse", coupling="additive"),
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="reverse", coupling="additive"),
         (2, 4, 4, 2),
         data="unit",
         jit_atol=1e-4,
     ),
     BijectorCase(
         "glow_shuffle_affine",
-        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, conv="shuffle"),
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="shuffle"),
         (2, 4, 4, 2),
         data="unit",
         jit_atol=1e-4,
     ),
     BijectorCase(
         "realnvp_checkerboard",
-        lambda: glow((4, 4, 1), levels=1, steps=2, hidden=8, mask="checkerboard"),
+        lambda: glow((4, 4, 1), levels=1, depth=2, hidden=8, mask="checkerboard"),
         (2, 4, 4, 1),
         data="unit",
         jit_atol=1e-4,
@@ -49,7 +49,7 @@ CASES = [
     # eager differs by the networks' bfloat16 rounding in other fusions.
     BijectorCase(
         "glow_bfloat16_networks",
-        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, network_dtype=jnp.bfloat16),
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, network_dtype=jnp.bfloat16),
         (2, 4, 4, 2),
         data="unit",
         jit_atol=5e-2,

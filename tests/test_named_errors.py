@@ -138,7 +138,7 @@ def test_actnorm_with_one_zero_variance_channel():
 
 def test_glow_initialised_on_a_constant_batch_has_finite_log_prob():
     # Before: each ActNorm scaled by 1/eps = 1e6, so other inputs got log p ≈ −1e12 … −inf.
-    flow = glow((4, 4, 1), levels=1, steps=2, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=2, hidden=4)
     variables = jax.jit(flow.init)(jax.random.key(0), jnp.full((4, 4, 4, 1), 0.5))
     log_prob = jax.jit(flow.apply)(variables, jax.random.uniform(jax.random.key(1), (4, 4, 4, 1)))
     assert bool(jnp.all(jnp.abs(log_prob) < 1e3)), log_prob
@@ -155,14 +155,14 @@ def test_glow_initialised_on_a_constant_batch_has_finite_log_prob():
         ({"hidden": 2.5}, "hidden must be an integer ≥ 1, got 2.5"),
         ({"levels": 0}, "levels must be an integer ≥ 1, got 0"),
         ({"levels": -1}, "levels must be an integer ≥ 1, got -1"),
-        ({"steps": 0}, "steps must be an integer ≥ 1, got 0"),
-        ({"steps": -2}, "steps must be an integer ≥ 1, got -2"),
-        ({"steps": True}, "steps must be an integer ≥ 1, got True"),
+        ({"depth": 0}, "depth must be an integer ≥ 1, got 0"),
+        ({"depth": -2}, "depth must be an integer ≥ 1, got -2"),
+        ({"depth": True}, "depth must be an integer ≥ 1, got True"),
     ],
 )
 def test_glow_rejects_degenerate_sizes_at_build_time(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        glow((4, 4, 1), **{"levels": 1, "steps": 1, "hidden": 4, **kwargs})
+        glow((4, 4, 1), **{"levels": 1, "depth": 1, "hidden": 4, **kwargs})
 
 
 def abstract_init(flow, x):
@@ -172,7 +172,7 @@ def abstract_init(flow, x):
 
 @pytest.fixture(scope="module")
 def small_flow():
-    flow = glow((4, 4, 1), levels=1, steps=2, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=2, hidden=4)
     x = jnp.full((2, 4, 4, 1), 0.5)
     return flow, abstract_init(flow, x), x
 
@@ -211,13 +211,13 @@ def test_sample_count_must_be_positive(small_flow, method, num_samples):
 @pytest.fixture(scope="module")
 def deep_and_shallow():
     x = jnp.full((2, 4, 4, 1), 0.5)
-    deep, shallow = glow((4, 4, 1), levels=1, steps=3, hidden=4), glow((4, 4, 1), levels=1, steps=2, hidden=4)
+    deep, shallow = glow((4, 4, 1), levels=1, depth=3, hidden=4), glow((4, 4, 1), levels=1, depth=2, hidden=4)
     return deep, abstract_init(deep, x), shallow, abstract_init(shallow, x), x
 
 
 def test_variables_from_a_deeper_model_are_rejected(deep_and_shallow):
     _, deep_vars, shallow, _, x = deep_and_shallow
-    with pytest.raises(UnusedVariablesError, match=r"bijector/level1/steps/.*\(3, .*\(2, ") as info:
+    with pytest.raises(UnusedVariablesError, match=r"bijector/level1/flow_steps/.*\(3, .*\(2, ") as info:
         shallow.apply(deep_vars, x)
     assert "3 stacked steps where the model's Repeat has 2" in str(info.value)
     with pytest.raises(UnusedVariablesError):
@@ -228,7 +228,7 @@ def test_variables_from_a_deeper_model_are_rejected(deep_and_shallow):
 
 def test_variables_from_a_shallower_model_are_rejected(deep_and_shallow):
     deep, _, _, shallow_vars, x = deep_and_shallow
-    with pytest.raises(VariablesMismatchError, match=r"level1/steps/.*\(2, .*\(3, ") as info:
+    with pytest.raises(VariablesMismatchError, match=r"level1/flow_steps/.*\(2, .*\(3, ") as info:
         deep.apply(shallow_vars, x)
     assert not isinstance(info.value, UnusedVariablesError)
 
@@ -249,8 +249,8 @@ def test_extra_variables_are_listed(deep_and_shallow):
 
 def test_variables_of_a_model_with_more_levels_are_rejected():
     x = jnp.full((2, 8, 8, 1), 0.5)
-    two = glow((8, 8, 1), levels=2, steps=1, hidden=4)
-    one = glow((8, 8, 1), levels=1, steps=1, hidden=4)
+    two = glow((8, 8, 1), levels=2, depth=1, hidden=4)
+    one = glow((8, 8, 1), levels=1, depth=1, hidden=4)
     with pytest.raises(UnusedVariablesError, match="level2"):
         one.apply(abstract_init(two, x), x)
 
@@ -280,7 +280,7 @@ def test_check_variables(deep_and_shallow):
 
 
 def test_a_dequantizers_variables_are_not_unused():
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4, dequantizer=VariationalDequantizer(hidden=4, steps=1))
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4, dequantizer=VariationalDequantizer(hidden=4, depth=1))
     pixels = jnp.zeros((2, 4, 4, 1), jnp.uint8)
     init = lambda p: flow.init(jax.random.key(0), p, jax.random.key(1), 256, method="discrete_log_prob")
     variables = jax.eval_shape(init, pixels)
@@ -293,7 +293,7 @@ def test_a_dequantizers_variables_are_not_unused():
 def test_the_variables_check_is_invisible_to_method_interceptors():
     # The reference shapes come from an abstract `init`; an enclosing interceptor (as in
     # jaxflows.analysis) must see only the caller's own apply, not that init.
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4)
     x = jnp.full((2, 4, 4, 1), 0.5)
     variables = abstract_init(flow, x)
     seen = []

@@ -129,7 +129,7 @@ def test_glow_training_step_products(platform):
     flow = glow(
         (8, 8, 2),
         levels=2,
-        steps=2,
+        depth=2,
         hidden=8,
         conv="lu",
         num_classes=3,
@@ -152,7 +152,7 @@ def test_glow_training_step_products(platform):
 
 
 def test_dequantizer_networks_follow_the_policy():
-    dequantizer = VariationalDequantizer(hidden=4, steps=1, network_dtype=jnp.bfloat16)
+    dequantizer = VariationalDequantizer(hidden=4, depth=1, network_dtype=jnp.bfloat16)
     pixels = jnp.zeros((2, 4, 4, 1), jnp.int32)
     variables = dequantizer.init(jax.random.key(0), jax.random.key(1), pixels, 256)
     u, log_q = dequantizer.apply(variables, jax.random.key(1), pixels, 256)
@@ -195,7 +195,7 @@ def test_reconstruction_warnings_name_every_error_above_half_a_level():
 
 
 def test_level_diagnostics_report_the_whole_flow_round_trip():
-    flow = glow((4, 4, 1), levels=2, steps=1, hidden=4, network_dtype=jnp.bfloat16)
+    flow = glow((4, 4, 1), levels=2, depth=1, hidden=4, network_dtype=jnp.bfloat16)
     pixels = jax.random.randint(jax.random.key(0), (3, 4, 4, 1), 0, 256)
     variables = flow.init(jax.random.key(1), pixels / 256.0)
     scores = level_diagnostics(flow, variables, pixels, 256)

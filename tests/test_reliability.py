@@ -131,8 +131,8 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_good_one(tmp_path, capf
 def test_resume_refuses_a_config_for_a_different_model_or_data(tmp_path):
     train(TINY.replace(num_steps=2), tmp_path, progress=False)
     saved = (tmp_path / "config.json").read_text()
-    deeper = TINY.replace(model={**TINY.model, "steps": 2})
-    with pytest.raises(ConfigMismatchError, match=r"model: .*'steps': 1.* -> .*'steps': 2"):
+    deeper = TINY.replace(model={**TINY.model, "depth": 2})
+    with pytest.raises(ConfigMismatchError, match=r"model: .*'depth': 1.* -> .*'depth': 2"):
         train(deeper, tmp_path, progress=False)
     with pytest.raises(ConfigMismatchError, match=r"dataset: 'digits' -> 'fashion_mnist'") as error:
         train(TINY.replace(dataset="fashion_mnist", seed=3), tmp_path, progress=False)
@@ -323,7 +323,7 @@ def test_an_intact_checkpoint_of_another_model_is_named_not_called_corrupt(tmp_p
     from jaxflows.train import experiment
 
     wider = lambda config, shape: glow(
-        tuple(shape), levels=1, steps=1, hidden=12
+        tuple(shape), levels=1, depth=1, hidden=12
     )  # same config, other shapes
     monkeypatch.setattr(experiment, "build_flow", wider)
     with pytest.raises(

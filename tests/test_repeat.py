@@ -36,7 +36,7 @@ CASES = [
     ),
     BijectorCase(
         "glow_invertible",
-        lambda: glow((4, 4, 2), levels=2, steps=2, hidden=8, gradient="invertible"),
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, gradient="invertible"),
         (2, 4, 4, 2),
         data="unit",
         jit_atol=1e-4,
@@ -77,7 +77,7 @@ def test_invertible_and_remat_gradients_equal_standard_backprop(x64):
         dtype = jnp.float64 if x64 else jnp.float32
         x = jax.random.uniform(jax.random.key(0), (16, 4, 4, 2), dtype)  # ActNorm's init batch
         modes = ("standard", "invertible") if x64 else ("standard", "remat", "invertible")
-        flows = {mode: glow((4, 4, 2), levels=2, steps=2, hidden=8, gradient=mode) for mode in modes}
+        flows = {mode: glow((4, 4, 2), levels=2, depth=2, hidden=8, gradient=mode) for mode in modes}
         variables = jax.jit(flows["standard"].init)(jax.random.key(1), x)
         variables = perturb_params(variables, 0.05, jax.random.key(2))
         variables = jax.tree_util.tree_map(
@@ -173,26 +173,26 @@ def test_repeat_stacks_variables_and_initialises_each_step_on_its_own_input():
 
 
 def test_breakdown_names_repeated_steps_by_index_and_layer_variables_slices_them():
-    flow = glow((4, 4, 1), levels=1, steps=3, hidden=8, gradient="invertible")
+    flow = glow((4, 4, 1), levels=1, depth=3, hidden=8, gradient="invertible")
     x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
     variables = perturb_params(flow.init(jax.random.key(1), x), 0.05, jax.random.key(2))
     terms = log_det_breakdown(flow, variables, x)
-    assert [k for k in terms if "/steps/" in k] == [
-        f"level1/steps/{k}/{name}" for k in range(3) for name in ("actnorm", "conv", "coupling")
+    assert [k for k in terms if "/flow_steps/" in k] == [
+        f"level1/flow_steps/{k}/{name}" for k in range(3) for name in ("actnorm", "conv", "coupling")
     ]
     np.testing.assert_allclose(sum(terms.values()), flow.apply(variables, x), rtol=1e-5)
-    params = layer_variables(flow, variables, "level1/steps/2/actnorm")["params"]
-    stacked = variables["params"]["bijector"]["level1"]["steps"]["actnorm"]
+    params = layer_variables(flow, variables, "level1/flow_steps/2/actnorm")["params"]
+    stacked = variables["params"]["bijector"]["level1"]["flow_steps"]["actnorm"]
     np.testing.assert_array_equal(params["log_scale"], stacked["log_scale"][2])
 
 
 def test_checkerboard_levels_repeat_pairs_of_steps_and_keep_an_odd_last_step():
-    flow = glow((4, 4, 1), levels=1, steps=3, hidden=8, mask="checkerboard")
+    flow = glow((4, 4, 1), levels=1, depth=3, hidden=8, mask="checkerboard")
     x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
     params = flow.init(jax.random.key(1), x)["params"]["bijector"]["level1"]
-    assert set(params) == {"steps", "last_step", "prior"}
-    assert set(params["steps"]) == {"parity0", "parity1"}
-    assert params["steps"]["parity0"]["actnorm"]["bias"].shape == (1, 4)
+    assert set(params) == {"flow_steps", "last_step", "prior"}
+    assert set(params["flow_steps"]) == {"parity0", "parity1"}
+    assert params["flow_steps"]["parity0"]["actnorm"]["bias"].shape == (1, 4)
 
 
 @pytest.mark.parametrize(
@@ -210,14 +210,14 @@ def test_bad_repeat_and_gradient_arguments_are_named_errors(make, message):
 
 def test_glow_rejects_an_unknown_gradient_mode():
     with pytest.raises(ValueError, match="gradient must be one of"):
-        glow((4, 4, 1), levels=1, steps=1, hidden=4, gradient="fast")
+        glow((4, 4, 1), levels=1, depth=1, hidden=4, gradient="fast")
 
 
 def test_repeat_inside_a_module_is_an_ordinary_bijector():
     class Wrapper(nn.Module):
         @nn.compact
         def __call__(self, x):
-            return Repeat(_step(), 2, name="steps")(x)
+            return Repeat(_step(), 2, name="flow_steps")(x)
 
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4))
     variables = Wrapper().init(jax.random.key(1), x)

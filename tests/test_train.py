@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 # One tiny configuration shared by the tests below, so they reuse each other's compilations.
 TINY = TrainConfig(
     dataset="digits",
-    model={"levels": 1, "steps": 1, "hidden": 8},
+    model={"levels": 1, "depth": 1, "hidden": 8},
     batch_size=16,
     init_batch_size=64,
     warmup_steps=2,
@@ -83,7 +83,7 @@ def test_skip_nonfinite_never_applies_a_nonfinite_update():
 
 
 def test_nan_batch_is_skipped_and_counted():
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4)
     config = TrainConfig(warmup_steps=0, learning_rate=1e-2)
     optimizer, mesh = make_optimizer(config), make_mesh()
     pixels = np.random.default_rng(0).integers(0, 4, (8, 4, 4, 1)).astype(np.float32)
@@ -241,7 +241,7 @@ def test_level_diagnostics_add_up_to_the_bits_per_dim():
     from jaxflows.core import bits_per_dim, dequantize
     from jaxflows.train.evaluate import level_diagnostics
 
-    flow = glow((8, 8, 1), levels=2, steps=1, hidden=8)
+    flow = glow((8, 8, 1), levels=2, depth=1, hidden=8)
     pixels = np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), dtype=np.uint8)
     variables = jax.jit(flow.init)(jax.random.PRNGKey(1), dequantize(jax.random.PRNGKey(2), pixels, 17))
     diagnostics = level_diagnostics(flow, variables, pixels, 17, seed=3)

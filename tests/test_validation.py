@@ -10,7 +10,7 @@ from jaxflows.models import glow
 
 @pytest.fixture(scope="module")
 def flow_and_variables():
-    flow = glow((4, 4, 1), levels=1, steps=1, hidden=4)
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4)
     x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
     return flow, flow.init(jax.random.key(1), x)
 
@@ -19,7 +19,7 @@ def test_spatial_size_that_cannot_squeeze():
     with pytest.raises(ValueError, match="even"):
         Squeeze().init(jax.random.key(0), jnp.zeros((1, 3, 4, 1)))
     with pytest.raises(ValueError, match="multiples of 8"):
-        glow((12, 12, 1), levels=3, steps=1, hidden=4)
+        glow((12, 12, 1), levels=3, depth=1, hidden=4)
 
 
 def test_channels_that_cannot_split():
@@ -60,6 +60,6 @@ def test_pixels_outside_the_documented_range(flow_and_variables):
 
 def test_unknown_layer_names():
     with pytest.raises(ValueError, match="unknown conv 'bogus'"):
-        glow((4, 4, 1), levels=1, steps=1, hidden=4, conv="bogus")
+        glow((4, 4, 1), levels=1, depth=1, hidden=4, conv="bogus")
     with pytest.raises(ValueError, match="mask must be one of"):
         AffineCoupling(hidden=4, mask="stripes").init(jax.random.key(0), jnp.zeros((1, 2, 2, 2)))

@@ -20,7 +20,7 @@ from jaxflows.train.config import TrainConfig
 def get_config() -> TrainConfig:
     return TrainConfig(
         dataset="auto",
-        model={"levels": 2, "steps": 3, "hidden": 48, "conv": "lu", "coupling": "affine"},
+        model={"levels": 2, "depth": 3, "hidden": 48, "conv": "lu", "coupling": "affine"},
         batch_size=32,
         eval_batch_size=500,
         optimizer="adam",

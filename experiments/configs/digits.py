@@ -6,7 +6,7 @@ from jaxflows.train.config import TrainConfig
 def get_config() -> TrainConfig:
     return TrainConfig(
         dataset="digits",
-        model={"levels": 2, "steps": 4, "hidden": 64, "conv": "lu", "coupling": "affine"},
+        model={"levels": 2, "depth": 4, "hidden": 64, "conv": "lu", "coupling": "affine"},
         batch_size=64,
         eval_batch_size=512,
         optimizer="adam",

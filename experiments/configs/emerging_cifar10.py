@@ -13,7 +13,7 @@ def get_config() -> TrainConfig:
         dataset="cifar10",
         model={
             "levels": 3,  # L = 3 (paper)
-            "steps": 32,  # K = 32 (paper)
+            "depth": 32,  # K = 32 (paper)
             "hidden": 512,  # 512 channels in the coupling networks (paper)
             "conv": "emerging",  # the emerging convolution replaces Glow's 1x1 conv (paper)
             "conv_kwargs": {

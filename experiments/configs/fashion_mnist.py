@@ -5,7 +5,7 @@ Measured 2026-11-29: 3.1434 held-out bits/dim after 110 minutes of training
 
     ./run.sh train --config experiments/configs/fashion_mnist.py --workdir runs/fashion_mnist_long
 
-Sizing (synthetic-image timing, `python benchmarks/train_step.py --model emerging --levels 2 --steps 8
+Sizing (synthetic-image timing, `python benchmarks/train_step.py --model emerging --levels 2 --depth 8
 --hidden 96 --batch 64 --image 28x28x1`): 281 k parameters, ≈ 12 GFLOP per step, about 250 ms per step
 of batch 64 on idle cores in the benchmark; in training (data pipeline and evaluations included)
 18 000 steps (19 epochs) took 110 minutes. The main job's
@@ -26,7 +26,7 @@ def get_config() -> TrainConfig:
         dataset="fashion_mnist",
         model={
             "levels": 2,
-            "steps": 8,
+            "depth": 8,
             "hidden": 96,
             "conv": "emerging",
             "conv_kwargs": {"kernel_size": 3},

@@ -12,7 +12,7 @@ def get_config() -> TrainConfig:
         dataset="cifar10",
         model={
             "levels": 3,  # L = 3 (paper)
-            "steps": 32,  # K = 32 (paper)
+            "depth": 32,  # K = 32 (paper)
             "hidden": 512,  # 512 channels in the coupling networks (paper)
             "conv": "lu",  # invertible 1x1 conv; the LU form is the paper's faster variant
             "coupling": "affine",  # affine coupling for the CIFAR-10 likelihood result (paper, Table 2)

@@ -19,7 +19,7 @@ def get_config() -> TrainConfig:
         n_bits=8,  # paper: 8-bit CIFAR-10
         model={
             "levels": 3,  # paper: L = 3
-            "steps": 32,  # guess (Glow's K for CIFAR-10)
+            "depth": 32,  # guess (Glow's K for CIFAR-10)
             "hidden": 512,  # guess (Glow's width)
             "conv": "matrix_exp",  # paper
             "coupling": "matrix_exp",  # paper

@@ -2,7 +2,7 @@
 
 Layers that run their steps as pure functions (a `Repeat`'s `lax.scan`, a `Chain` with
 gradient="remat" or "invertible") are expanded step by step instead, so every step is recorded
-like an ordinary layer: step k of the `Repeat` at `level1/steps` is `level1/steps/k`, and its
+like an ordinary layer: step k of the `Repeat` at `level1/flow_steps` is `level1/flow_steps/k`, and its
 variables are the k-th slice of the stacked ones (`layer_variables` reads either form).
 """
 
@@ -25,7 +25,7 @@ class LayerCall:
     context it received (None for an unconditional model; the flow's one-hot labels or context
     array inside a conditional one)."""
 
-    path: str  # "level1/steps/2/coupling", relative to the model's bijector; "" is the whole model
+    path: str  # "level1/flow_steps/2/coupling", relative to the model's bijector; "" is the whole model
     module: Bijector
     variables: Any
     inputs: Array
@@ -102,7 +102,7 @@ def trace_forward(
 
     Returns the calls and the model's output (the latent). Works under `jit`, where the records
     hold tracers. Paths are relative to a `Flow`'s bijector: a Glow's layers read
-    `level1/steps/0/actnorm` (step 0 of level 1's repeated steps).
+    `level1/flow_steps/0/actnorm` (step 0 of level 1's repeated steps).
     """
     calls, (z, _) = _trace(model, variables, x, context, _root(model), "")
     return calls, z
@@ -122,7 +122,7 @@ def layer_variables(model: nn.Module, variables: Any, path: str) -> dict[str, An
     """The variables of the layer at `path` (as named by `trace_forward`), per collection.
 
     A numeric segment k where the variables have no key k selects step k of stacked variables
-    (a `Repeat`): `level1/steps/2/coupling` is slice 2 of `level1/steps/coupling`.
+    (a `Repeat`): `level1/flow_steps/2/coupling` is slice 2 of `level1/flow_steps/coupling`.
     """
     keys = [*_root(model), *(path.split("/") if path else [])]
     out = {}

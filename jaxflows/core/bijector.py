@@ -105,7 +105,7 @@ class Chain(Bijector):
         if len(names) != len(self.layers):
             raise ValueError(f"Chain: {len(self.layers)} layers but {len(names)} names")
         self.layer_names = tuple(names)
-        self.steps = tuple(b.clone(parent=self, name=n) for b, n in zip(self.layers, names, strict=True))
+        self.links = tuple(b.clone(parent=self, name=n) for b, n in zip(self.layers, names, strict=True))
 
     def unrolled_steps(self) -> list[tuple[str, Bijector, Any]]:
         """(name, unbound layer, variables) of every layer in forward order."""
@@ -118,7 +118,7 @@ class Chain(Bijector):
     def _run(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
         if self.gradient == "standard" or self.is_initializing():
             total = jnp.zeros(x.shape[0], x.dtype)
-            for layer in reversed(self.steps) if inverse else self.steps:
+            for layer in reversed(self.links) if inverse else self.links:
                 x, ld = layer.inverse(x, context) if inverse else layer.forward(x, context)
                 total = total + ld
             return x, total

@@ -60,14 +60,14 @@ class VariationalDequantizer(nn.Module):
     """q(u | x): a flow from Gaussian noise to [0, 1)^D conditioned on the integer image x.
 
     ε ~ N(0, I); h = t(x) + e^{s(x)} ε (an elementwise affine map conditioned on features of x);
-    then `steps` affine couplings on alternating checkerboards, each conditioned on the fixed pixels
+    then `depth` affine couplings on alternating checkerboards, each conditioned on the fixed pixels
     of h and the features of x; u = sigmoid(h). By the change of variables,
     log q(u | x) = log N(ε) − Σ s(x) − Σ coupling log-scales − Σ log sigmoid'(h).
     Every last convolution starts at zero, so q starts as sigmoid(N(0, I)).
 
     Attributes:
       hidden: channels of the feature network and of each coupling's network.
-      steps: number of checkerboard couplings after the elementwise map.
+      depth: number of checkerboard couplings after the elementwise map.
       dtype: computation dtype of the flow's maps (None: `param_dtype`; at least float32; the
         input is integer pixels).
       param_dtype: dtype of the parameters at init.
@@ -75,7 +75,7 @@ class VariationalDequantizer(nn.Module):
     """
 
     hidden: int = 32
-    steps: int = 2
+    depth: int = 2
     dtype: DTypeLike | None = None
     param_dtype: DTypeLike = jnp.float32
     network_dtype: DTypeLike | None = None
@@ -101,7 +101,7 @@ class VariationalDequantizer(nn.Module):
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)
         h = shift + jnp.exp(log_scale) * eps
         log_q = log_q - sum_except_batch(log_scale)
-        for i in range(self.steps):
+        for i in range(self.depth):
             keep = CheckerboardMask(i % 2).board(x)  # 1 on the pixels this coupling keeps
             coupling = _ConditionalAffine(
                 self.hidden,

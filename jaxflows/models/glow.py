@@ -85,7 +85,7 @@ def _lookup(table: dict[str, Callable[..., Bijector]], key: str, what: str):
 def glow(
     image_shape: tuple[int, int, int],
     levels: int = 3,
-    steps: int = 32,
+    depth: int = 32,
     hidden: int = 512,
     conv: str = "lu",
     coupling: str = "affine",
@@ -110,14 +110,14 @@ def glow(
     log_det is the sum of the layers' log-dets. Inverse (latent → data, sampling): the same layers'
     inverses in reverse order. The latent has `image_shape` (`MultiScaleFlow`).
     The K steps of a level are one `Repeat` (one `lax.scan`, compiled once whatever K), named
-    "steps"; with the checkerboard mask the repeated unit is a pair of steps of parity 0 and 1
+    "flow_steps"; with the checkerboard mask the repeated unit is a pair of steps of parity 0 and 1
     ("parity0", "parity1") and an odd K ends with one more step, "last_step".
 
     Args:
       image_shape: (height, width, channels) of one example; height and width must be multiples
         of 2^levels.
       levels: L, the number of scales.
-      steps: K, flow steps per level.
+      depth: K, the number of flow steps per level (Glow's K).
       hidden: channels of each coupling network's hidden layers.
       conv: the channel mixer, a key of `CONVS`: "plain" | "lu" | "qr" | "emerging" | "periodic" |
         "matrix_exp", or a fixed permutation "reverse" | "shuffle" (Glow Fig. 3's baselines).
@@ -153,7 +153,7 @@ def glow(
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
     height, width, _ = image_shape
     levels = check_count(levels, "levels", "glow")
-    steps = check_count(steps, "steps", "glow")
+    depth = check_count(depth, "depth", "glow")
     hidden = check_count(hidden, "hidden", "glow")
     scale = 2**levels
     if height % scale or width % scale:
@@ -184,14 +184,14 @@ def glow(
         raise ValueError("glow: classifier=True needs num_classes (the classes it predicts)")
     period = 2 if mask == "checkerboard" else 1
     unit = step(0) if period == 1 else Chain([step(0), step(1)], names=["parity0", "parity1"])
-    repeats, extra = divmod(steps, period)
+    repeats, extra = divmod(depth, period)
     level_list = []
     for i in range(levels):
         last = i == levels - 1
         layers, names = [Squeeze()], ["squeeze"]
         if repeats:
             layers.append(Repeat(unit, repeats, gradient=gradient))
-            names.append("steps")
+            names.append("flow_steps")
         if extra:
             layers.append(step(0))
             names.append("last_step")

@@ -37,7 +37,7 @@ class TrainConfig:
 
     dataset: str = "digits"  # "digits" | "fashion_mnist" | "auto" | a tfds name ("cifar10", ...)
     model: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"levels": 2, "steps": 4, "hidden": 64, "conv": "lu"}
+        default_factory=lambda: {"levels": 2, "depth": 4, "hidden": 64, "conv": "lu"}
     )
     n_bits: int | None = None  # None: the dataset's own bit depth
     batch_size: int = 64
@@ -62,7 +62,7 @@ class TrainConfig:
     data_dir: str | None = None  # tfds data_dir
     eval_dequant_draws: int = 1  # held-out bits/dim averaged over this many dequantisation draws
     # Variational dequantisation (Flow++): keyword arguments of models.VariationalDequantizer
-    # (e.g. {"hidden": 32, "steps": 2}); None dequantises uniformly.
+    # (e.g. {"hidden": 32, "depth": 2}); None dequantises uniformly.
     dequantizer: dict[str, Any] | None = None
     # Held-out bits/dim as the importance-weighted estimate over this many dequantisation draws
     # per example (1: the training bound). Reported next to the bound when > 1.

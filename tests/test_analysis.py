@@ -82,7 +82,8 @@ def test_gradient_helpers_agree_with_jax_grad_of_the_full_expression(model):
         h = a
         for layer, path in zip(layers, paths, strict=True):
             h, _ = layer.apply(layer_variables(flow, v, path), h, method="forward")
-        return coupling.apply(layer_variables(flow, v, "level1/flow_steps/0/coupling"), h, method="log_det").sum()
+        variables = layer_variables(flow, v, "level1/flow_steps/0/coupling")
+        return coupling.apply(variables, h, method="log_det").sum()
 
     layer = "level1/flow_steps/0/coupling"
     np.testing.assert_allclose(

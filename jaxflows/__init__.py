@@ -14,7 +14,13 @@ from jaxflows.core import (
     dequantize,
     functional,
 )
-from jaxflows.core.errors import JaxflowsError
+from jaxflows.core.errors import (
+    InputDtypeError,
+    InvalidArgumentError,
+    InvalidInputError,
+    JaxflowsError,
+    ShapeError,
+)
 
 __all__ = [
     "Bijector",
@@ -22,9 +28,13 @@ __all__ = [
     "DiagonalGaussian",
     "Flow",
     "Functional",
+    "InputDtypeError",
+    "InvalidArgumentError",
+    "InvalidInputError",
     "Invert",
     "JaxflowsError",
     "Repeat",
+    "ShapeError",
     "StandardNormal",
     "bijectors",
     "bits_per_dim",

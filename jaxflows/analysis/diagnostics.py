@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxflows.analysis.trace import leaves, trace_forward
 from jaxflows.core.bijector import Array
+from jaxflows.core.errors import ShapeError
 
 
 def reconstruction_errors(
@@ -39,7 +40,7 @@ def jacobian_condition_numbers(
     The jacobian is D×D for D = h·w·c of the layer's input: use small images.
     """
     if x.shape[0] != 1:
-        raise ValueError(f"expected a single example (batch of 1), got batch {x.shape[0]}")
+        raise ShapeError(f"expected a single example (batch of 1), got batch {x.shape[0]}")
     calls, _ = trace_forward(model, variables, x, context)
     conditions = {}
     for call in leaves(calls):

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxflows.core.bijector import Array
+from jaxflows.core.errors import ShapeError
 
 
 def _encode(flow: nn.Module, variables: Any, x: Array, context: Any) -> Array:
@@ -46,7 +47,7 @@ def manipulate(
     (len(x), len(alphas), *x.shape[1:]); α = 0 gives back x (to float32 rounding)."""
     alphas = jnp.asarray(alphas, x.dtype)
     if direction.shape != x.shape[1:]:
-        raise ValueError(f"direction must have one example's shape {x.shape[1:]}, got {direction.shape}")
+        raise ShapeError(f"direction must have one example's shape {x.shape[1:]}, got {direction.shape}")
     z = _encode(flow, variables, x, context)
     moved = z[:, None] + alphas.reshape(1, -1, *([1] * (x.ndim - 1))) * direction
     flat = moved.reshape(-1, *x.shape[1:])

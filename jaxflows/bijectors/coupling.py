@@ -27,6 +27,7 @@ from jaxflows.bijectors.masks import MASKS, Mask
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.context import add_context
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.validation import check_channels, check_image
 from jaxflows.ops import (
     DEFAULT_NETWORK_PRECISION,
@@ -127,7 +128,7 @@ class Coupling(Bijector):
         self.masking()
         transformer = self.elementwise()
         if self.mask not in transformer.masks:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__}: {type(transformer).__name__} works with mask in "
                 f"{transformer.masks}, got mask={self.mask!r}"
             )
@@ -136,7 +137,7 @@ class Coupling(Bijector):
     def elementwise(self) -> Transformer:
         """The transformer: the `transformer` field (a subclass may build it from its fields)."""
         if self.transformer is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{type(self).__name__} needs a transformer, e.g. Coupling(transformer=AffineTransformer())"
             )
         return self.transformer
@@ -144,7 +145,7 @@ class Coupling(Bijector):
     def masking(self) -> Mask:
         """The mask named by `mask`, with `parity`."""
         if self.mask not in MASKS:
-            raise ValueError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
+            raise InvalidArgumentError(f"mask must be one of {sorted(MASKS)}, got {self.mask!r}")
         return MASKS[self.mask](self.parity)
 
     def num_params(self, active_channels: int) -> int:

@@ -21,6 +21,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from jaxflows.core.bijector import Array, Bijector, per_example
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_image
 from jaxflows.ops import BIJECTION_PRECISION, bijection_dtype, conv2d
 
@@ -157,9 +158,9 @@ class EmergingConv(Bijector):
 
     def __post_init__(self):
         if self.kernel_size < 2:
-            raise ValueError(f"EmergingConv: kernel_size must be ≥ 2, got {self.kernel_size}")
+            raise InvalidArgumentError(f"EmergingConv: kernel_size must be ≥ 2, got {self.kernel_size}")
         if self.inverse_method not in INVERSE_METHODS:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"EmergingConv: inverse_method must be one of {INVERSE_METHODS}, got {self.inverse_method!r}"
             )
         super().__post_init__()
@@ -188,7 +189,7 @@ class EmergingConv(Bijector):
     def _check(self, x: Array) -> None:
         check_image(x)
         if self.kernel_size > min(x.shape[1], x.shape[2]):
-            raise ValueError(
+            raise ShapeError(
                 f"EmergingConv: kernel_size {self.kernel_size} is larger than the "
                 f"{x.shape[1]}x{x.shape[2]} image"
             )

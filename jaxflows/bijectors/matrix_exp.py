@@ -26,6 +26,7 @@ from jax.typing import DTypeLike
 from jaxflows.bijectors.conv1x1 import InvertibleConv1x1
 from jaxflows.bijectors.coupling import Coupling
 from jaxflows.core.bijector import Array
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.validation import check_count
 from jaxflows.linalg import expm_adaptive, phi_adaptive
 from jaxflows.ops.matmul import batched_matmul
@@ -281,12 +282,14 @@ class MatrixExpCoupling(Coupling):
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:
-            raise ValueError(f"MatrixExpCoupling: form must be one of {FORMS}, got {self.form!r}")
+            raise InvalidArgumentError(f"MatrixExpCoupling: form must be one of {FORMS}, got {self.form!r}")
         check_count(self.rank, "rank", "MatrixExpCoupling")
         if self.tolerance is not None and not self.tolerance > 0:
-            raise ValueError(f"MatrixExpCoupling: tolerance must be positive, got {self.tolerance!r}")
+            raise InvalidArgumentError(
+                f"MatrixExpCoupling: tolerance must be positive, got {self.tolerance!r}"
+            )
         if self.mask != "channel":
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"MatrixExpCoupling mixes the active channels of each pixel and needs mask='channel', "
                 f"got mask={self.mask!r}"
             )

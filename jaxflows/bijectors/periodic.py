@@ -15,6 +15,7 @@ from jax import lax
 from jax.typing import DTypeLike
 
 from jaxflows.core.bijector import Array, Bijector, per_example
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_image
 from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
@@ -96,7 +97,7 @@ class PeriodicConv(Bijector):
 
     def __post_init__(self):
         if self.kernel_size < 1:
-            raise ValueError(f"PeriodicConv: kernel_size must be ≥ 1, got {self.kernel_size}")
+            raise InvalidArgumentError(f"PeriodicConv: kernel_size must be ≥ 1, got {self.kernel_size}")
         super().__post_init__()
 
     @nn.compact
@@ -119,7 +120,7 @@ class PeriodicConv(Bijector):
         check_image(x)
         height, width = x.shape[1], x.shape[2]
         if self.kernel_size > min(height, width):
-            raise ValueError(
+            raise ShapeError(
                 f"PeriodicConv: kernel_size {self.kernel_size} is larger than the {height}x{width} image"
             )
         matrices = self.spectrum(x)

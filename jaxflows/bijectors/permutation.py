@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxflows.bijectors.conv1x1 import init_from_one_draw
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.errors import ShapeError
 from jaxflows.core.validation import check_image
 
 
@@ -77,7 +78,7 @@ class ShufflePermutation(ChannelPermutation):
         draw = lambda key: {"permutation": jax.random.permutation(key, channels).astype(jnp.int32)}
         order = init_from_one_draw(self, draw, ("permutation",), ())["permutation"]
         if order.shape != (channels,):
-            raise ValueError(
+            raise ShapeError(
                 f"ShufflePermutation was initialised for {order.shape[0]} channels, got {channels}"
             )
         return order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.errors import ShapeError
 from jaxflows.core.validation import check_image
 
 
@@ -13,7 +14,7 @@ def squeeze2d(x: Array) -> Array:
     check_image(x)
     b, h, w, c = x.shape
     if h % 2 or w % 2:
-        raise ValueError(
+        raise ShapeError(
             f"Squeeze: height and width must be even to squeeze 2x2, got {h}x{w}; "
             "use fewer levels or pad the images"
         )
@@ -26,7 +27,7 @@ def unsqueeze2d(y: Array) -> Array:
     check_image(y)
     b, h, w, c4 = y.shape
     if c4 % 4:
-        raise ValueError(f"Unsqueeze: channels must be a multiple of 4, got {c4}")
+        raise ShapeError(f"Unsqueeze: channels must be a multiple of 4, got {c4}")
     y = y.reshape(b, h, w, c4 // 4, 2, 2)
     return y.transpose(0, 1, 4, 2, 5, 3).reshape(b, 2 * h, 2 * w, c4 // 4)
 

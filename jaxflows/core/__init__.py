@@ -18,7 +18,13 @@ from jaxflows.core.context import (
     UnexpectedContextError,
 )
 from jaxflows.core.distributions import DiagonalGaussian, StandardNormal, gaussian_log_prob
-from jaxflows.core.errors import JaxflowsError
+from jaxflows.core.errors import (
+    InputDtypeError,
+    InvalidArgumentError,
+    InvalidInputError,
+    JaxflowsError,
+    ShapeError,
+)
 from jaxflows.core.flow import Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
 from jaxflows.core.repeat import Repeat
@@ -34,11 +40,15 @@ __all__ = [
     "DiagonalGaussian",
     "Flow",
     "Functional",
+    "InputDtypeError",
+    "InvalidArgumentError",
+    "InvalidInputError",
     "Invert",
     "JaxflowsError",
     "LabelRangeError",
     "MissingContextError",
     "Repeat",
+    "ShapeError",
     "StandardNormal",
     "UnexpectedContextError",
     "UnusedVariablesError",

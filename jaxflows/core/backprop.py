@@ -30,6 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxflows.core.errors import InvalidArgumentError
+
 Array = jax.Array
 Step = Callable[[Any, Array, Any, bool], tuple[Array, Array]]
 
@@ -54,7 +56,7 @@ def scan_unroll(unroll: int | bool) -> Iterator[None]:
 
 def check_gradient_mode(mode: str, owner: str) -> None:
     if mode not in GRADIENT_MODES:
-        raise ValueError(f"{owner}: gradient must be one of {GRADIENT_MODES}, got {mode!r}")
+        raise InvalidArgumentError(f"{owner}: gradient must be one of {GRADIENT_MODES}, got {mode!r}")
 
 
 def _split_differentiable(tree: Any) -> tuple[Any, Any]:

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflows.core.backprop import check_gradient_mode, run_sequence
+from jaxflows.core.errors import InvalidArgumentError
 
 Array = jax.Array
 
@@ -103,7 +104,7 @@ class Chain(Bijector):
         check_gradient_mode(self.gradient, "Chain")
         names = self.names or [f"{_snake(type(b).__name__)}_{i}" for i, b in enumerate(self.layers)]
         if len(names) != len(self.layers):
-            raise ValueError(f"Chain: {len(self.layers)} layers but {len(names)} names")
+            raise InvalidArgumentError(f"Chain: {len(self.layers)} layers but {len(names)} names")
         self.layer_names = tuple(names)
         self.links = tuple(b.clone(parent=self, name=n) for b, n in zip(self.layers, names, strict=True))
 

@@ -16,6 +16,7 @@ from jaxflows.core.context import (
     MissingContextError,
     UnexpectedContextError,
 )
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.objective import check_pixels, dequantize, discrete_log_prob_offset
 from jaxflows.core.validation import (
     check_count,
@@ -69,7 +70,9 @@ class Flow(Bijector):
             if value is not None:
                 check_count(value, name, "Flow")
         if self.num_classes is not None and self.context_features is not None:
-            raise ValueError("Flow: set num_classes (class labels) or context_features (vectors), not both")
+            raise InvalidArgumentError(
+                "Flow: set num_classes (class labels) or context_features (vectors), not both"
+            )
         super().__post_init__()
 
     @property
@@ -169,7 +172,7 @@ class Flow(Bijector):
         check_nonempty(x)
         check_finite(x)
         if tuple(x.shape[1:]) != tuple(self.event_shape):
-            raise ValueError(
+            raise ShapeError(
                 f"expected examples of shape {tuple(self.event_shape)} (H, W, C), got {tuple(x.shape[1:])}"
             )
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflows.core.bijector import Array
+from jaxflows.core.errors import InvalidInputError
 from jaxflows.core.validation import check_finite, check_range, is_concrete
 
 
@@ -27,7 +28,7 @@ def check_pixels(pixels: Array, bins: int) -> None:
     if jnp.issubdtype(pixels.dtype, jnp.floating) and is_concrete(pixels):
         check_finite(pixels, "pixels")
         if not bool(jnp.all(pixels == jnp.round(pixels))):
-            raise ValueError("pixels: expected integer intensities (already dequantized?)")
+            raise InvalidInputError("pixels: expected integer intensities (already dequantized?)")
     check_range(pixels, 0, bins - 1, "pixels")
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxflows.core.backprop import check_gradient_mode, run_scan
 from jaxflows.core.bijector import Array, Bijector
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, flat_shapes
 
 
@@ -47,7 +48,7 @@ class Repeat(Bijector):
 
     def setup(self):
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 1:
-            raise ValueError(f"Repeat: length must be an integer ≥ 1, got {self.length!r}")
+            raise InvalidArgumentError(f"Repeat: length must be an integer ≥ 1, got {self.length!r}")
         check_gradient_mode(self.gradient, "Repeat")
         # The step's variables live directly in this module's scope, stacked along axis 0.
         self.step = self.layer.clone(parent=None)

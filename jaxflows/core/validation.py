@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxflows.core.errors import InputDtypeError, InvalidArgumentError, InvalidInputError, ShapeError
+
 
 def is_concrete(x) -> bool:
     """True when `x` holds values (not a tracer inside jit/grad/vmap)."""
@@ -23,11 +25,11 @@ def check_image(x, name: str = "x") -> None:
     """Require a floating NHWC batch: rank 4, float dtype."""
     shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 4:
-        raise ValueError(
+        raise ShapeError(
             f"{name}: expected an NHWC batch of rank 4 (batch, height, width, channels), got shape {shape}"
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
+        raise InputDtypeError(
             f"{name}: expected a floating dtype, got {x.dtype}; integer pixels must be "
             "dequantized first (jaxflows.dequantize)"
         )
@@ -36,7 +38,7 @@ def check_image(x, name: str = "x") -> None:
 def check_nonempty(x, name: str = "x") -> None:
     """Require at least one example along the batch axis (static: raises under `jit` too)."""
     if x.shape[0] == 0:
-        raise ValueError(f"{name}: empty batch (shape {tuple(x.shape)}); expected at least one example")
+        raise ShapeError(f"{name}: empty batch (shape {tuple(x.shape)}); expected at least one example")
 
 
 def check_count(value, name: str, owner: str) -> int:
@@ -46,14 +48,14 @@ def check_count(value, name: str, owner: str) -> int:
     except TypeError:  # floats, and tracers (jax.errors.TracerIntegerConversionError)
         count = None
     if count is None or count < 1:
-        raise ValueError(f"{owner}: {name} must be an integer ≥ 1, got {value!r}")
+        raise InvalidArgumentError(f"{owner}: {name} must be an integer ≥ 1, got {value!r}")
     return count
 
 
 def check_finite(x, name: str = "x") -> None:
     """Raise if a concrete array holds NaN or infinity."""
     if is_concrete(x) and not bool(np.all(np.isfinite(np.asarray(x)))):
-        raise ValueError(f"{name}: expected finite values, found NaN or infinity")
+        raise InvalidInputError(f"{name}: expected finite values, found NaN or infinity")
 
 
 def check_range(x, low: float, high: float, name: str = "x") -> None:
@@ -63,12 +65,12 @@ def check_range(x, low: float, high: float, name: str = "x") -> None:
     arr = np.asarray(x)
     lo, hi = arr.min(initial=low), arr.max(initial=high)
     if lo < low or hi > high:
-        raise ValueError(f"{name}: expected values in [{low}, {high}], got min {lo} and max {hi}")
+        raise InvalidInputError(f"{name}: expected values in [{low}, {high}], got min {lo} and max {hi}")
 
 
 def check_channels(channels: int, minimum: int, layer: str) -> None:
     if channels < minimum:
-        raise ValueError(
+        raise ShapeError(
             f"{layer}: cannot split {channels} channel(s); expected at least {minimum}. "
             "Squeeze first (2x2 space-to-depth multiplies channels by 4)."
         )

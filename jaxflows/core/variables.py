@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxflows.core.errors import JaxflowsError
+from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 
 Path = tuple[str, ...]
 Shapes = dict[Path, tuple[int, ...]]
@@ -68,7 +68,9 @@ def variable_shapes(module, example_input: Any = None) -> Shapes:
     if own is not None:
         return own()
     if example_input is None:
-        raise ValueError(f"{type(module).__name__}: check_variables needs an example input (not a Flow)")
+        raise InvalidArgumentError(
+            f"{type(module).__name__}: check_variables needs an example input (not a Flow)"
+        )
     example = jax.ShapeDtypeStruct(jnp.shape(example_input), jnp.result_type(example_input))
     return abstract_init(lambda x: module.init(jax.random.key(0), x), example)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxflows.core.errors import JaxflowsError
+from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 from jaxflows.data.source import ArraySource, Dataset, Source
 from jaxflows.data.tfds_source import tfds_dataset
 
@@ -35,7 +35,7 @@ def reduce_bits(pixels: np.ndarray, num_bins: int, n_bits: int) -> np.ndarray:
     """Quantise `num_bins`-level pixels to 2^n_bits levels (Glow's 5-bit CelebA)."""
     target = 2**n_bits
     if target > num_bins or num_bins % target:
-        raise ValueError(f"cannot reduce {num_bins} intensity levels to {target} (n_bits={n_bits})")
+        raise InvalidArgumentError(f"cannot reduce {num_bins} intensity levels to {target} (n_bits={n_bits})")
     return (pixels // (num_bins // target)).astype(np.uint8)
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.data.source import Source
 from jaxflows.data.validation import validate_batch
 
@@ -22,10 +23,10 @@ def batch_indices(
 ) -> np.ndarray:
     """Indices of this host's share of global batch `step` (epochs drop their last partial batch)."""
     if global_batch % process_count:
-        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} hosts")
+        raise InvalidArgumentError(f"global batch {global_batch} is not divisible by {process_count} hosts")
     per_epoch = num_examples // global_batch
     if per_epoch < 1:
-        raise ValueError(f"batch size {global_batch} exceeds the {num_examples} training examples")
+        raise InvalidArgumentError(f"batch size {global_batch} exceeds the {num_examples} training examples")
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
     chunk = order[position * global_batch : (position + 1) * global_batch]

@@ -7,6 +7,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
+
 
 class Source(Protocol):
     """Random access to uint8 NHWC examples: `len(source)` and `source[indices]`; a labelled
@@ -22,7 +24,7 @@ class ArraySource:
 
     def __init__(self, pixels: np.ndarray, labels: np.ndarray | None = None):
         if labels is not None and len(labels) != len(pixels):
-            raise ValueError(f"{len(labels)} labels for {len(pixels)} images")
+            raise ShapeError(f"{len(labels)} labels for {len(pixels)} images")
         self.pixels = pixels
         self._labels = None if labels is None else np.asarray(labels, np.int32)
 
@@ -37,7 +39,7 @@ class ArraySource:
 
     def labels(self, indices: np.ndarray) -> np.ndarray:
         if self._labels is None:
-            raise ValueError("this source has no labels")
+            raise InvalidArgumentError("this source has no labels")
         return self._labels[indices]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxflows.core.errors import JaxflowsError
+from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 from jaxflows.data.source import Dataset
 
 # tfds name -> (train split, held-out split)
@@ -57,7 +57,7 @@ def _prepare_hint(name: str, data_dir: str | None) -> str:
 def tfds_dataset(name: str, data_dir: str | None = None) -> Dataset:
     """Open a prepared tfds image dataset; raises DatasetNotPreparedError in seconds if absent."""
     if name not in TFDS_DATASETS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"unknown dataset {name!r}; expected 'digits', 'fashion_mnist', 'auto' "
             f"or one of {sorted(TFDS_DATASETS)}"
         )

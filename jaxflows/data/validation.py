@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxflows.core.errors import InputDtypeError, InvalidInputError, ShapeError
 from jaxflows.core.validation import check_finite, check_range
 
 
@@ -17,17 +18,17 @@ def validate_batch(
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 4:
-        raise ValueError(
+        raise ShapeError(
             f"{name}: expected an NHWC batch of rank 4 (batch, height, width, channels), "
             f"got shape {pixels.shape}"
         )
     if event_shape is not None and tuple(pixels.shape[1:]) != tuple(event_shape):
-        raise ValueError(f"{name}: expected examples of shape {tuple(event_shape)}, got {pixels.shape[1:]}")
+        raise ShapeError(f"{name}: expected examples of shape {tuple(event_shape)}, got {pixels.shape[1:]}")
     if np.issubdtype(pixels.dtype, np.floating):
         check_finite(pixels, name)
         if not np.all(pixels == np.round(pixels)):
-            raise ValueError(f"{name}: expected integer intensities, got non-integer floats")
+            raise InvalidInputError(f"{name}: expected integer intensities, got non-integer floats")
     elif not np.issubdtype(pixels.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer or float pixels, got dtype {pixels.dtype}")
+        raise InputDtypeError(f"{name}: expected integer or float pixels, got dtype {pixels.dtype}")
     check_range(pixels, 0, num_bins - 1, name)
     return pixels

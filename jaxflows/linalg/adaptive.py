@@ -18,6 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_count
 from jaxflows.ops.matmul import batched_matmul
 
@@ -38,9 +39,9 @@ def inf_norm(w: Array) -> Array:
 
 def _check(w: Array, tolerance: float, max_terms: int, name: str) -> None:
     if w.ndim < 2 or w.shape[-1] != w.shape[-2]:
-        raise ValueError(f"{name}: expected a square matrix or a batch of them (..., n, n), got {w.shape}")
+        raise ShapeError(f"{name}: expected a square matrix or a batch of them (..., n, n), got {w.shape}")
     if not tolerance > 0:
-        raise ValueError(f"{name}: tolerance must be positive, got {tolerance!r}")
+        raise InvalidArgumentError(f"{name}: tolerance must be positive, got {tolerance!r}")
     check_count(max_terms, "max_terms", name)
 
 
@@ -83,7 +84,7 @@ def expm_adaptive(
         max_terms = DEFAULT_EXPM_MAX_TERMS.get(jnp.dtype(w.dtype).itemsize, 16)
     _check(w, tolerance, max_terms, "expm_adaptive")
     if int(max_squarings) != max_squarings or max_squarings < 0:
-        raise ValueError(f"max_squarings must be a non-negative integer, got {max_squarings!r}")
+        raise InvalidArgumentError(f"max_squarings must be a non-negative integer, got {max_squarings!r}")
     return _expm_adaptive(w, float(tolerance), int(max_terms), int(max_squarings))
 
 

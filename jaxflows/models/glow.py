@@ -30,6 +30,7 @@ from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ReversePermutation, ShufflePermutation
 from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
@@ -78,7 +79,7 @@ def _accepted(factory: Callable[..., Bijector], defaults: dict[str, Any]) -> dic
 
 def _lookup(table: dict[str, Callable[..., Bijector]], key: str, what: str):
     if key not in table:
-        raise ValueError(f"unknown {what} {key!r}; expected one of {sorted(table)}")
+        raise InvalidArgumentError(f"unknown {what} {key!r}; expected one of {sorted(table)}")
     return table[key]
 
 
@@ -150,14 +151,14 @@ def glow(
       A `Flow` with a standard normal base over a latent of `image_shape`.
     """
     if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
+        raise ShapeError(f"image_shape must be (height, width, channels), got {image_shape}")
     height, width, _ = image_shape
     levels = check_count(levels, "levels", "glow")
     depth = check_count(depth, "depth", "glow")
     hidden = check_count(hidden, "hidden", "glow")
     scale = 2**levels
     if height % scale or width % scale:
-        raise ValueError(
+        raise ShapeError(
             f"{levels} levels squeeze the image {levels} times, so height and width must be "
             f"multiples of {scale}; got {height}x{width}"
         )
@@ -181,7 +182,7 @@ def glow(
 
     check_gradient_mode(gradient, "glow")
     if classifier and num_classes is None:
-        raise ValueError("glow: classifier=True needs num_classes (the classes it predicts)")
+        raise InvalidArgumentError("glow: classifier=True needs num_classes (the classes it predicts)")
     period = 2 if mask == "checkerboard" else 1
     unit = step(0) if period == 1 else Chain([step(0), step(1)], names=["parity0", "parity1"])
     repeats, extra = divmod(depth, period)

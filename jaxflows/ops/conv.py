@@ -33,6 +33,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 from jax.typing import DTypeLike
 
+from jaxflows.core.errors import ShapeError
 from jaxflows.ops.precision import Precision
 
 Array = jax.Array
@@ -46,15 +47,15 @@ def same_padding(kernel_shape: Sequence[int]) -> Padding:
 
 def _check(x_shape: Sequence[int], kernel_shape: Sequence[int], padding: Padding) -> None:
     if len(kernel_shape) != 4:
-        raise ValueError(f"expected an HWIO kernel (kh, kw, c_in, c_out), got shape {tuple(kernel_shape)}")
+        raise ShapeError(f"expected an HWIO kernel (kh, kw, c_in, c_out), got shape {tuple(kernel_shape)}")
     if len(x_shape) != 4 or x_shape[-1] != kernel_shape[2]:
-        raise ValueError(f"expected NHWC input with {kernel_shape[2]} channels, got shape {tuple(x_shape)}")
+        raise ShapeError(f"expected NHWC input with {kernel_shape[2]} channels, got shape {tuple(x_shape)}")
     sizes_match = len(padding) == 2 and all(
         low + high == k - 1 and low >= 0 and high >= 0
         for (low, high), k in zip(padding, kernel_shape[:2], strict=True)
     )
     if not sizes_match:
-        raise ValueError(
+        raise ShapeError(
             f"padding {padding} does not keep the image size for a "
             f"{kernel_shape[0]}x{kernel_shape[1]} kernel (each axis needs low + high = k - 1)"
         )

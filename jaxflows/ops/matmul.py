@@ -22,6 +22,7 @@ from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
+from jaxflows.core.errors import ShapeError
 from jaxflows.ops.precision import BIJECTION_PRECISION, Precision
 
 Array = jax.Array
@@ -56,7 +57,7 @@ def _transposed_in_memory(x: Array) -> Array:
 def batched_matmul(a: Array, b: Array, precision: Precision = BIJECTION_PRECISION) -> Array:
     """a @ b over the last two axes, with the same leading (batch) shape on both operands."""
     if a.ndim < 2 or b.ndim != a.ndim or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
-        raise ValueError(
+        raise ShapeError(
             f"batched_matmul: expected (..., n, k) and (..., k, m) with the same leading shape, "
             f"got {a.shape} and {b.shape}"
         )

@@ -34,6 +34,8 @@ from flax.linen.dtypes import canonicalize_dtype
 from jax import lax
 from jax.typing import DTypeLike
 
+from jaxflows.core.errors import InvalidArgumentError
+
 Array = jax.Array
 Precision = lax.Precision | None  # a dot's or convolution's `precision`; None: JAX's default
 
@@ -65,7 +67,7 @@ def network_dtype(network: DTypeLike | None, bijection: DTypeLike | None) -> jnp
         except TypeError:
             floating = False
         if not floating:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"network_dtype must be a floating dtype such as jnp.bfloat16, or None; got {network!r}"
             )
         return jnp.dtype(network)
@@ -75,7 +77,9 @@ def network_dtype(network: DTypeLike | None, bijection: DTypeLike | None) -> jnp
 def network_precision(name: str) -> Precision:
     """The `precision` argument of a network's dots and convolutions for a `network_precision` name."""
     if name not in NETWORK_PRECISIONS:
-        raise ValueError(f"network_precision must be one of {sorted(NETWORK_PRECISIONS)}, got {name!r}")
+        raise InvalidArgumentError(
+            f"network_precision must be one of {sorted(NETWORK_PRECISIONS)}, got {name!r}"
+        )
     return NETWORK_PRECISIONS[name]
 
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxflows.core.bijector import Array
-from jaxflows.core.errors import InvalidInputError
+from jaxflows.core.errors import InvalidInputError, ShapeError
 from jaxflows.core.validation import check_finite, check_range, is_concrete
 
 
@@ -32,10 +32,35 @@ def check_pixels(pixels: Array, bins: int) -> None:
     check_range(pixels, 0, bins - 1, "pixels")
 
 
+def is_key_batch(key: Array) -> bool:
+    """Whether `key` is one PRNG key per example (typed keys of shape (batch,), or raw uint32 keys
+    of shape (batch, 2)) rather than a single key."""
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    return key.ndim == (1 if typed else 2)
+
+
+def example_keys(key: Array, indices: Array) -> Array:
+    """One key per example, `fold_in(key, index)`: example i's randomness then depends on its index
+    alone, not on the batch it is in or how the batch is laid out across devices."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(indices, jnp.uint32))
+
+
+def draw(sampler, key: Array, shape: tuple[int, ...]) -> Array:
+    """`sampler(key, shape)` for one key; for a batch of keys, row i is `sampler(key[i], shape[1:])`."""
+    if not is_key_batch(key):
+        return sampler(key, shape)
+    if key.shape[0] != shape[0]:
+        raise ShapeError(f"{key.shape[0]} keys for {shape[0]} examples; expected one key per example")
+    return jax.vmap(lambda k: sampler(k, shape[1:]))(key)
+
+
 def dequantize(key: Array, pixels: Array, bins: int) -> Array:
-    """Uniform dequantisation of integer pixels in {0, …, bins−1} to floats in [0, 1)."""
+    """Uniform dequantisation of integer pixels in {0, …, bins−1} to floats in [0, 1).
+
+    `key` is one key, or one per example (`example_keys`) for noise that does not depend on the
+    batch layout."""
     check_pixels(pixels, bins)
-    noise = jax.random.uniform(key, pixels.shape, jnp.float32)
+    noise = draw(lambda k, shape: jax.random.uniform(k, shape, jnp.float32), key, pixels.shape)
     return (pixels.astype(jnp.float32) + noise) / bins
 
 

@@ -22,6 +22,7 @@ from jax.typing import DTypeLike
 from jaxflows.bijectors.masks import CheckerboardMask
 from jaxflows.core.bijector import Array, sum_except_batch
 from jaxflows.core.distributions import gaussian_log_prob
+from jaxflows.core.objective import draw
 from jaxflows.ops import (
     DEFAULT_NETWORK_PRECISION,
     Conv,
@@ -95,7 +96,7 @@ class VariationalDequantizer(nn.Module):
             features = jax.nn.relu(conv(self.hidden, 3, name="features_in")(x))
             features = jax.nn.relu(conv(self.hidden, 3, name="features_out")(features))
             stats = conv(2 * x.shape[-1], 3, kernel_init=nn.initializers.zeros, name="elementwise")(features)
-        eps = jax.random.normal(key, x.shape, x.dtype)
+        eps = draw(lambda k, shape: jax.random.normal(k, shape, x.dtype), key, x.shape)
         log_q = sum_except_batch(gaussian_log_prob(eps))
         shift, raw = jnp.split(stats.astype(dtype), 2, axis=-1)
         log_scale = _LOG_SCALE_BOUND * jnp.tanh(raw / _LOG_SCALE_BOUND)

@@ -1,0 +1,137 @@
+"""jaxflows.pretrained: the weights format, model cards, checksums, and the shipped models."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxflows.analysis.scores import bits_per_dim_per_example
+from jaxflows.pretrained import (
+    ChecksumError,
+    ModelCard,
+    UnknownModelError,
+    WeightsFileError,
+    available,
+    build,
+    card,
+    load,
+    save,
+)
+
+ARCH = {
+    "builder": "glow",
+    "image_shape": [8, 8, 1],
+    "kwargs": {"levels": 2, "depth": 1, "hidden": 8, "conv": "lu"},
+    "dequantizer": None,
+    "bins": 256,
+}
+PIXELS = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1))
+X = jnp.asarray(PIXELS, jnp.float32) / 256.0
+
+
+def _identical(a, b) -> bool:
+    return a.dtype == b.dtype and bool(jnp.all(a == b))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    flow = build(ARCH)
+    variables = flow.init(jax.random.key(0), X)
+    blank = ModelCard("tiny", "a test model", ARCH, {"command": "test"}, {}, 0, "", "")
+    written = save(tmp_path_factory.mktemp("models"), blank, variables)
+    return written, variables
+
+
+def test_save_then_load_gives_the_same_variables_and_dtypes(saved):
+    written, variables = saved
+    flow, loaded = load(written.path)
+    same = jax.tree_util.tree_map(
+        lambda a, b: a.dtype == b.dtype and bool(jnp.all(a == b)), variables, loaded
+    )
+    assert jax.tree_util.tree_all(same)
+    assert loaded["constants"]  # the LU permutation travels in its own (integer) dtype
+    assert any(jnp.issubdtype(a.dtype, jnp.integer) for a in jax.tree_util.tree_leaves(loaded["constants"]))
+    assert written.parameter_count == sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
+    np.testing.assert_array_equal(
+        flow.apply(loaded, X, method="log_prob"),
+        build(ARCH).apply(variables, X, method="log_prob"),
+    )
+
+
+def test_the_same_variables_always_give_the_same_bytes(saved, tmp_path):
+    written, variables = saved
+    again = save(tmp_path, dataclasses.replace(written, path=None), variables)
+    assert again.sha256 == written.sha256
+    assert (tmp_path / "tiny.npz").read_bytes() == written.weights_path.read_bytes()
+
+
+def test_a_corrupted_weights_file_is_rejected_by_its_checksum(saved, tmp_path):
+    written, _ = saved
+    data = bytearray(written.weights_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "tiny.npz").write_bytes(bytes(data))
+    (tmp_path / "tiny.json").write_text(written.path.read_text())
+    with pytest.raises(ChecksumError, match="SHA-256"):
+        load(tmp_path / "tiny.json")
+
+
+def test_a_truncated_file_with_a_matching_checksum_is_a_named_error(saved, tmp_path):
+    written, _ = saved
+    data = written.weights_path.read_bytes()[:100]
+    (tmp_path / "tiny.npz").write_bytes(data)
+    import hashlib
+
+    fields = json.loads(written.path.read_text()) | {"sha256": hashlib.sha256(data).hexdigest()}
+    (tmp_path / "tiny.json").write_text(json.dumps(fields))
+    with pytest.raises(WeightsFileError, match="not a readable weights archive"):
+        load(tmp_path / "tiny.json")
+
+
+def test_a_card_of_another_format_version_is_a_named_error(saved, tmp_path):
+    written, _ = saved
+    (tmp_path / "tiny.json").write_text(
+        json.dumps(json.loads(written.path.read_text()) | {"format_version": 99})
+    )
+    with pytest.raises(WeightsFileError, match="format version 99"):
+        card(tmp_path / "tiny.json")
+
+
+def test_an_unknown_name_lists_the_available_models():
+    with pytest.raises(UnknownModelError, match="available"):
+        load("no_such_model")
+
+
+def test_save_refuses_variables_of_another_model(saved, tmp_path):
+    written, _ = saved
+    other = build({**ARCH, "kwargs": {**ARCH["kwargs"], "hidden": 4}})
+    variables = other.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
+    with pytest.raises(ValueError, match="variables do not fit"):
+        save(tmp_path, dataclasses.replace(written, path=None), variables)
+
+
+def test_per_example_scores_do_not_depend_on_the_batching(saved):
+    written, _ = saved
+    flow, variables = load(written.path)
+    whole = bits_per_dim_per_example(flow, variables, PIXELS, batch_size=12)
+    split = bits_per_dim_per_example(flow, variables, PIXELS, batch_size=5)
+    tail = bits_per_dim_per_example(flow, variables, PIXELS[7:], batch_size=3, first_index=7)
+    np.testing.assert_array_equal(whole, split)
+    np.testing.assert_array_equal(whole[7:], tail)
+    assert not np.array_equal(whole, bits_per_dim_per_example(flow, variables, PIXELS, seed=1))
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_shipped_models_load_and_sample(name):
+    model = card(name)
+    flow, variables = load(name)
+    samples = (
+        flow.apply(variables, jax.random.key(0), 4, 0.7, method="sample")
+        if flow.num_classes is None
+        else (flow.apply(variables, jax.random.key(0), 4, 0.7, jnp.arange(4), method="sample"))
+    )
+    assert samples.shape == (4, *model.image_shape) and bool(jnp.all(jnp.isfinite(samples)))
+    for field in ("command", "commit", "date", "machine", "config"):
+        assert model.training.get(field), f"{name}'s card lacks training.{field}"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from experiments import compare as cmp
 from experiments import report
+from jaxflows.models import registry
 
 MODULE = "experiments.compare_1x1"
+CONV_KWARGS = {"plain": {}, "lu": {}, "qr": {}, "matrix_exp": {"init_scale": 0.1}}  # registry names
 VARIANTS = [
-    cmp.Variant("plain", {"conv": "plain", "conv_kwargs": {}}),
-    cmp.Variant("LU", {"conv": "lu", "conv_kwargs": {}}),
-    cmp.Variant("QR", {"conv": "qr", "conv_kwargs": {}}),
-    cmp.Variant("matrix exp", {"conv": "matrix_exp", "conv_kwargs": {"init_scale": 0.1}}),
+    cmp.Variant(registry.CONVS.label(conv), {"conv": conv, "conv_kwargs": kwargs})
+    for conv, kwargs in CONV_KWARGS.items()
 ]
 
 

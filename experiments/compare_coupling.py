@@ -15,27 +15,24 @@ import numpy as np
 
 from experiments import compare as cmp
 from experiments import report
+from jaxflows.models import registry
 
 MODULE = "experiments.compare_coupling"
 LEARNING_RATES = (1e-3, 1e-2, 3e-2, 1e-1)
-COUPLINGS = {
-    "additive": ("additive", {}),
-    "affine": ("affine", {}),
-    "matrix exp": ("matrix_exp", {}),  # the official form: full S per pixel for c ≤ 24
-}
+COUPLINGS = ("additive", "affine", "matrix_exp")  # registry names; matrix_exp: full S per pixel for c ≤ 24
 DEFAULT_STEPS = 400
 
 
 def variants(learning_rates=LEARNING_RATES) -> list[cmp.Variant]:
     return [
         cmp.Variant(
-            f"{name} lr={lr:g}",
-            {"coupling": c, "coupling_kwargs": kw},
+            f"{registry.COUPLINGS.label(name)} lr={lr:g}",
+            {"coupling": name, "coupling_kwargs": {}},
             {"learning_rate": lr},
-            group=name,
+            group=registry.COUPLINGS.label(name),
             x=lr,
         )
-        for name, (c, kw) in COUPLINGS.items()
+        for name in COUPLINGS
         for lr in learning_rates
     ]
 

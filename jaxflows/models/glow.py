@@ -1,6 +1,6 @@
 """Glow (Kingma & Dhariwal 2018, Fig. 2): L levels of [squeeze, K × (actnorm, 1x1 conv, coupling),
-split], with a learned prior at the top. Other papers' layers plug in through `CONVS` and
-`COUPLINGS`."""
+split], with a learned prior at the top. Other papers' layers, and the user's, plug in through
+the registry (`jaxflows.models.registry`)."""
 
 from __future__ import annotations
 
@@ -12,61 +12,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from jaxflows.bijectors import (
-    ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
-    Conv1x1,
-    Conv1x1LU,
-    Coupling,
-    LearnedPrior,
-    Split,
-    Squeeze,
-)
-from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
-from jaxflows.bijectors.emerging import EmergingConv
-from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling
-from jaxflows.bijectors.periodic import PeriodicConv
-from jaxflows.bijectors.permutation import ReversePermutation, ShufflePermutation
+from jaxflows.bijectors import ActNorm, LearnedPrior, Split, Squeeze
 from jaxflows.core import Bijector, Chain, Flow, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
+from jaxflows.models.registry import CONVS, COUPLINGS
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
-
-# name -> factory(dtype=, param_dtype=, **conv_kwargs) returning a channel-mixing bijector.
-CONVS: dict[str, Callable[..., Bijector]] = {
-    "plain": Conv1x1,
-    "lu": Conv1x1LU,
-    "emerging": EmergingConv,  # conv_kwargs: kernel_size (3), inverse_method ("pixels" | "rows")
-    "periodic": PeriodicConv,  # conv_kwargs: kernel_size (3)
-    "qr": Conv1x1QR,
-    "matrix_exp": MatrixExpConv1x1,
-    "reverse": ReversePermutation,  # fixed permutations (Glow Fig. 3): no parameters, log-det 0
-    "shuffle": ShufflePermutation,
-}
-
-# name -> factory(hidden=, mask=, parity=, dtype=, param_dtype=, network_dtype=, network_precision=,
-# **coupling_kwargs) returning a coupling. A new element-wise law is a transformer class
-# (`jaxflows.bijectors.transformers`) and one line: COUPLINGS["name"] = transformer_coupling(Class).
-COUPLINGS: dict[str, Callable[..., Bijector]] = {
-    "affine": AffineCoupling,
-    "additive": AdditiveCoupling,
-    "matrix_exp": MatrixExpCoupling,  # channel mask only; rejects mask="checkerboard"
-}
-
-
-def transformer_coupling(transformer_class: type) -> Callable[..., Bijector]:
-    """A `COUPLINGS` entry for a transformer dataclass: keyword arguments naming its fields build the
-    transformer (e.g. `coupling_kwargs={"bins": 8}`), the others go to `Coupling`."""
-    names = {field.name for field in dataclasses.fields(transformer_class)}
-
-    def make(**kwargs: Any) -> Coupling:
-        own = {key: kwargs.pop(key) for key in list(kwargs) if key in names}
-        return Coupling(transformer=transformer_class(**own), **kwargs)
-
-    return make
 
 
 def _accepted(factory: Callable[..., Bijector], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -75,12 +28,6 @@ def _accepted(factory: Callable[..., Bijector], defaults: dict[str, Any]) -> dic
         return defaults
     names = {field.name for field in dataclasses.fields(factory)}
     return {key: value for key, value in defaults.items() if key in names}
-
-
-def _lookup(table: dict[str, Callable[..., Bijector]], key: str, what: str):
-    if key not in table:
-        raise InvalidArgumentError(f"unknown {what} {key!r}; expected one of {sorted(table)}")
-    return table[key]
 
 
 def glow(
@@ -120,9 +67,11 @@ def glow(
       levels: L, the number of scales.
       depth: K, the number of flow steps per level (Glow's K).
       hidden: channels of each coupling network's hidden layers.
-      conv: the channel mixer, a key of `CONVS`: "plain" | "lu" | "qr" | "emerging" | "periodic" |
-        "matrix_exp", or a fixed permutation "reverse" | "shuffle" (Glow Fig. 3's baselines).
-      coupling: a key of `COUPLINGS`: "affine" | "additive" | "matrix_exp".
+      conv: the channel mixer, a name registered in `CONVS` (`register_conv`): "plain" | "lu" |
+        "qr" | "emerging" | "periodic" | "matrix_exp", or a fixed permutation "reverse" |
+        "shuffle" (Glow Fig. 3's baselines).
+      coupling: a name registered in `COUPLINGS` (`register_coupling`): "affine" | "additive" |
+        "matrix_exp".
       mask: "channel" | "checkerboard" (checkerboard alternates parity between steps, as in
         RealNVP).
       conv_kwargs: extra fields of every channel mixer (e.g. {"kernel_size": 3}).
@@ -162,8 +111,8 @@ def glow(
             f"{levels} levels squeeze the image {levels} times, so height and width must be "
             f"multiples of {scale}; got {height}x{width}"
         )
-    make_conv = _lookup(CONVS, conv, "conv")
-    make_coupling = _lookup(COUPLINGS, coupling, "coupling")
+    make_conv = CONVS.lookup(conv)
+    make_coupling = COUPLINGS.lookup(coupling)
     dtypes = {"dtype": dtype, "param_dtype": param_dtype}
     networks = {**dtypes, "network_dtype": network_dtype, "network_precision": network_precision}
     conv_kwargs = {**_accepted(make_conv, dtypes), **(conv_kwargs or {})}

@@ -21,6 +21,7 @@ from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling, MatrixExpTransformer
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
+from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpline
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
@@ -46,6 +47,8 @@ __all__ = [
     "MatrixExpCoupling",
     "MatrixExpTransformer",
     "PeriodicConv",
+    "RationalQuadraticMap",
+    "RationalQuadraticSpline",
     "ReversePermutation",
     "ScalarAffine",
     "Shift",

@@ -29,6 +29,7 @@ from jaxflows.bijectors import (
     MatrixExpConv1x1,
     MatrixExpCoupling,
     PeriodicConv,
+    RationalQuadraticSpline,
     ReversePermutation,
     ShufflePermutation,
 )
@@ -121,3 +122,4 @@ register_conv("shuffle", ShufflePermutation)
 register_coupling("affine", AffineCoupling)
 register_coupling("additive", AdditiveCoupling)
 register_coupling("matrix_exp", MatrixExpCoupling)  # channel mask only; rejects mask="checkerboard"
+register_coupling("spline", transformer_coupling(RationalQuadraticSpline))  # coupling_kwargs: bins, bound

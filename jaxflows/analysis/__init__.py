@@ -10,6 +10,7 @@ from jaxflows.analysis.diagnostics import (
 from jaxflows.analysis.latent import attribute_direction, manipulate
 from jaxflows.analysis.log_det import (
     BASE,
+    UnknownLayerError,
     log_det_breakdown,
     log_det_grad_input,
     log_det_grad_params,
@@ -23,6 +24,7 @@ __all__ = [
     "LayerCall",
     "LayerHealth",
     "Product",
+    "UnknownLayerError",
     "attribute_direction",
     "invertibility_report",
     "jacobian_condition_numbers",

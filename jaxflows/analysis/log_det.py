@@ -11,9 +11,14 @@ import jax.numpy as jnp
 from jaxflows.analysis.trace import leaves, trace_forward
 from jaxflows.core.bijector import Array, functional
 from jaxflows.core.distributions import StandardNormal
+from jaxflows.core.errors import JaxflowsError
 from jaxflows.core.flow import Flow
 
 BASE = "base"
+
+
+class UnknownLayerError(JaxflowsError, KeyError):
+    """No layer of the model has this path (the message lists the paths it has)."""
 
 
 def _base_log_prob(model: nn.Module, variables: Any, z: Array) -> Array:
@@ -43,7 +48,7 @@ def _term(model: nn.Module, variables: Any, x: Array, layer: str | None, context
         return functional(model, variables).log_det(x, context).sum()
     terms = log_det_breakdown(model, variables, x, context)
     if layer not in terms:
-        raise KeyError(f"no layer {layer!r}; layers are {sorted(terms)}")
+        raise UnknownLayerError(f"no layer {layer!r}; layers are {sorted(terms)}")
     return terms[layer].sum()
 
 

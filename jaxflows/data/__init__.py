@@ -9,6 +9,7 @@ serves deterministic, per-host-sharded, prefetched batches of it.
 from jaxflows.data.datasets import (
     FASHION_MNIST_DIR,
     CorruptDatasetError,
+    DatasetNotFoundError,
     digits,
     fashion_mnist,
     fashion_mnist_available,
@@ -27,6 +28,7 @@ __all__ = [
     "BatchIterator",
     "CorruptDatasetError",
     "Dataset",
+    "DatasetNotFoundError",
     "DatasetNotPreparedError",
     "Source",
     "batch_indices",

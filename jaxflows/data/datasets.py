@@ -27,6 +27,10 @@ FASHION_MNIST_CLASSES = (
 )  # fmt: skip
 
 
+class DatasetNotFoundError(JaxflowsError, FileNotFoundError):
+    """A data set's files are not where they were looked for (this project never downloads them)."""
+
+
 class CorruptDatasetError(JaxflowsError, ValueError):
     """A dataset file that exists but cannot be read: the message names the file and the fault."""
 
@@ -154,7 +158,7 @@ def fashion_mnist(directory: Path | None = None) -> Dataset:
     (default `FASHION_MNIST_DIR`). A damaged file raises `CorruptDatasetError` naming it."""
     directory = Path(FASHION_MNIST_DIR if directory is None else directory)
     if not fashion_mnist_available(directory):
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"Fashion-MNIST idx files not found in {directory} (expected {sorted(_FASHION_FILES.values())}); "
             "install the Debian package dataset-fashion-mnist or set JAXFLOWS_FASHION_MNIST_DIR"
         )

@@ -10,6 +10,7 @@ from jaxflows.train.commands import (
 from jaxflows.train.config import TrainConfig, load_config
 from jaxflows.train.errors import (
     CheckpointError,
+    CheckpointFormatError,
     CheckpointStructureError,
     ConfigError,
     ConfigMismatchError,
@@ -47,6 +48,7 @@ from jaxflows.train.workdir import load_workdir_config
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFormatError",
     "CheckpointStructureError",
     "ConfigError",
     "ConfigMismatchError",

@@ -203,9 +203,7 @@ class CheckpointStore:
     def _check_structure(self, step: int, abstract: TrainState) -> None:
         """Raise CheckpointStructureError, naming the differences, if the checkpoint at `step` holds
         arrays under other paths or with other shapes than `abstract` (the model being restored)."""
-        with _quiet_orbax():
-            stored = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "default")
-        stored = _shapes(getattr(stored, "item_metadata", stored))
+        stored = stored_shapes(self.directory / str(step))
         expected = _shapes(abstract)
         missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
         reshaped = sorted(p for p in set(expected) & set(stored) if expected[p] != stored[p])
@@ -238,6 +236,13 @@ class CheckpointStore:
             self.manager.reload()
             moved = f" (moved to {target})"
         warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
+
+
+def stored_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:
+    """{"params/bijector/level1/...": shape} of every array a checkpoint holds (from its metadata)."""
+    with _quiet_orbax():
+        stored = ocp.StandardCheckpointer().metadata(Path(step_dir).absolute() / "default")
+    return _shapes(getattr(stored, "item_metadata", stored))
 
 
 def _shapes(tree) -> dict[str, tuple[int, ...]]:

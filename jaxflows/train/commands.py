@@ -25,11 +25,13 @@ from jaxflows.train.sampling import (
     sample_key,
 )
 from jaxflows.train.steps import TrainState
-from jaxflows.train.workdir import writing
+from jaxflows.train.workdir import check_format, writing
 
 
 def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Experiment, TrainState]:
-    """Experiment and the latest checkpointed state of `workdir` (raises if there is none)."""
+    """Experiment and the latest checkpointed state of `workdir` (raises if there is none, and
+    CheckpointFormatError if the workdir is in an older format)."""
+    check_format(workdir)
     exp = setup(config)
     if not (Path(workdir) / "checkpoints").is_dir():
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}: train first")

@@ -40,6 +40,11 @@ class CheckpointStructureError(CheckpointError):
     an upgrade that renames them): nothing is moved and the run does not start over."""
 
 
+class CheckpointFormatError(CheckpointError):
+    """A workdir written in an older checkpoint format (parameter paths since renamed): nothing is
+    read or moved; the message gives the command that converts it."""
+
+
 class WorkdirLockedError(TrainingError):
     """Another process is training in this workdir."""
 

@@ -7,18 +7,31 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from jaxflows.train.checkpoint import stored_shapes
 from jaxflows.train.config import TrainConfig, config_from_dict
-from jaxflows.train.errors import ConfigMismatchError, WorkdirLockedError, WorkdirWriteError
+from jaxflows.train.errors import (
+    CheckpointFormatError,
+    ConfigMismatchError,
+    WorkdirLockedError,
+    WorkdirWriteError,
+)
 
 LOCK = ".lock"
 CONFIG = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
+FORMAT = "format.json"
+# The layout of a workdir's config and checkpoints. 1 (no format.json): glow(steps=K), a level's
+# flow steps under the scope levelN/steps; 2: glow(depth=K), the scope levelN/flow_steps.
+FORMAT_VERSION = 2
+CONVERT_COMMAND = "python -m jaxflows.train.convert"
+_VERSION1_SCOPE = re.compile(r"(^|/)level\d+/steps(/|$)")
 
 # Fields a resumed run may change: they alter neither the model, the data, its order, nor the
 # structure of the optimiser state. Every other field must equal the one the workdir was trained with.
@@ -86,15 +99,78 @@ def _jsonable(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_config(config: TrainConfig, workdir: Path) -> None:
+    """Write config.json and the format version of the workdir."""
     write_text_atomically(Path(workdir) / CONFIG, json.dumps(dataclasses.asdict(config), indent=2))
+    record_format(workdir)
+
+
+def record_format(workdir: Path) -> None:
+    write_text_atomically(Path(workdir) / FORMAT, json.dumps({"version": FORMAT_VERSION}) + "\n")
 
 
 def load_workdir_config(workdir: Path) -> TrainConfig:
-    """The config a workdir was trained with (written by `train`)."""
+    """The config a workdir was trained with (written by `train`); CheckpointFormatError if the
+    workdir is in an older format."""
     path = Path(workdir) / CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: train in this workdir first, or pass --config")
+    check_format(workdir)
     return config_from_dict(json.loads(path.read_text()), str(path))
+
+
+def checkpoint_dirs(directory: Path) -> list[Path]:
+    """The step directories of a checkpoint directory (a workdir's `checkpoints/`), oldest first."""
+    directory = Path(directory)
+    steps = [p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()] if directory.is_dir() else []
+    return sorted(steps, key=lambda p: int(p.name))
+
+
+def uses_version1_names(config: dict[str, Any]) -> bool:
+    """Whether a saved config (a dict) sets glow's or the dequantizer's `steps` (version 1's name)."""
+    return any("steps" in (config.get(field) or {}) for field in ("model", "dequantizer"))
+
+
+def holds_version1_scopes(step_dir: Path) -> bool:
+    """Whether a checkpoint stores arrays under a version-1 scope (levelN/steps/...)."""
+    return any(_VERSION1_SCOPE.search(path) for path in stored_shapes(step_dir))
+
+
+def workdir_format(workdir: Path) -> int:
+    """The format version of `workdir`: recorded in format.json, else 1 if its config or one of its
+    checkpoints uses version 1's names, else the current version."""
+    path = Path(workdir) / FORMAT
+    if path.is_file():
+        try:
+            return int(json.loads(path.read_text())["version"])
+        except (ValueError, KeyError, TypeError) as error:
+            expected = '{"version": N}'
+            raise CheckpointFormatError(f"{path} is unreadable ({error}); expected {expected}") from None
+    config = Path(workdir) / CONFIG
+    if config.is_file() and uses_version1_names(json.loads(config.read_text())):
+        return 1
+    for step_dir in checkpoint_dirs(Path(workdir) / "checkpoints"):
+        with contextlib.suppress(Exception):  # an unreadable checkpoint is reported when restoring
+            if holds_version1_scopes(step_dir):
+                return 1
+    return FORMAT_VERSION
+
+
+def check_format(workdir: Path) -> None:
+    """Raise CheckpointFormatError, naming the converter command, unless `workdir` is in the current
+    format (nothing in the workdir is read beyond its metadata, moved or changed)."""
+    version = workdir_format(workdir)
+    if version > FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{workdir} is in checkpoint format {version}, newer than this jaxflows reads "
+            f"({FORMAT_VERSION}); use the jaxflows version that wrote it"
+        )
+    if version < FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{workdir} is in checkpoint format {version} (glow(steps=K): parameters under "
+            f"levelN/steps/...); this jaxflows reads format {FORMAT_VERSION} (glow(depth=K): "
+            f"levelN/flow_steps/...). Convert it, keeping the original checkpoints, with:\n"
+            f"  {CONVERT_COMMAND} {workdir}"
+        )
 
 
 def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -106,7 +182,9 @@ def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tupl
 def check_resume(config: TrainConfig, workdir: Path) -> dict[str, tuple[Any, Any]]:
     """Before resuming a workdir's checkpoints: refuse a config that changes the model, the data or
     the structure of the optimiser state (ConfigMismatchError listing the differences); return the
-    allowed changes (see `record_config_changes`)."""
+    allowed changes (see `record_config_changes`). A workdir in an older format is a
+    CheckpointFormatError."""
+    check_format(workdir)
     path = Path(workdir) / CONFIG
     if not path.exists():
         raise ConfigMismatchError(

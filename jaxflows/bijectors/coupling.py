@@ -7,15 +7,17 @@ produces the parameters h of an invertible element-wise (or per-pixel) map T_h o
     inverse: x_a = T_h⁻¹(y_a),   x_b = y_b,  log_det = Σ log|∂T_h⁻¹/∂y_a|
 
 with h = NN(x_b) = NN(y_b) in both directions. A conditional coupling's network also reads the
-context c: h = NN(x_b, c), the same in both directions. `Coupling` owns the mask and the network;
-its `transformer` (`jaxflows.bijectors.transformers`) says how many channels h needs and builds T_h
-from it as an inner bijector (`jaxflows.bijectors.elementwise`) whose `forward_and_log_det` and
+context c: h = NN(x_b, c), the same in both directions. `Coupling` owns the mask and runs the
+network (its `conditioner`, by default Glow's `CouplingNetwork`); its `transformer`
+(`jaxflows.bijectors.transformers`) says how many channels h needs and builds T_h from it as an
+inner bijector (`jaxflows.bijectors.elementwise`) whose `forward_and_log_det` and
 `inverse_and_log_det` each return their own direction's log-det terms.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -27,17 +29,9 @@ from jaxflows.bijectors.masks import MASKS, Mask
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.context import add_context
-from jaxflows.core.errors import InvalidArgumentError
+from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_channels, check_image
-from jaxflows.ops import (
-    DEFAULT_NETWORK_PRECISION,
-    Conv,
-    Precision,
-    bijection_dtype,
-    check_network_policy,
-    network_policy,
-    network_scope,
-)
+from jaxflows.ops import Conv, NetworkPolicy, Precision, bijection_dtype, network_policy, network_scope
 
 
 @jax.custom_jvp
@@ -88,43 +82,52 @@ class CouplingNetwork(nn.Module):
         return conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
 
 
-class Coupling(Bijector):
-    """A coupling layer with a pluggable transformer: y_a = T_h(x_a), y_b = x_b, h = NN(x_b).
+class Coupling(Bijector, NetworkPolicy):
+    """A coupling layer with a pluggable transformer and conditioner: y_a = T_h(x_a), y_b = x_b,
+    h = NN(x_b).
 
     Forward: y_a = T_h(x_a), log_det = Σ_active log|∂T_h/∂x_a|.
     Inverse: x_a = T_h⁻¹(y_a), log_det = Σ_active log|∂T_h⁻¹/∂y_a|.
-    The transformer gives the channels of h (`num_params`) and builds T_h (`inner_bijector`); this
-    class splits and merges with the mask, runs the network and lets the mask sum T_h's log-det
-    terms over the transformed entries. `AffineCoupling`, `AdditiveCoupling` and
-    `MatrixExpCoupling` are this layer with their transformer.
+    The transformer gives the channels of h (`num_params`) and builds T_h (`inner_bijector`); the
+    conditioner is the network NN, built with that many output channels; this class splits and
+    merges with the mask, runs the network and lets the mask sum T_h's log-det terms over the
+    transformed entries. `AffineCoupling`, `AdditiveCoupling` and `MatrixExpCoupling` are this
+    layer with their transformer.
 
     Attributes:
-      hidden: channels of the network's hidden layers (Glow: 512).
+      hidden: channels of the default network's hidden layers (Glow: 512).
       mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
         (`CheckerboardMask`: a spatial checkerboard).
       parity: 0 or 1, which half is active; alternate it between successive couplings.
+      transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
+        `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
+      conditioner: builds the network: called as conditioner(out_channels=, dtype=, param_dtype=,
+        precision=, name=) with out_channels = the transformer's `num_params` and the network
+        policy, it returns a Flax module called as module(x_b) (module(x_b, c) with a context)
+        that returns h, (batch, height, width, out_channels). A module class with those fields
+        fits, e.g. `functools.partial(MyNet, width=64)`. None: `CouplingNetwork` with `hidden`.
       dtype: the map's computation dtype (None: promoted from the input and parameters; at least
-        float32, `jaxflows.ops.precision`).
+        float32, `jaxflows.ops.precision`). Keyword-only, as the three below (`NetworkPolicy`).
       param_dtype: dtype of the network's parameters at init.
       network_dtype: the network's computation dtype, e.g. jnp.bfloat16 (None: the map's); its
         output is cast to the map's dtype.
       network_precision: the network's matmul precision, a key of `NETWORK_PRECISIONS`:
         "highest" (default) | "high" | "default" (JAX's global setting: TF32 on GPU).
-      transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
-        `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
     """
 
     hidden: int = 512
     mask: str = "channel"
     parity: int = 0
-    dtype: DTypeLike | None = None
-    param_dtype: DTypeLike = jnp.float32
-    network_dtype: DTypeLike | None = None
-    network_precision: str = DEFAULT_NETWORK_PRECISION
-    transformer: Transformer | None = None  # last, so `hidden` stays the first positional field
+    transformer: Transformer | None = None
+    conditioner: Callable[..., nn.Module] | None = None
 
     def __post_init__(self) -> None:
-        check_network_policy(self)
+        if self.conditioner is not None and not callable(self.conditioner):
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: conditioner must build a network module (a module class or a "
+                f"function of out_channels=, dtype=, param_dtype=, precision=, name=), got "
+                f"{self.conditioner!r}"
+            )
         self.masking()
         transformer = self.elementwise()
         if self.mask not in transformer.masks:
@@ -159,15 +162,24 @@ class Coupling(Bijector):
         return self.elementwise()(h, active_channels, param_dtype=self.param_dtype)
 
     @nn.compact
-    def conditioner(self, cond: Array, out_channels: int, context: Array | None = None) -> Array:
+    def network_output(self, cond: Array, out_channels: int, context: Array | None = None) -> Array:
         """h = NN(x_b, c): the network output, `out_channels` channels, from the conditioning part,
         computed under the network policy and returned in the map's dtype."""
+        build = self.conditioner or functools.partial(CouplingNetwork, self.hidden)
         with network_scope():
-            policy = network_policy(self)
-            network = CouplingNetwork(
-                self.hidden, out_channels, param_dtype=self.param_dtype, name="network", **policy
+            network = build(
+                out_channels=out_channels,
+                param_dtype=self.param_dtype,
+                name="network",
+                **network_policy(self),
             )
-            h = network(cond, context)
+            h = network(cond) if context is None else network(cond, context)
+        expected = (*cond.shape[:-1], out_channels)
+        if h.shape != expected:
+            raise ShapeError(
+                f"{type(self).__name__}: the conditioner must return h of shape {expected} (the "
+                f"transformer needs {out_channels} channels per pixel), got {h.shape}"
+            )
         return h.astype(bijection_dtype(self.dtype, cond))
 
     def conditioned(self, x: Array, context: Array | None = None) -> tuple[Mask, Array, Array]:
@@ -176,7 +188,7 @@ class Coupling(Bijector):
         mask = self.masking()
         check_channels(x.shape[-1], mask.min_channels, type(self).__name__)
         active, cond = mask.split(x)
-        return mask, active, self.conditioner(cond, self.num_params(active.shape[-1]), context)
+        return mask, active, self.network_output(cond, self.num_params(active.shape[-1]), context)
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
         mask, active, h = self.conditioned(x, context)
@@ -198,8 +210,8 @@ class AffineCoupling(Coupling):
     Inverse: x_a = (y_a − t) / s, log_det = −Σ log s.
 
     Attributes:
-      transformer, hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as
-        `Coupling` (transformer: `AffineTransformer()`).
+      hidden, mask, parity, conditioner, dtype, param_dtype, network_dtype, network_precision: as
+        `Coupling`; transformer: `AffineTransformer()`.
     """
 
     transformer: Transformer | None = AffineTransformer()
@@ -212,8 +224,8 @@ class AdditiveCoupling(Coupling):
     t = NN(x_b). Forward: y_a = x_a + t. Inverse: x_a = y_a − t. log_det = 0 both ways.
 
     Attributes:
-      transformer, hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as
-        `Coupling` (transformer: `AdditiveTransformer()`).
+      hidden, mask, parity, conditioner, dtype, param_dtype, network_dtype, network_precision: as
+        `Coupling`; transformer: `AdditiveTransformer()`.
     """
 
     transformer: Transformer | None = AdditiveTransformer()

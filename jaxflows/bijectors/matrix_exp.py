@@ -263,8 +263,8 @@ class MatrixExpCoupling(Coupling):
     Only the channel mask is supported: S mixes the active channels of one pixel.
 
     Attributes:
-      hidden, mask, parity, dtype, param_dtype, network_dtype, network_precision: as `Coupling`
-        (mask must be "channel"); `transformer` is built from the fields below.
+      hidden, mask, parity, conditioner, dtype, param_dtype, network_dtype, network_precision: as
+        `Coupling` (mask must be "channel"); `transformer` is built from the fields below.
       form: "auto" | "full" | "low_rank".
       rank: t of the low-rank form (3 in the official code).
       max_full_channels: the largest c for which "auto" uses the full form.

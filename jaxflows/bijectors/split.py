@@ -15,27 +15,19 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ScalarAffine
 from jaxflows.core.bijector import Array, Bijector, sum_except_batch
 from jaxflows.core.context import add_context
 from jaxflows.core.validation import check_channels, check_image
-from jaxflows.ops import (
-    DEFAULT_NETWORK_PRECISION,
-    Conv,
-    bijection_dtype,
-    check_network_policy,
-    network_policy,
-    network_scope,
-)
+from jaxflows.ops import Conv, NetworkPolicy, bijection_dtype, network_policy, network_scope
 
 
 def _total(terms: Array, x: Array) -> Array:
     return sum_except_batch(terms + jnp.zeros_like(x))
 
 
-class Split(Bijector):
+class Split(Bijector, NetworkPolicy):
     """(z₁, z₂) ↦ (z₁, ε) with a prior N(μ(z₁), σ(z₁)²) on z₂ (Glow Sec 3, `split2d`).
 
     z₁ is the first `num_kept(c)` channels; (μ, log σ) = conv(z₁) (+ W c with a context c), a
@@ -49,15 +41,6 @@ class Split(Bijector):
       param_dtype: dtype of the prior's convolution at init.
       network_dtype, network_precision: the policy of the prior's convolution, as `Coupling`'s.
     """
-
-    dtype: DTypeLike | None = None
-    param_dtype: DTypeLike = jnp.float32
-    network_dtype: DTypeLike | None = None
-    network_precision: str = DEFAULT_NETWORK_PRECISION
-
-    def __post_init__(self) -> None:
-        check_network_policy(self)
-        super().__post_init__()
 
     @staticmethod
     def num_kept(channels: int) -> int:
@@ -100,7 +83,7 @@ class Split(Bijector):
         return jnp.concatenate([kept, factored], axis=-1), _total(terms, factored)
 
 
-class LearnedPrior(Bijector):
+class LearnedPrior(Bijector, NetworkPolicy):
     """Glow's learned top prior N(μ, σ²), per-channel μ and log σ (zero-init), as whitening;
     class-conditional (Glow's `ycond`) when given a context c: (μ, log σ) + W c.
 
@@ -120,15 +103,7 @@ class LearnedPrior(Bijector):
         as `Coupling`'s.
     """
 
-    dtype: DTypeLike | None = None
-    param_dtype: DTypeLike = jnp.float32
     num_classes: int | None = None
-    network_dtype: DTypeLike | None = None
-    network_precision: str = DEFAULT_NETWORK_PRECISION
-
-    def __post_init__(self) -> None:
-        check_network_policy(self)
-        super().__post_init__()
 
     @nn.compact
     def prior(self, x: Array, context: Array | None = None, classify: bool = False) -> ScalarAffine:

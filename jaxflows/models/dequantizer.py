@@ -17,32 +17,20 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.typing import DTypeLike
 
 from jaxflows.bijectors.masks import CheckerboardMask
 from jaxflows.core.bijector import Array, sum_except_batch
 from jaxflows.core.distributions import gaussian_log_prob
 from jaxflows.core.objective import draw
-from jaxflows.ops import (
-    DEFAULT_NETWORK_PRECISION,
-    Conv,
-    bijection_dtype,
-    check_network_policy,
-    network_policy,
-    network_scope,
-)
+from jaxflows.ops import Conv, NetworkPolicy, bijection_dtype, network_policy, network_scope
 
 _LOG_SCALE_BOUND = 3.0  # per-dimension scales stay within e^±3, like a bounded affine coupling
 
 
-class _ConditionalAffine(nn.Module):
+class _ConditionalAffine(NetworkPolicy):
     """h ↦ keep ⊙ h + (1 − keep) ⊙ (h e^s + t), with s, t from a conv net of (keep ⊙ h, features)."""
 
     hidden: int
-    dtype: DTypeLike | None = None
-    param_dtype: DTypeLike = jnp.float32
-    network_dtype: DTypeLike | None = None
-    network_precision: str = DEFAULT_NETWORK_PRECISION
 
     @nn.compact
     def __call__(self, h: Array, features: Array, keep: Array) -> tuple[Array, Array]:
@@ -57,7 +45,7 @@ class _ConditionalAffine(nn.Module):
         return h + change * (h * jnp.expm1(log_scale) + shift), sum_except_batch(change * log_scale)
 
 
-class VariationalDequantizer(nn.Module):
+class VariationalDequantizer(NetworkPolicy):
     """q(u | x): a flow from Gaussian noise to [0, 1)^D conditioned on the integer image x.
 
     ε ~ N(0, I); h = t(x) + e^{s(x)} ε (an elementwise affine map conditioned on features of x);
@@ -77,14 +65,6 @@ class VariationalDequantizer(nn.Module):
 
     hidden: int = 32
     depth: int = 2
-    dtype: DTypeLike | None = None
-    param_dtype: DTypeLike = jnp.float32
-    network_dtype: DTypeLike | None = None
-    network_precision: str = DEFAULT_NETWORK_PRECISION
-
-    def __post_init__(self) -> None:
-        check_network_policy(self)
-        super().__post_init__()
 
     @nn.compact
     def __call__(self, key: Array, pixels: Array, bins: int) -> tuple[Array, Array]:
@@ -106,10 +86,10 @@ class VariationalDequantizer(nn.Module):
             keep = CheckerboardMask(i % 2).board(x)  # 1 on the pixels this coupling keeps
             coupling = _ConditionalAffine(
                 self.hidden,
-                dtype,
-                self.param_dtype,
-                self.network_dtype,
-                self.network_precision,
+                dtype=dtype,
+                param_dtype=self.param_dtype,
+                network_dtype=self.network_dtype,
+                network_precision=self.network_precision,
                 name=f"coupling{i}",
             )
             h, log_det = coupling(h, features, keep)

@@ -25,9 +25,11 @@ faster, opt-in choices (docs/precision.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax.linen.dtypes import canonicalize_dtype
@@ -96,6 +98,21 @@ def check_network_policy(layer: Any) -> None:
     """Raise ValueError, naming what is expected, for an invalid network_dtype or network_precision
     (layers call it when constructed, before any trace)."""
     network_policy(layer)
+
+
+class NetworkPolicy(nn.Module):
+    """Base of every layer with a conditioner network: the map's `dtype` and `param_dtype` and the
+    networks' `network_dtype` and `network_precision` (keyword-only fields, so a subclass's own
+    fields keep their positions), the policy checked when the layer is constructed."""
+
+    dtype: DTypeLike | None = dataclasses.field(default=None, kw_only=True)
+    param_dtype: DTypeLike = dataclasses.field(default=jnp.float32, kw_only=True)
+    network_dtype: DTypeLike | None = dataclasses.field(default=None, kw_only=True)
+    network_precision: str = dataclasses.field(default=DEFAULT_NETWORK_PRECISION, kw_only=True)
+
+    def __post_init__(self) -> None:
+        check_network_policy(self)
+        super().__post_init__()
 
 
 def network_scope():

@@ -208,6 +208,6 @@ def test_emerging_cifar10_config():
     config = load_config(Path(__file__).parents[1] / "experiments" / "configs" / "emerging_cifar10.py")
     assert config.dataset == "cifar10" and config.n_bits == 8
     assert config.model["conv"] == "emerging" and config.model["conv_kwargs"]["kernel_size"] == 3
-    assert (config.model["levels"], config.model["flow_steps"], config.model["hidden"]) == (3, 32, 512)
+    assert (config.model["levels"], config.model["depth"], config.model["hidden"]) == (3, 32, 512)
     flow = glow((32, 32, 3), **config.model)  # builds (no init: that would take minutes)
     assert flow.event_shape == (32, 32, 3)

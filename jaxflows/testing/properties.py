@@ -1,0 +1,287 @@
+"""The properties every bijector must have, as checks a user runs on their own layer.
+
+    from jaxflows.testing import check_bijector
+    check_bijector(lambda: MyLayer(), shape=(2, 4, 4, 2))   # raises PropertyCheckError on failure
+
+Each check takes a `BijectorCase` (how to build the layer, the input shape, the tolerances).
+Parameters are perturbed after `init` so zero-initialised layers (couplings, priors) are not the
+identity and every check can fail. A conditional case gives `context`, a function
+(key, batch) -> context, passed fixed to init and every call (the jacobian is that of x ↦ f(x, c)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxflows.core import gaussian_log_prob, sum_except_batch
+from jaxflows.testing.assertions import assert_close, require
+
+
+@dataclasses.dataclass(frozen=True)
+class BijectorCase:
+    """A layer under test: `make()` builds it; inputs have `shape` (batch first; small, since the
+    float64 jacobian is D×D for D the size of one example).
+
+    Attributes:
+      perturb: std of the noise added to every float parameter after init.
+      data: "normal" (1.5·N(0, 1) + 0.3) or "unit" (uniform in [0, 1)).
+      round_trip_atol: tolerance of inverse(forward(x)) against x (float32).
+      jit_atol: tolerance of jit against eager (XLA may fuse and reorder float32 arithmetic).
+      jacobian: "jacfwd", or "jacrev" for reverse-mode-only layers.
+      context: (key, batch) -> context, for conditional layers and flows.
+      jacobian_rtol: tolerance of log_det against slogdet(jacobian) in float64 (None: 1e-7, and
+        1e-10 with float32 parameters); looser only where the dense jacobian is itself inexact.
+    """
+
+    name: str
+    make: Callable[[], nn.Module]
+    shape: tuple[int, ...]
+    perturb: float = 0.05
+    data: str = "normal"
+    round_trip_atol: float = 1e-4
+    jit_atol: float = 1e-5
+    seed: int = 0
+    jacobian: str = "jacfwd"
+    context: Callable | None = None
+    jacobian_rtol: float | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def sample_input(case: BijectorCase, key, batch: int | None = None):
+    shape = (batch or case.shape[0], *case.shape[1:])
+    if case.data == "unit":
+        return jax.random.uniform(key, shape)
+    return 1.5 * jax.random.normal(key, shape) + 0.3
+
+
+def perturb_params(variables, scale: float, key):
+    """Add N(0, scale²) noise to every float parameter (one compiled program for the whole tree)."""
+    return {**variables, "params": _perturbed(variables["params"], scale, key)}
+
+
+@jax.jit
+def _perturbed(params, scale, key):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noisy = [
+        leaf + jnp.asarray(scale, leaf.dtype) * jax.random.normal(k, leaf.shape, leaf.dtype)
+        if jnp.issubdtype(leaf.dtype, jnp.floating)
+        else leaf
+        for leaf, k in zip(leaves, keys, strict=False)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, noisy)
+
+
+def case_context(case: BijectorCase, batch: int | None = None):
+    """The case's fixed context for `batch` examples (None for an unconditional case)."""
+    if case.context is None:
+        return None
+    return case.context(jax.random.key(case.seed + 1000), batch or case.shape[0])
+
+
+@functools.cache
+def setup_case(case: BijectorCase):
+    """Module, perturbed variables and an input batch (cached per case)."""
+    k_data, k_init, k_noise = jax.random.split(jax.random.key(case.seed), 3)
+    module = case.make()
+    x = sample_input(case, k_data)
+    variables = jax.jit(module.init)(k_init, x, case_context(case))
+    if "params" in variables and case.perturb:
+        variables = perturb_params(variables, case.perturb, k_noise)
+    return module, variables, x
+
+
+_JITTED: dict = {}
+
+
+def _apply(module, variables, x, method, context=None):
+    """Jitted `module.apply(..., method=method)`, compiled once per module and input signature."""
+    key = (id(module), method)
+    if key not in _JITTED:
+        _JITTED[key] = (module, jax.jit(lambda v, a, c: module.apply(v, a, c, method=method)))
+    return _JITTED[key][1](variables, x, context)
+
+
+def check_round_trip(case: BijectorCase) -> None:
+    """inverse(forward(x)) = x, and forward keeps the size and dtype of x."""
+    module, variables, x = setup_case(case)
+    c = case_context(case)
+    y, _ = _apply(module, variables, x, "forward", c)
+    name = "check_round_trip"
+    require(y.size == x.size, name, f"forward changed the size: {x.shape} -> {y.shape}")
+    require(y.dtype == x.dtype, name, f"forward changed the dtype: {x.dtype} -> {y.dtype}")
+    x_back, _ = _apply(module, variables, y, "inverse", c)
+    assert_close(
+        x_back, x, check=name, quantity="inverse(forward(x)) against x", atol=case.round_trip_atol, rtol=1e-4
+    )
+
+
+def check_log_det_antisymmetric(case: BijectorCase) -> None:
+    """The inverse's log-det at y = f(x) is minus the forward's and `log_det(x)` equals it, one per
+    example."""
+    module, variables, x = setup_case(case)
+    c = case_context(case)
+    y, ld_fwd = _apply(module, variables, x, "forward", c)
+    name = "check_log_det_antisymmetric"
+    require(
+        ld_fwd.shape == (x.shape[0],),
+        name,
+        f"log_det must have shape (batch,) = ({x.shape[0]},), got {ld_fwd.shape}",
+    )
+    _, ld_inv = _apply(module, variables, y, "inverse", c)
+    tol = 1e-4 * max(1.0, float(jnp.max(jnp.abs(ld_fwd))))
+    assert_close(ld_inv, -ld_fwd, check=name, quantity="inverse log_det against −forward log_det", atol=tol)
+    ld = _apply(module, variables, x, "log_det", c)
+    assert_close(ld, ld_fwd, check=name, quantity="log_det(x) against forward's log_det", atol=tol)
+
+
+def _to_float64(tree):
+    cast = lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    return None if tree is None else jax.tree_util.tree_map(cast, tree)
+
+
+def _jacobian_log_det(case, module, variables, point, method, context):
+    """log|det| of the dense jacobian of the flattened map at `point` (one example)."""
+
+    def flat(v):
+        return _apply(module, variables, v.reshape(point.shape), method, context)[0].reshape(-1)
+
+    jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
+    return jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
+
+
+def check_log_det_matches_jacobian(case: BijectorCase) -> None:
+    """log_det equals log|det| of the dense jacobian of the flattened map, all in float64."""
+    module, variables, x = setup_case(case)
+    name = "check_log_det_matches_jacobian"
+    with jax.enable_x64(True):
+        variables64 = _to_float64(variables)
+        x1 = jnp.asarray(x[:1], jnp.float64)
+        c1 = _to_float64(case_context(case, 1))
+        for method in ("forward", "inverse"):
+            point = x1 if method == "forward" else _apply(module, variables64, x1, "forward", c1)[0]
+            sign, expected = _jacobian_log_det(case, module, variables64, point, method, c1)
+            require(sign != 0, name, f"{method}: the jacobian is singular")
+            _, log_det = _apply(module, variables64, point, method, c1)
+            require(
+                log_det.dtype == jnp.float64, name, f"{method}: log_det is {log_det.dtype} for float64 input"
+            )
+            assert_close(
+                log_det[0],
+                expected,
+                check=name,
+                quantity=f"{method} log_det against slogdet(jacobian)",
+                rtol=case.jacobian_rtol or 1e-7,
+                atol=1e-7,
+            )
+
+
+def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
+    """float32 parameters (as `init` makes them) with float64 inputs: every derived quantity is
+    computed in the promoted dtype, float64, so the round trip and the log-det are float64-exact
+    (a layer that builds W⁻¹ in float32 is off by ~1e-7)."""
+    module, variables, x = setup_case(case)
+    name = "check_float64_inputs_with_float32_params"
+    floats = [a for a in jax.tree_util.tree_leaves(variables) if jnp.issubdtype(a.dtype, jnp.floating)]
+    require(all(a.dtype == jnp.float32 for a in floats), name, "init should make float32 parameters")
+    with jax.enable_x64(True):
+        x1 = jnp.asarray(x[:1], jnp.float64)
+        c1 = _to_float64(case_context(case, 1))
+        y, ld_fwd = _apply(module, variables, x1, "forward", c1)
+        x_back, ld_inv = _apply(module, variables, y, "inverse", c1)
+        for what, value in (
+            ("forward y", y),
+            ("forward log_det", ld_fwd),
+            ("inverse x", x_back),
+            ("inverse log_det", ld_inv),
+        ):
+            require(
+                value.dtype == jnp.float64,
+                name,
+                f"{what} is {value.dtype}; expected float64 (the promoted dtype)",
+            )
+        atol = 1e-10 * max(1.0, float(jnp.abs(x1).max()))
+        assert_close(x_back, x1, check=name, quantity="float64 round trip", rtol=0, atol=atol)
+        for method, point, log_det in (("forward", x1, ld_fwd), ("inverse", y, ld_inv)):
+            _, expected = _jacobian_log_det(case, module, variables, point, method, c1)
+            assert_close(
+                log_det[0],
+                expected,
+                check=name,
+                quantity=f"{method} log_det against slogdet(jacobian)",
+                rtol=case.jacobian_rtol or 1e-10,
+                atol=1e-9,
+            )
+
+
+def check_jit_matches_eager(case: BijectorCase) -> None:
+    """forward and inverse give the same values under `jax.jit` as eagerly."""
+    module, variables, x = setup_case(case)
+    c = case_context(case)
+    y, _ = _apply(module, variables, x, "forward", c)
+    for method, point in (("forward", x), ("inverse", y)):
+        eager = module.apply(variables, point, c, method=method)
+        jitted = _apply(module, variables, point, method, c)
+        for what, a, b in zip(("output", "log_det"), jitted, eager, strict=True):
+            assert_close(
+                a,
+                b,
+                check="check_jit_matches_eager",
+                quantity=f"jitted {method} {what} against eager",
+                rtol=case.jit_atol,
+                atol=case.jit_atol,
+            )
+
+
+def check_gradients_finite(case: BijectorCase) -> None:
+    """Gradients of a maximum-likelihood loss with respect to parameters and inputs are finite,
+    and the loss depends on the parameters."""
+    module, variables, x = setup_case(case)
+    params = variables.get("params", {})
+    rest = {k: v for k, v in variables.items() if k != "params"}
+    c = case_context(case)
+
+    def loss(p, inputs):
+        y, log_det = module.apply({"params": p, **rest}, inputs, c, method="forward")
+        return -jnp.mean(sum_except_batch(gaussian_log_prob(y)) + log_det)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+    name = "check_gradients_finite"
+    paths = jax.tree_util.tree_flatten_with_path(grads)[0]
+    for path, g in paths:
+        bad = int(np.size(g) - np.isfinite(np.asarray(g)).sum())
+        require(bad == 0, name, f"{bad} non-finite gradient entries at {jax.tree_util.keystr(path)}")
+    if jax.tree_util.tree_leaves(params):
+        total = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[0]))
+        require(total > 0, name, "the loss does not depend on the parameters (all gradients are zero)")
+
+
+PROPERTIES = (
+    check_round_trip,
+    check_log_det_antisymmetric,
+    check_log_det_matches_jacobian,
+    check_float64_inputs_with_float32_params,
+    check_jit_matches_eager,
+    check_gradients_finite,
+)
+
+
+def check_bijector(make: Callable[[], nn.Module], shape: tuple[int, ...], **case_fields) -> None:
+    """Run every property check on the layer `make()` builds, for inputs of `shape` (batch first);
+    `case_fields` are `BijectorCase`'s tolerances and options. Raises `PropertyCheckError` naming
+    the first failing check, the quantity, the tolerance and the worst element."""
+    case = BijectorCase(
+        case_fields.pop("name", getattr(make, "__name__", "bijector")), make, tuple(shape), **case_fields
+    )
+    for check in PROPERTIES:
+        check(case)
+    return None

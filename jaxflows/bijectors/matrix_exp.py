@@ -70,7 +70,7 @@ class MatrixExpConv1x1(InvertibleConv1x1):
 
     def _exp(self, w: Array) -> tuple[Array, Array]:
         """(exp(W), m) with m the power of the last series term used."""
-        return expm_adaptive(w, tolerance=series_tolerance(self.tolerance, w.dtype))
+        return expm_adaptive(w, tolerance=self.tolerance)
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         w = self.exponent(x)
@@ -83,13 +83,6 @@ class MatrixExpConv1x1(InvertibleConv1x1):
     def series_terms(self, x: Array, context: Array | None = None) -> Array:
         """m, the power of the last series term exp(W) used (MEF Table 6); a scalar."""
         return self._exp(self.exponent(x))[1]
-
-
-def series_tolerance(tolerance: float | None, dtype) -> float:
-    """The series' stopping tolerance: as given, else 1e-8 (the official code's) or 1e-16 in float64."""
-    if tolerance is not None:
-        return tolerance
-    return 1e-16 if jnp.dtype(dtype).itemsize >= 8 else 1e-8
 
 
 def _a2_offset(rank: int, channels: int) -> np.ndarray:
@@ -138,12 +131,13 @@ class PixelExponential:
 
     Attributes:
       factors: (S,) or (A₁, A₂).
-      tolerance: the series stops after its last term with norm above this.
+      tolerance: the series stops after its last term with norm above this (None: by the dtype,
+        `jaxflows.linalg.default_tolerance`).
       max_squarings: cap on the squarings.
     """
 
     factors: tuple[Array, ...]
-    tolerance: float
+    tolerance: float | None
     max_squarings: int
 
     def negated(self) -> PixelExponential:
@@ -248,8 +242,7 @@ class MatrixExpTransformer:
             raw_a1 = h[..., c : c + c * t].reshape(*lead, c, t)
             raw_a2 = h[..., c + c * t :].reshape(*lead, t, c)
             factors = (bounded(raw_a1), bounded(raw_a2 + jnp.asarray(_a2_offset(t, c), h.dtype)))
-        tolerance = series_tolerance(self.tolerance, h.dtype)
-        return MatrixExpAffine(shift, PixelExponential(factors, tolerance, self.max_squarings))
+        return MatrixExpAffine(shift, PixelExponential(factors, self.tolerance, self.max_squarings))
 
 
 class MatrixExpCoupling(Coupling):
@@ -287,11 +280,6 @@ class MatrixExpCoupling(Coupling):
         if self.tolerance is not None and not self.tolerance > 0:
             raise InvalidArgumentError(
                 f"MatrixExpCoupling: tolerance must be positive, got {self.tolerance!r}"
-            )
-        if self.mask != "channel":
-            raise InvalidArgumentError(
-                f"MatrixExpCoupling mixes the active channels of each pixel and needs mask='channel', "
-                f"got mask={self.mask!r}"
             )
         super().__post_init__()
 

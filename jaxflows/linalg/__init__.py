@@ -1,15 +1,6 @@
-"""Linear algebra for flows: matrix exponentials without determinants or inverses."""
+"""Linear algebra for flows: the matrix exponential of the MEF layers, without determinants or
+inverses (`expm_adaptive`, and φ for low-rank exponentials, `phi_adaptive`)."""
 
-from jaxflows.linalg.adaptive import expm_adaptive, inf_norm, phi_adaptive
-from jaxflows.linalg.expm import expm, expm_multiply, low_rank_expm_multiply, phi_multiply, series_terms
+from jaxflows.linalg.adaptive import default_tolerance, expm_adaptive, inf_norm, phi_adaptive
 
-__all__ = [
-    "expm",
-    "expm_adaptive",
-    "expm_multiply",
-    "inf_norm",
-    "low_rank_expm_multiply",
-    "phi_adaptive",
-    "phi_multiply",
-    "series_terms",
-]
+__all__ = ["default_tolerance", "expm_adaptive", "inf_norm", "phi_adaptive"]

@@ -14,5 +14,6 @@ def test_python_blocks_run(page):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     if page.name == "README.md":
         assert blocks, "README has no python example"
+    namespace: dict = {}  # a page reads top to bottom: later blocks use what earlier ones defined
     for block in blocks:
-        exec(compile(block, str(page.relative_to(ROOT)), "exec"), {})
+        exec(compile(block, str(page.relative_to(ROOT)), "exec"), namespace)

@@ -25,7 +25,7 @@ from jaxflows.core.errors import (
     JaxflowsError,
     ShapeError,
 )
-from jaxflows.core.flow import Flow
+from jaxflows.core.flow import EventShapeError, Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
 from jaxflows.core.repeat import Repeat
 from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, check_variables
@@ -38,6 +38,7 @@ __all__ = [
     "ContextError",
     "ContextShapeError",
     "DiagonalGaussian",
+    "EventShapeError",
     "Flow",
     "Functional",
     "InputDtypeError",

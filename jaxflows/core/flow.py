@@ -31,6 +31,10 @@ from jaxflows.core.variables import Shapes, abstract_init, check_variables
 _SHAPES_CACHE = "_jaxflows_variable_shapes"
 
 
+
+class EventShapeError(ShapeError):
+    """A flow's bijector does not map `event_shape` to `event_shape`."""
+
 class Flow(Bijector):
     """A normalising flow: log p(x) = log p_base(f(x)) + log|det df/dx|; samples are f⁻¹(z), z ~ base.
 
@@ -176,13 +180,28 @@ class Flow(Bijector):
                 f"expected examples of shape {tuple(self.event_shape)} (H, W, C), got {tuple(x.shape[1:])}"
             )
 
+    def _check_output(self, out: Array, direction: str) -> None:
+        """The bijector must map `event_shape` to `event_shape`: the base distribution is over it."""
+        if tuple(out.shape[1:]) != tuple(self.event_shape):
+            raise EventShapeError(
+                f"Flow: the bijector's {direction} maps examples of shape {tuple(self.event_shape)} to "
+                f"{tuple(out.shape[1:])}, but a flow's bijector must keep event_shape "
+                f"{tuple(self.event_shape)} (the base distribution is over it). End the chain with the "
+                "inverse of every reshaping layer (e.g. Invert(Squeeze()) after each Squeeze), use "
+                "MultiScaleFlow, or set event_shape to the latent's shape."
+            )
+
     def forward(self, x: Array, context=None) -> tuple[Array, Array]:
         self._check(x)
-        return self.bijector.forward(x, self.context_array(context, x.shape[0], x.dtype))
+        z, log_det = self.bijector.forward(x, self.context_array(context, x.shape[0], x.dtype))
+        self._check_output(z, "forward")
+        return z, log_det
 
     def inverse(self, z: Array, context=None) -> tuple[Array, Array]:
         self._check(z)
-        return self.bijector.inverse(z, self.context_array(context, z.shape[0], z.dtype))
+        x, log_det = self.bijector.inverse(z, self.context_array(context, z.shape[0], z.dtype))
+        self._check_output(x, "inverse")
+        return x, log_det
 
     def log_prob(self, x: Array, context=None) -> Array:
         """log p(x) (log p(x | context) for a conditional flow), nats per example."""

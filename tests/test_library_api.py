@@ -1,0 +1,99 @@
+"""jaxflows as a library: a user's own bijector checked with jaxflows.testing (nothing imported from
+tests/), failures that name what failed, and flows whose shapes are checked where they go wrong."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxflows import Bijector, Chain, EventShapeError, Flow, Invert, StandardNormal
+from jaxflows.bijectors import ActNorm, AffineCoupling, Squeeze
+from jaxflows.core import sum_except_batch
+from jaxflows.ops import bijection_dtype
+from jaxflows.testing import (
+    BijectorCase,
+    PropertyCheckError,
+    assert_close,
+    check_bijector,
+    check_float64_inputs_with_float32_params,
+)
+
+
+class ChannelScale(Bijector):
+    """y = x · exp(a_c): a user's layer, written as docs/custom_bijector.md says."""
+
+    float32_inverse: bool = False  # a bug to catch: the inverse computed in float32
+
+    @nn.compact
+    def _log_scale(self, x):
+        a = self.param("log_scale", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        return a.astype(bijection_dtype(None, x, a))
+
+    def _map(self, v, log_scale):
+        log_det = jnp.broadcast_to(log_scale, v.shape)
+        return v * jnp.exp(log_scale), sum_except_batch(log_det)
+
+    def forward(self, x, context=None):
+        return self._map(x, self._log_scale(x))
+
+    def inverse(self, y, context=None):
+        log_scale = self._log_scale(y)
+        if self.float32_inverse:
+            y, log_scale = y.astype(jnp.float32), log_scale.astype(jnp.float32)
+        return self._map(y, -log_scale)
+
+
+class WrongInverseLogDet(ChannelScale):
+    def inverse(self, y, context=None):
+        x, log_det = super().inverse(y, context)
+        return x, log_det + 0.1
+
+
+def test_a_correct_user_layer_passes_every_check():
+    check_bijector(ChannelScale, shape=(2, 3, 3, 2))
+
+
+def test_a_wrong_inverse_log_det_is_named_with_the_quantity_and_the_worst_element():
+    with pytest.raises(PropertyCheckError) as info:
+        check_bijector(WrongInverseLogDet, shape=(2, 3, 3, 2))
+    message = str(info.value)
+    assert message.startswith("check_log_det_antisymmetric: inverse log_det against −forward log_det")
+    assert "worst at index" in message and "atol=" in message and "got " in message
+
+
+def test_a_float32_inverse_fails_the_float64_check_naming_the_dtype():
+    case = BijectorCase("float32 inverse", lambda: ChannelScale(float32_inverse=True), (2, 3, 3, 2))
+    with pytest.raises(PropertyCheckError, match=r"inverse x is float32; expected float64"):
+        check_float64_inputs_with_float32_params(case)
+
+
+def test_assert_close_reports_index_values_and_tolerance():
+    with pytest.raises(PropertyCheckError) as info:
+        assert_close(
+            np.array([1.0, 2.0, 3.5]), np.array([1.0, 2.0, 3.0]), check="demo", quantity="q", atol=0.1
+        )
+    assert str(info.value) == (
+        "demo: q: 1 of 3 element(s) outside the tolerance atol=0.1 + rtol=0·|expected|; worst at index (2,): "
+        "got 3.5, expected 3 (|difference| 0.5, allowed 0.1)"
+    )
+    assert_close(np.array([1.0]), np.array([1.05]), check="demo", quantity="q", atol=0.1)
+    with pytest.raises(PropertyCheckError, match="1 of 1"):
+        assert_close(np.array([np.nan]), np.array([0.0]), check="demo", quantity="q", atol=1.0)
+
+
+def test_a_flow_whose_bijector_changes_the_shape_fails_at_init_with_the_fix():
+    chain = Chain([Squeeze(), ActNorm(), AffineCoupling(hidden=4)], names=["squeeze", "actnorm", "coupling"])
+    flow = Flow(bijector=chain, base=StandardNormal(), event_shape=(8, 8, 1))
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
+    with pytest.raises(EventShapeError, match=r"maps examples of shape \(8, 8, 1\) to \(4, 4, 4\).*Invert"):
+        flow.init(jax.random.key(1), x)
+    fixed = Flow(
+        bijector=Chain(
+            [*chain.layers, Invert(Squeeze())], names=["squeeze", "actnorm", "coupling", "unsqueeze"]
+        ),
+        base=StandardNormal(),
+        event_shape=(8, 8, 1),
+    )
+    variables = fixed.init(jax.random.key(1), x)
+    assert fixed.apply(variables, jax.random.key(2), 3, method="sample").shape == (3, 8, 8, 1)

@@ -31,9 +31,9 @@ from jaxflows.core.variables import Shapes, abstract_init, check_variables
 _SHAPES_CACHE = "_jaxflows_variable_shapes"
 
 
-
 class EventShapeError(ShapeError):
     """A flow's bijector does not map `event_shape` to `event_shape`."""
+
 
 class Flow(Bijector):
     """A normalising flow: log p(x) = log p_base(f(x)) + log|det df/dx|; samples are f⁻¹(z), z ~ base.

@@ -12,13 +12,11 @@ likelihood, Burda et al. 2016). Writes compare_dequantization.md with command, d
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from jaxflows.train.config import add_override_argument, apply_overrides
+from jaxflows.train import add_override_argument, apply_overrides
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 VARIANTS = {"uniform": None, "variational": {"hidden": 8, "depth": 2}}  # 32 hidden: 10x slower steps
@@ -38,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    from experiments.report import describe_machine, save_lines
+    from experiments.report import markdown_table, run_facts, save_page
     from jaxflows import train as jft
 
     base = apply_overrides(jft.load_config(args.config), args.overrides)
@@ -53,35 +51,32 @@ def main(argv=None) -> Path:
             seconds = time.perf_counter() - tick
             scores = jft.evaluate(result.experiment, result.state)
         dataset = result.experiment.dataset
-        rows.append(
-            f"| {name} | {int(result.state.step)} | {1e3 * seconds / int(result.state.step):.1f} | "
-            f"{scores['flow_bits_per_dim_without_ema']:.4f} | {scores['flow_bits_per_dim']:.4f} | "
-            f"{scores[f'flow_bits_per_dim_iw{args.iw}']:.4f} | {scores['baseline_bits_per_dim']:.4f} |"
-        )
-        print(rows[-1], flush=True)
-    cli = sys.argv[1:] if argv is None else list(argv)
-    lines = [
-        "# Uniform vs variational dequantisation, with and without Polyak averaging",
-        "",
-        f"- command: `python -m experiments.compare_dequantization {shlex.join(cli)}`",
-        f"- date: {time.strftime('%Y-%m-%d')}; machine: {describe_machine()}; "
-        f"wall time {time.perf_counter() - start:.0f} s",
-        f"- data: {dataset.name} {dataset.image_shape}, {len(dataset.test)} held-out images; model "
+        steps = int(result.state.step)
+        rows.append([
+            name, steps, f"{1e3 * seconds / steps:.1f}", f"{scores['flow_bits_per_dim_without_ema']:.4f}",
+            f"{scores['flow_bits_per_dim']:.4f}", f"{scores[f'flow_bits_per_dim_iw{args.iw}']:.4f}",
+            f"{scores['baseline_bits_per_dim']:.4f}",
+        ])  # fmt: skip
+        print(" | ".join(map(str, rows[-1])), flush=True)
+    header = ["dequantisation", "steps", "ms/step", "held-out bpd, bound", "bound, EMA weights",
+              f"EMA weights, {args.iw}-sample IW estimate", "per-pixel histogram"]  # fmt: skip
+    data = (
+        f"data: {dataset.name} {dataset.image_shape}, {len(dataset.test)} held-out images; model "
         f"{base.model}; {base.num_steps} steps of batch {base.batch_size}, lr {base.learning_rate} "
         f"({base.lr_decay}); EMA decay {args.ema}; variational q: `VariationalDequantizer"
-        f"({VARIANTS['variational']})`",
-        "",
-        f"| dequantisation | steps | ms/step | held-out bpd, bound | bound, EMA weights | "
-        f"EMA weights, {args.iw}-sample IW estimate | per-pixel histogram |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
+        f"({VARIANTS['variational']})`"
+    )
+    return save_page(
+        args.out,
+        "compare_dequantization.md",
+        "Uniform vs variational dequantisation, with and without Polyak averaging",
+        [*run_facts("experiments.compare_dequantization", argv, time.perf_counter() - start), data],
+        markdown_table(header, rows),
         "The bound is E_q[log p((x+u)/K) − D log K − log q(u|x)] with one draw per image; the "
         "importance-weighted estimate log (1/S) Σ_s exp(...) over S draws is a tighter lower bound "
         "on log P(x). MEF's Table 2 reports results with variational dequantisation in brackets "
         "(lower bits/dim than uniform), and Flow++ attributes a large part of its gain to it.",
-    ]
-    return save_lines(args.out, "compare_dequantization.md", lines)
+    )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,25 @@ def save_lines(directory: Path, name: str, lines: Sequence[str]) -> Path:
     return path
 
 
+def run_facts(module: str, argv, wall_s: float) -> list[str]:
+    """The first facts of a results page: the command as typed (`argv`; None: this process's), the
+    date, the machine and the wall time."""
+    cli = sys.argv[1:] if argv is None else list(argv)
+    return [
+        f"command: `python -m {module} {shlex.join(cli)}`",
+        f"date: {datetime.date.today().isoformat()}; machine: {describe_machine()}; wall time {wall_s:.0f} s",
+    ]
+
+
+def save_page(directory: Path, name: str, title: str, facts: Sequence[str], *blocks: str) -> Path:
+    """Write (and print) a results page `directory/name`: the title, `facts` as a list, then each
+    block (a paragraph or a `markdown_table`) after a blank line."""
+    lines = [f"# {title}", "", *(f"- {fact}" for fact in facts)]
+    for block in blocks:
+        lines += ["", block]
+    return save_lines(directory, name, lines)
+
+
 def write_markdown(
     path: Path, title: str, base, seeds: Sequence[int], table: str, notes: Sequence[str], command: str,
     wall_s: float, dataset_desc: str,

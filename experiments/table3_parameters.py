@@ -52,17 +52,15 @@ def count_by_family(model: dict, image_shape: tuple[int, int, int]) -> Counter:
     return counts
 
 
-def table(rows: dict[str, Counter]) -> list[str]:
+def table(rows: dict[str, Counter]) -> str:
+    from experiments.report import markdown_table
+
     columns = [name for name, _ in FAMILIES if any(c[name] for c in rows.values())]
-    lines = [
-        "| model | total | " + " | ".join(columns) + " |",
-        "|---|---|" + "---|" * len(columns),
-    ]
+    cells = []
     for name, counts in rows.items():
         total = sum(counts.values())
-        cells = [f"{counts[c]:,}" for c in columns]
-        lines.append(f"| {name} | **{total:,}** ({total / 1e6:.2f} M) | " + " | ".join(cells) + " |")
-    return lines
+        cells.append([name, f"**{total:,}** ({total / 1e6:.2f} M)", *(f"{counts[c]:,}" for c in columns)])
+    return markdown_table(["model", "total", *columns], cells)
 
 
 def main(argv=None) -> Path:
@@ -71,7 +69,7 @@ def main(argv=None) -> Path:
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args(argv)
-    from experiments.report import describe_machine, save_lines
+    from experiments.report import describe_machine, save_page
     from jaxflows.train import load_config
 
     start = time.perf_counter()
@@ -85,23 +83,21 @@ def main(argv=None) -> Path:
     small = {name: {**m, "levels": 2, "depth": 4, "hidden": 64} for name, m in models.items()}
     # the official code: K = 8, 4, 2 steps per level, 8 residual blocks of 128 channels per network
     fashion = {name: count_by_family(m, (28, 28, 1)) for name, m in small.items()}
-    lines = [
-        "# MEF Table 3: number of parameters",
-        "",
-        f"- command: `python -m experiments.table3_parameters`; {time.strftime('%Y-%m-%d')}; "
-        f"{describe_machine()}; {time.perf_counter() - start:.1f} s (shape evaluation only)",
-        "",
+    return save_page(
+        args.out,
+        "table3_parameters.md",
+        "MEF Table 3: number of parameters",
+        [
+            f"command: `python -m experiments.table3_parameters`; {time.strftime('%Y-%m-%d')}; "
+            f"{describe_machine()}; {time.perf_counter() - start:.1f} s (shape evaluation only)"
+        ],
         "CIFAR-10 (32×32×3) configurations of `experiments/configs/*_cifar10.py` (L = 3, K = 32, "
         "512 hidden channels; Glow: LU 1x1 conv and affine coupling; Emerging: 3×3 emerging conv and "
         "affine coupling; MEF: matrix-exp 1x1 conv and matrix-exp coupling with full S per pixel):",
-        "",
-        *table(cifar),
-        "",
+        table(cifar),
         "The same families at the Fashion-MNIST size of the comparisons (28×28×1, L = 2, K = 4, "
         "64 hidden channels):",
-        "",
-        *table(fashion),
-        "",
+        table(fashion),
         "How this compares with the paper: MEF's Table 3 reports MEF with fewer parameters than Glow "
         "and Emerging because its coupling networks (8 residual blocks of 128 channels) are narrower "
         "than Glow's 512-channel networks. Here all models share Glow's coupling network, so the "
@@ -111,8 +107,7 @@ def main(argv=None) -> Path:
         "has *more* parameters than Glow, and only at the official width of 128 does it have fewer. "
         "The paper's own figures are not in the notes available to this project, so they are not "
         "reproduced here.",
-    ]
-    return save_lines(args.out, "table3_parameters.md", lines)
+    )
 
 
 if __name__ == "__main__":

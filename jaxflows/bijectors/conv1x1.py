@@ -49,6 +49,27 @@ def init_from_one_draw(
     return values
 
 
+def factor_variables(
+    layer: nn.Module,
+    x: Array,
+    factorise: Callable[[Array, int, DTypeLike], dict[str, Array]],
+    constants: tuple[str, ...],
+    params: tuple[str, ...],
+) -> dict[str, Array]:
+    """The variables of a factorised 1x1 conv: one draw of `factorise(key, channels, param_dtype)`
+    (`init_from_one_draw`), with the parameters and `sign` in the computation dtype."""
+    draw = lambda key: factorise(key, x.shape[-1], layer.param_dtype)
+    v = init_from_one_draw(layer, draw, constants, params)
+    dtype = bijection_dtype(layer.dtype, x, *(v[name] for name in params))
+    return {name: a.astype(dtype) if name in (*params, "sign") else a for name, a in v.items()}
+
+
+def signed_triangular(upper: Array, sign: Array, log_diagonal: Array) -> Array:
+    """triu(upper, 1) + diag(sign · exp(log_diagonal)): an upper triangular factor whose
+    log|det| is Σ log_diagonal."""
+    return jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_diagonal))
+
+
 def random_rotation(key: Array, channels: int, dtype: DTypeLike = jnp.float32) -> Array:
     """A uniformly random orthogonal matrix with det +1 (Glow's initialisation)."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (channels, channels), dtype))
@@ -143,16 +164,12 @@ class Conv1x1LU(InvertibleConv1x1):
     @nn.compact
     def factors(self, x: Array) -> LUFactors:
         """P, L and U + diag(s) in the computation dtype, and log|det W|."""
-        channels = x.shape[-1]
-        draw = lambda key: _lu_of_random_rotation(key, channels, self.param_dtype)
-        v = init_from_one_draw(self, draw, ("permutation", "sign"), ("lower", "upper", "log_s"))
-        perm, sign, lower, upper, log_s = (v[k] for k in ("permutation", "sign", "lower", "upper", "log_s"))
-
-        dtype = bijection_dtype(self.dtype, x, lower, upper, log_s)
-        lower, upper, log_s, sign = (a.astype(dtype) for a in (lower, upper, log_s, sign))
-        l_mat = jnp.tril(lower, -1) + jnp.eye(channels, dtype=dtype)
-        u_mat = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_s))
-        return LUFactors(perm, l_mat, u_mat, jnp.sum(log_s))
+        v = factor_variables(
+            self, x, _lu_of_random_rotation, ("permutation", "sign"), ("lower", "upper", "log_s")
+        )
+        lower = jnp.tril(v["lower"], -1) + jnp.eye(x.shape[-1], dtype=v["lower"].dtype)
+        upper = signed_triangular(v["upper"], v["sign"], v["log_s"])
+        return LUFactors(v["permutation"], lower, upper, jnp.sum(v["log_s"]))
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         perm, lower, upper, log_abs_det = self.factors(x)

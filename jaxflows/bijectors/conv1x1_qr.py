@@ -10,9 +10,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import DTypeLike
 
-from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, init_from_one_draw, random_rotation
+from jaxflows.bijectors.conv1x1 import InvertibleConv1x1, factor_variables, random_rotation, signed_triangular
 from jaxflows.core.bijector import Array
-from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
+from jaxflows.ops.precision import BIJECTION_PRECISION
 
 
 def householder_product(vectors: Array) -> Array:
@@ -51,15 +51,9 @@ class Conv1x1QR(InvertibleConv1x1):
     @nn.compact
     def factors(self, x: Array) -> QRFactors:
         """Q and R in the computation dtype, and log|det W|."""
-        channels = x.shape[-1]
-        draw = lambda key: _qr_of_random_rotation(key, channels, self.param_dtype)
-        v = init_from_one_draw(self, draw, ("sign",), ("householder", "upper", "log_r"))
-        sign, vectors, upper, log_r = (v[k] for k in ("sign", "householder", "upper", "log_r"))
-
-        dtype = bijection_dtype(self.dtype, x, vectors, upper, log_r)
-        vectors, upper, log_r, sign = (a.astype(dtype) for a in (vectors, upper, log_r, sign))
-        r = jnp.triu(upper, 1) + jnp.diag(sign * jnp.exp(log_r))
-        return QRFactors(householder_product(vectors), r, jnp.sum(log_r))
+        v = factor_variables(self, x, _qr_of_random_rotation, ("sign",), ("householder", "upper", "log_r"))
+        r = signed_triangular(v["upper"], v["sign"], v["log_r"])
+        return QRFactors(householder_product(v["householder"]), r, jnp.sum(v["log_r"]))
 
     def matrix(self, x: Array) -> tuple[Array, Array]:
         q, r, log_abs_det = self.factors(x)

@@ -12,11 +12,7 @@ from jaxflows.bijectors.spline import knot_derivatives
 from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 from jaxflows.models import glow
 from tests.harness import PROPERTIES, BijectorCase
-
-
-def vectors(width: int):
-    return lambda key, batch: jax.random.normal(key, (batch, width))
-
+from tests.test_conditional import labels, vectors
 
 SPLINE_GLOW = dict(levels=2, depth=2, hidden=8, coupling="spline", coupling_kwargs={"bins": 8, "bound": 3.0})
 
@@ -55,7 +51,7 @@ CASES = [
             (3, 4, 4, 2),
             data="unit",
             jit_atol=1e-4,
-            context=lambda key, batch: jax.random.randint(key, (batch,), 0, 3),
+            context=labels(3),
         ),
         marks=pytest.mark.slow,
     ),

@@ -15,7 +15,7 @@ from jaxflows.bijectors.coupling import (
     Coupling,
     CouplingNetwork,
 )
-from jaxflows.bijectors.elementwise import ScalarAffine, Shift
+from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
 from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling, MatrixExpTransformer
@@ -40,6 +40,7 @@ __all__ = [
     "Conv1x1QR",
     "Coupling",
     "CouplingNetwork",
+    "ElementwiseBijector",
     "EmergingConv",
     "InvertibleConv1x1",
     "LearnedPrior",

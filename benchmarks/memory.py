@@ -49,8 +49,7 @@ def temp_bytes(
     import numpy as np
 
     from jaxflows.models import glow
-    from jaxflows.train import TrainConfig, make_mesh, make_optimizer, make_train_step
-    from jaxflows.train.steps import abstract_inputs
+    from jaxflows.train import TrainConfig, abstract_inputs, make_mesh, make_optimizer, make_train_step
 
     mesh = make_mesh()
     flow = glow(shape, levels=levels, depth=steps, hidden=hidden, gradient=gradient)

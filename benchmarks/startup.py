@@ -28,7 +28,7 @@ DEFAULT_CONFIG = REPO / "experiments" / "configs" / "default.py"
 def child(config_path: str, overrides: list[str], cache: str, workdir: str) -> None:
     """One process: settings, data, flow, init, compile, one step; prints its JSON timings."""
     from jaxflows import train as jft
-    from jaxflows.train.config import apply_overrides
+    from jaxflows.train import apply_overrides
 
     config = apply_overrides(jft.load_config(config_path), [*overrides, f"compilation_cache_dir={cache}"])
     config = config.replace(num_steps=1, checkpoint_every=1, train_time_limit_s=None)

@@ -123,8 +123,7 @@ def xla_flops(flow, optimizer, bins: int, batch_size: int) -> float:
     import jax
 
     from jaxflows.core.backprop import scan_unroll
-    from jaxflows.train import make_mesh, make_train_step
-    from jaxflows.train.steps import abstract_inputs
+    from jaxflows.train import abstract_inputs, make_mesh, make_train_step
 
     mesh = make_mesh(jax.devices("cpu")[:1])
     state, pixels = abstract_inputs(flow, optimizer, bins, batch_size, mesh)
@@ -168,8 +167,15 @@ def main(argv=None) -> dict:
         split_cpu_into_devices(args.cpu_devices)
 
     from jaxflows.models import glow
-    from jaxflows.train import TrainConfig, init_state, make_mesh, make_optimizer, make_train_step
-    from jaxflows.train.steps import global_batch, replicated
+    from jaxflows.train import (
+        TrainConfig,
+        global_batch,
+        init_state,
+        make_mesh,
+        make_optimizer,
+        make_train_step,
+        replicated,
+    )
 
     layers = MODEL_LAYERS[args.model]
     check_registered(layers, args.model)

@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from jaxflows import train as jft
-    from jaxflows.train.sampling import attribute_grid
+    from jaxflows.train import attribute_grid
 
     config = jft.load_workdir_config(args.workdir)
     jft.apply_process_settings(config)

@@ -11,9 +11,10 @@ The entries are thin modules that list their variants and metrics:
 
 Each accepts --config PATH (a TrainConfig file: the variants override its `model` entries and, for the
 coupling sweep, its learning rate), --set FIELD=VALUE (any config field, e.g. num_steps=800), --seeds,
---first-seed, --only and --out. Without --config they use `small_config()`, sized for scikit-learn's
-8x8 digits on a 2-core CPU. Every seed of an architecture shares one compiled initialisation and train
-step (the seed and the learning rate are data, not constants, of the compiled code).
+--first-seed, --only and --out. Without --config they use the smoke mode of configs/digits.py, sized
+for scikit-learn's 8x8 digits on a 2-core CPU. Every seed of an architecture shares one compiled
+initialisation and train step (the seed and the learning rate are data, not constants, of the compiled
+code).
 """
 
 from __future__ import annotations
@@ -34,36 +35,22 @@ from jaxflows.data import load_dataset
 from jaxflows.train import (
     DivergenceError,
     TrainConfig,
+    add_override_argument,
+    apply_overrides,
     apply_process_settings,
     evaluate_bits_per_dim,
+    init_fn,
     load_config,
+    pixel_baseline_bits_per_dim,
+    sample_grid,
+    sample_key,
+    setup,
     train,
 )
-from jaxflows.train.config import add_override_argument, apply_overrides
-from jaxflows.train.evaluate import pixel_baseline_bits_per_dim
-from jaxflows.train.experiment import init_fn, setup
-from jaxflows.train.sampling import sample_grid, sample_key
 
 RESULTS_DIR = Path(__file__).parent / "results"
-
-
-def small_config() -> TrainConfig:
-    """The default base config: a small Glow on 8x8 digits (17 levels); the entries override `model`."""
-    return TrainConfig(
-        dataset="digits",
-        model={"levels": 2, "depth": 2, "hidden": 32, "conv": "lu", "coupling": "affine"},
-        batch_size=64,
-        eval_batch_size=512,
-        optimizer="adam",
-        learning_rate=1e-3,
-        warmup_steps=50,
-        num_steps=800,
-        init_batch_size=512,
-        eval_every=0,
-        sample_temperatures=(0.7, 1.0),
-        samples_per_temperature=8,
-        prng_impl="rbg",
-    )
+# Without --config: the smoke mode of the digits config (a small Glow on 8x8 digits, 800 steps)
+SMOKE_CONFIG = Path(__file__).parent / "configs" / "digits.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +257,9 @@ def parse_args(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", type=Path, default=None, help="TrainConfig file (default: small digits)")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TrainConfig file (default: digits, smoke mode)"
+    )
     add_override_argument(parser)
     parser.add_argument("--seeds", type=int, default=default_seeds, help="number of seeds (0, 1, …)")
     parser.add_argument(
@@ -296,9 +285,9 @@ def select(variants: Sequence[Variant], only: str | None) -> list[Variant]:
 
 
 def base_config(args: argparse.Namespace, default_steps: int | None = None):
-    """The base config (file or SMALL) with the --set overrides; applies its process settings (PRNG,
-    CPU devices) before any JAX work."""
-    config = load_config(args.config) if args.config is not None else small_config()
+    """The base config (the file, or digits' smoke mode) with the --set overrides; applies its process
+    settings (PRNG, CPU devices) before any JAX work."""
+    config = load_config(args.config) if args.config is not None else load_config(SMOKE_CONFIG, smoke=True)
     if args.config is None and default_steps is not None:
         config = config.replace(num_steps=default_steps)
     config = apply_overrides(config, args.overrides)

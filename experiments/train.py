@@ -2,6 +2,7 @@
 
     python -m experiments.train                          # the main job: experiments/configs/default.py
     python -m experiments.train --config experiments/configs/digits.py --set num_steps=500
+    python -m experiments.train --config experiments/configs/digits.py --smoke   # its smoke mode
     python -m experiments.train --workdir runs/default --mode eval         # held-out bits/dim + baseline
     python -m experiments.train --workdir runs/default --mode sample       # sample grid PNG
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
@@ -28,7 +29,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.py"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from jaxflows.train.config import add_override_argument
+    from jaxflows.train import add_override_argument
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -37,21 +38,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("runs/default"))
     parser.add_argument("--mode", choices=["train", "eval", "sample", "interpolate"], default="train")
     add_override_argument(parser)
+    parser.add_argument(
+        "--smoke", action="store_true", help="the config's smoke mode: get_config(smoke=True), a short run"
+    )
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize()")
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace):
-    from jaxflows.train import load_config, load_workdir_config
-    from jaxflows.train.config import apply_overrides
+    from jaxflows.train import apply_overrides, load_config, load_workdir_config
 
     if args.config is not None:
-        config = load_config(args.config)
+        config = load_config(args.config, smoke=args.smoke)
     elif args.mode != "train" and (args.workdir / "config.json").exists():
         config = load_workdir_config(args.workdir)
     else:
-        config = load_config(DEFAULT_CONFIG)
+        config = load_config(DEFAULT_CONFIG, smoke=args.smoke)
     return apply_overrides(config, args.overrides)
 
 
@@ -65,12 +68,12 @@ def main(argv=None) -> None:
 
     from jaxflows import train as jft
     from jaxflows.data import DatasetNotPreparedError
-    from jaxflows.train.errors import ConfigError, TrainingError
+    from jaxflows.train import ConfigError, TrainingError
 
     start = time.perf_counter()
     try:
         config = resolve_config(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, TrainingError) as error:
         sys.exit(f"error: {error}")
     jft.apply_process_settings(config)  # PRNG and CPU devices, before JAX's backends start
     lead = jax.process_index() == 0

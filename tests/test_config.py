@@ -6,9 +6,10 @@ import pytest
 
 from jaxflows.train import ConfigError, TrainConfig, make_mesh, make_optimizer, make_train_step, train
 from jaxflows.train.config import apply_overrides
-from jaxflows.train.experiment import compiled_train_step, initial_state, setup
-from jaxflows.train.optim import learning_rate_schedule
-from jaxflows.train.steps import global_batch
+from jaxflows.train.experiment import global_batch, setup
+from jaxflows.train.loop import initial_state
+from jaxflows.train.state import learning_rate_schedule
+from jaxflows.train.steps import compiled_train_step
 from tests.test_train import TINY
 
 

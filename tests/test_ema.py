@@ -15,7 +15,7 @@ from jaxflows.train import (
     make_train_step,
     train,
 )
-from jaxflows.train.ema import ema_weight, update_ema
+from jaxflows.train.state import ema_weight, update_ema
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 0.999])

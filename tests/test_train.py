@@ -19,18 +19,17 @@ from jaxflows.data import ArraySource
 from jaxflows.models import glow
 from jaxflows.train import (
     TrainConfig,
-    fit_pixel_histogram,
-    histogram_bits_per_dim,
     init_state,
     make_mesh,
     make_optimizer,
     make_train_step,
     pixel_baseline_bits_per_dim,
-    skip_nonfinite,
     split_cpu_into_devices,
     train,
 )
+from jaxflows.train.evaluate import fit_pixel_histogram, histogram_bits_per_dim
 from jaxflows.train.host import _FORCED_DEVICES
+from jaxflows.train.state import skip_nonfinite
 
 REPO = Path(__file__).resolve().parent.parent
 

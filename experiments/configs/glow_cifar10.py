@@ -4,7 +4,7 @@ Needs the prepared tfds dataset: `tfds build cifar10 --data_dir=DIR`, then --dat
 reports 3.35 bits/dim. Paper values are marked (paper); the rest are this project's choices.
 """
 
-from jaxflows.train.config import TrainConfig
+from jaxflows.train import TrainConfig
 
 
 def get_config() -> TrainConfig:

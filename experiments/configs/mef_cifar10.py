@@ -10,7 +10,7 @@ coupling network is Glow's, so K = 32, 512 hidden channels and Adam at 1e-3 (Glo
 setting, which MEF compares against) are guesses, as are warm-up, clipping and the number of steps.
 """
 
-from jaxflows.train.config import TrainConfig
+from jaxflows.train import TrainConfig
 
 
 def get_config() -> TrainConfig:

@@ -1,4 +1,10 @@
-"""Training: configs, the training loop, checkpoints, evaluation and sampling."""
+"""Training, read in this order: a config (`config`) describes an experiment (`experiment`: data,
+flow, mesh); its train state (`state`: variables, optimiser, moving average) is advanced by pure
+jit-compiled steps (`steps`) inside the loop (`loop`), which keeps checkpoints (`checkpoint`,
+`workdir`) and metrics (`metrics`). After training: evaluation (`evaluate`), the workdir commands
+(`commands`, `sampling`) and the checkpoint format converter (`convert`). Process-wide settings
+live in `host`, named errors in `errors`.
+"""
 
 from jaxflows.train.commands import (
     evaluate,
@@ -7,43 +13,43 @@ from jaxflows.train.commands import (
     write_interpolation,
     write_samples,
 )
-from jaxflows.train.config import TrainConfig, load_config
+from jaxflows.train.config import TrainConfig, add_override_argument, apply_overrides, load_config
+from jaxflows.train.convert import convert as convert_workdir
 from jaxflows.train.errors import (
     CheckpointError,
     CheckpointFormatError,
     CheckpointStructureError,
     ConfigError,
+    ConfigFileError,
     ConfigMismatchError,
     DivergenceError,
+    ProcessSettingsError,
     TrainingError,
     WorkdirLockedError,
     WorkdirWriteError,
 )
 from jaxflows.train.evaluate import (
     evaluate_bits_per_dim,
-    fit_pixel_histogram,
-    histogram_bits_per_dim,
     pixel_baseline_bits_per_dim,
     reconstruction_warnings,
 )
-from jaxflows.train.experiment import (
-    Experiment,
-    build_flow,
-    compiled_train_step,
-    init_fn,
+from jaxflows.train.experiment import Experiment, global_batch, make_mesh, replicated, setup
+from jaxflows.train.host import (
+    apply_process_settings,
     maybe_initialize_distributed,
-    setup,
+    reuse_freed_memory,
+    split_cpu_into_devices,
 )
-from jaxflows.train.host import apply_process_settings, split_cpu_into_devices
 from jaxflows.train.loop import TrainResult, train
-from jaxflows.train.optim import make_optimizer, skip_nonfinite
-from jaxflows.train.steps import (
+from jaxflows.train.sampling import attribute_grid, sample_grid, sample_key
+from jaxflows.train.state import (
     TrainState,
-    importance_weighted_log_prob,
+    abstract_inputs,
+    init_fn,
     init_state,
-    make_mesh,
-    make_train_step,
+    make_optimizer,
 )
+from jaxflows.train.steps import class_log_probs, importance_weighted_log_prob, make_train_step
 from jaxflows.train.workdir import load_workdir_config
 
 __all__ = [
@@ -51,22 +57,27 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointStructureError",
     "ConfigError",
+    "ConfigFileError",
     "ConfigMismatchError",
     "DivergenceError",
     "Experiment",
+    "ProcessSettingsError",
     "TrainConfig",
     "TrainResult",
     "TrainState",
     "TrainingError",
     "WorkdirLockedError",
     "WorkdirWriteError",
+    "abstract_inputs",
+    "add_override_argument",
+    "apply_overrides",
     "apply_process_settings",
-    "build_flow",
-    "compiled_train_step",
+    "attribute_grid",
+    "class_log_probs",
+    "convert_workdir",
     "evaluate",
     "evaluate_bits_per_dim",
-    "fit_pixel_histogram",
-    "histogram_bits_per_dim",
+    "global_batch",
     "importance_weighted_log_prob",
     "init_fn",
     "init_state",
@@ -78,9 +89,12 @@ __all__ = [
     "maybe_initialize_distributed",
     "pixel_baseline_bits_per_dim",
     "reconstruction_warnings",
+    "replicated",
     "restore_for_inference",
+    "reuse_freed_memory",
+    "sample_grid",
+    "sample_key",
     "setup",
-    "skip_nonfinite",
     "split_cpu_into_devices",
     "train",
     "write_curve",

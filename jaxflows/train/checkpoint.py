@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 
 from jaxflows.train.errors import CheckpointError, CheckpointStructureError, WorkdirWriteError, warn
-from jaxflows.train.steps import TrainState
+from jaxflows.train.state import TrainState
 
 CHECKSUMS = "jaxflows_checksums.json"
 UNVERIFIED = "unverified (no checksum record: written before a crash or by an older jaxflows)"

@@ -12,10 +12,12 @@ from jaxflows.train.config import TrainConfig
 from jaxflows.train.evaluate import (
     class_conditional_scores,
     class_log_prior,
+    diagnostics,
     evaluate_bits_per_dim,
     pixel_baseline_bits_per_dim,
 )
-from jaxflows.train.experiment import Experiment, diagnostics, initial_state, setup
+from jaxflows.train.experiment import Experiment, setup
+from jaxflows.train.loop import initial_state
 from jaxflows.train.metrics import plot_training_curve
 from jaxflows.train.sampling import (
     class_sample_grid,
@@ -24,7 +26,7 @@ from jaxflows.train.sampling import (
     sample_grid_path,
     sample_key,
 )
-from jaxflows.train.steps import TrainState
+from jaxflows.train.state import TrainState
 from jaxflows.train.workdir import check_format, writing
 
 
@@ -55,7 +57,8 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
         variables = state.variables(averaged)
         return evaluate_bits_per_dim(
-            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed, samples
+            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed,
+            importance_samples=samples,
         )  # fmt: skip
 
     scores = {"flow_bits_per_dim": held_out(averaged=True)}

@@ -1,4 +1,5 @@
-"""Experiment configuration: a dataclass, filled by `get_config()` in experiments/configs/*.py."""
+"""Experiment configuration: TrainConfig, whose fields declare their defaults, their validation and
+whether a resumed run may change them; `get_config()` in experiments/configs/*.py fills one."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import inspect
 import math
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from jaxflows.models import glow
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION, NETWORK_PRECISIONS
-from jaxflows.train.errors import ConfigError
+from jaxflows.train.errors import ConfigError, ConfigFileError
 
 # models.glow's keyword arguments a config's `model` may set (the image shape comes from the data;
 # the network policy from TrainConfig.network_dtype / network_precision)
@@ -31,72 +33,129 @@ LR_DECAYS = ("constant", "cosine")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+class Rule(NamedTuple):
+    """What a field's value must be: `expected` (for the error message) and the test `ok`."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+
+    def or_none(self) -> Rule:
+        return Rule(f"None or {self.expected}", lambda value: value is None or self.ok(value))
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule(f"one of {choices}", lambda value: value in choices)
+
+
+POSITIVE = Rule("a positive integer", lambda v: _is_int(v) and v > 0)
+NON_NEGATIVE = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+POSITIVE_NUMBER = Rule("a finite number > 0", lambda v: _is_number(v) and v > 0)
+NAME = Rule("a dataset name", lambda v: isinstance(v, str) and bool(v))
+PATH = Rule("a directory path", lambda v: isinstance(v, str) and bool(v))
+KWARGS = Rule("a dict of models.glow keyword arguments", lambda v: isinstance(v, dict))
+DEQUANTIZER = Rule("a dict of VariationalDequantizer keyword arguments", lambda v: isinstance(v, dict))
+BITS = Rule("an integer in 1..16", lambda v: _is_int(v) and 1 <= v <= 16)
+DECAY = Rule("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
+WEIGHT = Rule("a number >= 0", lambda v: _is_number(v) and v >= 0)
+TEMPERATURES = Rule("a non-empty sequence of temperatures > 0",
+                    lambda v: bool(v) and all(_is_number(t) and t > 0 for t in v))  # fmt: skip
+DEFAULT_MODEL = {"levels": 2, "depth": 4, "hidden": 64, "conv": "lu"}
+DEVICES = Rule('None, "cores" or an integer >= 1', lambda v: v is None or v == "cores" or POSITIVE.ok(v))
+
+
+def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, *, resumable: bool = False,
+            factory: Callable[[], Any] | None = None) -> Any:  # fmt: skip
+    """A TrainConfig field with its validation `rule` and whether a resumed run may change it
+    (`resumable`: it alters neither the model, the data, its order, nor the structure of the
+    optimiser state)."""
+    return dataclasses.field(default=default, default_factory=factory or dataclasses.MISSING,
+                             metadata={"rule": rule, "resumable": resumable})  # fmt: skip
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything one training run needs. `model` holds keyword arguments of `models.glow`."""
 
-    dataset: str = "digits"  # "digits" | "fashion_mnist" | "auto" | a tfds name ("cifar10", ...)
-    model: dict[str, Any] = dataclasses.field(
-        default_factory=lambda: {"levels": 2, "depth": 4, "hidden": 64, "conv": "lu"}
-    )
-    n_bits: int | None = None  # None: the dataset's own bit depth
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    optimizer: str = "adam"  # "adam" | "adamax"
-    learning_rate: float = 1e-3
-    warmup_steps: int = 200
-    lr_decay: str = "constant"  # after warm-up: "constant", or "cosine" (to 0 at num_steps)
-    grad_clip_norm: float | None = 50.0
-    # Polyak averaging (jaxflows.train.ema): evaluation and sampling use the debiased moving
+    # "digits" | "fashion_mnist" | "auto" | a tfds name ("cifar10", ...)
+    dataset: str = setting("digits", NAME)
+    model: dict[str, Any] = setting(rule=KWARGS, factory=DEFAULT_MODEL.copy)  # noqa: RUF009
+    n_bits: int | None = setting(None, BITS.or_none())  # None: the dataset's own bit depth
+    batch_size: int = setting(64, POSITIVE)
+    eval_batch_size: int = setting(256, POSITIVE, resumable=True)
+    optimizer: str = setting("adam", one_of(OPTIMIZERS))
+    learning_rate: float = setting(1e-3, POSITIVE_NUMBER, resumable=True)
+    warmup_steps: int = setting(200, NON_NEGATIVE, resumable=True)
+    # after warm-up: "constant", or "cosine" (to 0 at num_steps)
+    lr_decay: str = setting("constant", one_of(LR_DECAYS), resumable=True)
+    grad_clip_norm: float | None = setting(50.0, POSITIVE_NUMBER.or_none(), resumable=True)
+    # Polyak averaging (jaxflows.train.state): evaluation and sampling use the debiased moving
     # average of the parameters with this decay (MEF uses 0.999); None trains without it.
-    ema_decay: float | None = None
-    num_steps: int = 1000
-    init_batch_size: int = 256  # examples for ActNorm's data-dependent initialisation
-    eval_every: int = 500
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 50
-    sample_temperatures: tuple[float, ...] = (0.5, 0.7, 1.0)
-    samples_per_temperature: int = 64  # an 8×8 block per temperature
-    seed: int = 0
-    data_dir: str | None = None  # tfds data_dir
-    eval_dequant_draws: int = 1  # held-out bits/dim averaged over this many dequantisation draws
+    ema_decay: float | None = setting(None, DECAY.or_none())
+    num_steps: int = setting(1000, POSITIVE, resumable=True)
+    init_batch_size: int = setting(256, POSITIVE)  # examples for ActNorm's data-dependent initialisation
+    eval_every: int = setting(500, Rule("an integer >= 0 (0 turns it off)", NON_NEGATIVE.ok), resumable=True)
+    checkpoint_every: int = setting(500, POSITIVE, resumable=True)
+    keep_checkpoints: int = setting(3, POSITIVE, resumable=True)
+    log_every: int = setting(50, POSITIVE, resumable=True)
+    sample_temperatures: tuple[float, ...] = setting((0.5, 0.7, 1.0), TEMPERATURES, resumable=True)
+    samples_per_temperature: int = setting(64, POSITIVE, resumable=True)  # an 8×8 block per temperature
+    seed: int = setting(0, Rule("an integer", _is_int))
+    data_dir: str | None = setting(None, resumable=True)  # tfds data_dir
+    # held-out bits/dim averaged over this many dequantisation draws
+    eval_dequant_draws: int = setting(1, POSITIVE, resumable=True)
     # Variational dequantisation (Flow++): keyword arguments of models.VariationalDequantizer
     # (e.g. {"hidden": 32, "depth": 2}); None dequantises uniformly.
-    dequantizer: dict[str, Any] | None = None
+    dequantizer: dict[str, Any] | None = setting(None, DEQUANTIZER.or_none())  # noqa: RUF009
     # Held-out bits/dim as the importance-weighted estimate over this many dequantisation draws
     # per example (1: the training bound). Reported next to the bound when > 1.
-    eval_importance_samples: int = 1
-    baseline_smoothing: float = 1.0  # Laplace pseudo-count of the per-pixel histogram baseline
-    interpolation_steps: int = 8
-    prefetch: int = 2  # host batches prepared ahead by a background thread
+    eval_importance_samples: int = setting(1, POSITIVE, resumable=True)
+    # Laplace pseudo-count of the per-pixel histogram baseline
+    baseline_smoothing: float = setting(1.0, POSITIVE_NUMBER, resumable=True)
+    interpolation_steps: int = setting(
+        8, Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2), resumable=True
+    )
+    # host batches prepared ahead by a background thread
+    prefetch: int = setting(2, NON_NEGATIVE, resumable=True)
     # jax_default_prng_impl set by experiments/train.py; None leaves JAX's default (threefry2x32).
     # "rbg" compiles several times faster on XLA:CPU (threefry's hash is unrolled) at equal quality
     # for this use; its streams differ from threefry's, so keep one choice per run.
-    prng_impl: str | None = None
+    prng_impl: str | None = setting(None, one_of(PRNG_IMPLS).or_none())
     # CPU only: expose the host as this many JAX devices so the data-parallel step runs one batch
     # shard per core (jaxflows.train.host): None keeps JAX's one device; "cores": one per core
     # (the largest count dividing batch_size). Pays off for large steps, not for tiny models.
-    cpu_devices: int | str | None = None
+    cpu_devices: int | str | None = setting(None, DEVICES, resumable=True)
     # CPU only: keep freed memory in the process heap (jaxflows.train.host.reuse_freed_memory) so a
     # step does not fault its working memory in afresh; faster steps, slower compiles.
-    reuse_freed_memory: bool = False
-    train_time_limit_s: float | None = None  # stop (and checkpoint) early after this much training time
+    reuse_freed_memory: bool = setting(
+        False, Rule("True or False", lambda v: isinstance(v, bool)), resumable=True
+    )
+    # stop (and checkpoint) early after this much training time
+    train_time_limit_s: float | None = setting(None, POSITIVE_NUMBER.or_none(), resumable=True)
     # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
     # DivergenceError, keeping its last good checkpoint.
-    max_consecutive_skips: int = 20
+    max_consecutive_skips: int = setting(20, POSITIVE, resumable=True)
     # Glow's auxiliary classification loss (weight_y): with model {"num_classes": N, "classifier": True},
     # the loss adds this weight × the top-latent classifier's cross-entropy (bits per example).
-    class_loss_weight: float = 0.0
+    class_loss_weight: float = setting(0.0, WEIGHT, resumable=True)
     # The conditioner networks' compute dtype and matmul precision (jaxflows.ops.precision); the
     # bijection's own maths is float32 at HIGHEST whatever these say. "bfloat16" keeps float32
     # parameters and optimiser state; precision "default" is JAX's global setting (TF32 on NVIDIA
     # GPUs, one bfloat16 pass on TPUs). Applies to the flow and to a variational dequantizer.
-    network_dtype: str = "float32"  # "float32" | "bfloat16"
-    network_precision: str = DEFAULT_NETWORK_PRECISION  # "highest" | "high" | "default"
+    network_dtype: str = setting("float32", one_of(NETWORK_DTYPES), resumable=True)
+    network_precision: str = setting(
+        DEFAULT_NETWORK_PRECISION, one_of(tuple(NETWORK_PRECISIONS)), resumable=True
+    )
     # JAX's persistent compilation cache, turned on by the entry points (jaxflows.train.host): a
     # second run loads its compiled programs instead of compiling them. None: off.
-    compilation_cache_dir: str | None = "~/.cache/jaxflows/jax"
+    compilation_cache_dir: str | None = setting("~/.cache/jaxflows/jax", PATH.or_none(), resumable=True)
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
@@ -106,43 +165,21 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-_POSITIVE = ("num_steps", "batch_size", "eval_batch_size", "init_batch_size", "log_every", "checkpoint_every",
-             "keep_checkpoints", "samples_per_temperature", "eval_dequant_draws", "eval_importance_samples",
-             "max_consecutive_skips")  # fmt: skip
-_NON_NEGATIVE = ("eval_every", "warmup_steps", "prefetch")
-# finite numbers > 0: field -> whether None is allowed
-_POSITIVE_NUMBERS = {"learning_rate": False, "baseline_smoothing": False, "grad_clip_norm": True,
-                     "train_time_limit_s": True}  # fmt: skip
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+# The fields a resumed run may change; every other one must equal the one the workdir was trained with.
+RESUMABLE_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
 def validate_config(config: TrainConfig) -> None:
-    """Raise ConfigError naming the first field no run can use (before any data is read or compiled)."""
+    """Raise ConfigError naming the first field no run can use (before any data is read or compiled):
+    each field's own rule, then the rules that tie fields together."""
 
     def fail(field: str, expected: str) -> None:
         raise ConfigError(f"TrainConfig.{field} must be {expected}, got {getattr(config, field)!r}")
 
-    for field in _POSITIVE:
-        if not _is_int(getattr(config, field)) or getattr(config, field) <= 0:
-            fail(field, "a positive integer")
-    for field in _NON_NEGATIVE:
-        if not _is_int(getattr(config, field)) or getattr(config, field) < 0:
-            fail(field, "an integer >= 0 (0 turns it off)" if field == "eval_every" else "an integer >= 0")
-    if not _is_int(config.seed):
-        fail("seed", "an integer")
-    if not _is_int(config.interpolation_steps) or config.interpolation_steps < 2:
-        fail("interpolation_steps", "an integer >= 2")
-    if not isinstance(config.dataset, str) or not config.dataset:
-        fail("dataset", "a dataset name")
-    if not isinstance(config.model, dict):
-        fail("model", "a dict of models.glow keyword arguments")
+    for f in dataclasses.fields(config):
+        rule = f.metadata["rule"]
+        if rule is not None and not rule.ok(getattr(config, f.name)):
+            fail(f.name, rule.expected)
     for name in NETWORK_POLICY:
         if name in config.model or name in (config.dequantizer or {}):
             raise ConfigError(
@@ -153,8 +190,6 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"TrainConfig.model has unknown key(s) {unknown}; models.glow takes {sorted(GLOW_ARGUMENTS)}"
         )
-    if not _is_number(config.class_loss_weight) or config.class_loss_weight < 0:
-        fail("class_loss_weight", "a number >= 0")
     if config.class_loss_weight > 0 and not (
         config.model.get("classifier") and config.model.get("num_classes")
     ):
@@ -162,40 +197,8 @@ def validate_config(config: TrainConfig) -> None:
             "class_loss_weight",
             "0 unless model has num_classes and classifier=True (the classifier it trains)",
         )
-    if config.dequantizer is not None and not isinstance(config.dequantizer, dict):
-        fail("dequantizer", "None or a dict of VariationalDequantizer keyword arguments")
-    if config.n_bits is not None and (not _is_int(config.n_bits) or not 1 <= config.n_bits <= 16):
-        fail("n_bits", "None or an integer in 1..16")
-    for field, optional in _POSITIVE_NUMBERS.items():
-        value = getattr(config, field)
-        if not (optional and value is None) and (not _is_number(value) or value <= 0):
-            fail(field, f"{'None or ' if optional else ''}a finite number > 0")
-    if config.ema_decay is not None and (not _is_number(config.ema_decay) or not 0 < config.ema_decay < 1):
-        fail("ema_decay", "None or a number in (0, 1)")
-    if config.network_dtype not in NETWORK_DTYPES:
-        fail("network_dtype", f"one of {NETWORK_DTYPES}")
-    if config.network_precision not in NETWORK_PRECISIONS:
-        fail("network_precision", f"one of {tuple(NETWORK_PRECISIONS)}")
-    if config.optimizer not in OPTIMIZERS:
-        fail("optimizer", f"one of {OPTIMIZERS}")
-    if config.lr_decay not in LR_DECAYS:
-        fail("lr_decay", f"one of {LR_DECAYS}")
-    cpu_devices = config.cpu_devices
-    if not (cpu_devices is None or cpu_devices == "cores" or (_is_int(cpu_devices) and cpu_devices >= 1)):
-        fail("cpu_devices", 'None, "cores" or an integer >= 1')
-    if _is_int(cpu_devices) and config.batch_size % cpu_devices:
+    if _is_int(config.cpu_devices) and config.batch_size % config.cpu_devices:
         fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")
-    if not isinstance(config.reuse_freed_memory, bool):
-        fail("reuse_freed_memory", "True or False")
-    if config.compilation_cache_dir is not None and not (
-        isinstance(config.compilation_cache_dir, str) and config.compilation_cache_dir
-    ):
-        fail("compilation_cache_dir", "None or a directory path")
-    if config.prng_impl is not None and config.prng_impl not in PRNG_IMPLS:
-        fail("prng_impl", f"None or one of {PRNG_IMPLS}")
-    temperatures = config.sample_temperatures
-    if not temperatures or not all(_is_number(t) and t > 0 for t in temperatures):
-        fail("sample_temperatures", "a non-empty sequence of temperatures > 0")
 
 
 def config_from_dict(fields: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -277,8 +280,9 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Import a config file and call its `get_config()`."""
+def load_config(path: str | Path, smoke: bool = False) -> TrainConfig:
+    """Import a config file and call its `get_config()`; with `smoke`, `get_config(smoke=True)`: the
+    file's smoke mode, a smaller and shorter run of the same setup (a ConfigError if it has none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -287,7 +291,9 @@ def load_config(path: str | Path) -> TrainConfig:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"{path} must define get_config() -> TrainConfig")
-    config = module.get_config()
+    if smoke and "smoke" not in inspect.signature(module.get_config).parameters:
+        raise ConfigError(f"{path} has no smoke mode: its get_config() takes no `smoke` argument")
+    config = module.get_config(smoke=True) if smoke else module.get_config()
     if not isinstance(config, TrainConfig):
-        raise TypeError(f"{path}: get_config() returned {type(config).__name__}, not TrainConfig")
+        raise ConfigFileError(f"{path}: get_config() returned {type(config).__name__}, not TrainConfig")
     return config

@@ -20,7 +20,16 @@ class TrainingError(JaxflowsError, RuntimeError):
 
 
 class ConfigError(JaxflowsError, ValueError):
-    """A config field has a value no run can use (checked at load, before anything compiles)."""
+    """A config field, or an argument of a training function, has a value no run can use (checked
+    before anything compiles)."""
+
+
+class ConfigFileError(JaxflowsError, TypeError):
+    """A config file whose `get_config()` does not return a TrainConfig."""
+
+
+class ProcessSettingsError(JaxflowsError, RuntimeError):
+    """A process-wide setting (CPU devices) asked for after JAX's backends started with another."""
 
 
 class ConfigMismatchError(TrainingError):

@@ -1,4 +1,5 @@
-"""Held-out bits/dim of a flow, and the pixel-independent histogram baseline on the same split."""
+"""Held-out bits/dim of a flow (the evaluation steps over a whole split), the pixel-independent
+histogram baseline on the same split, and per-level diagnostics."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from jaxflows.analysis import log_det_breakdown, reconstruction_errors
 from jaxflows.core import Flow, dequantize
 from jaxflows.core.objective import discrete_bits_per_dim
 from jaxflows.data import Source, validate_batch
-from jaxflows.train.steps import global_batch, make_class_log_probs_step, make_eval_step
+from jaxflows.train.errors import warn
+from jaxflows.train.experiment import Experiment, global_batch
+from jaxflows.train.state import COMPILED_FUNCTIONS, TrainState
+from jaxflows.train.steps import make_class_log_probs_step, make_eval_step
 
 
 def _chunks(n: int, size: int):
@@ -22,25 +26,17 @@ def _chunks(n: int, size: int):
         yield np.arange(start, min(start + size, n))
 
 
-def evaluate_bits_per_dim(
-    flow: Flow,
-    variables,
-    source: Source,
-    bins: int,
-    mesh: Mesh,
-    batch_size: int = 256,
-    draws: int = 1,
-    seed: int = 0,
-    importance_samples: int = 1,
-    warn: bool = True,
-) -> float:
+def evaluate_bits_per_dim(flow: Flow, variables, source: Source, bins: int, mesh: Mesh, batch_size: int = 256,
+                          draws: int = 1, seed: int = 0, *, importance_samples: int = 1,
+                          report_nonfinite: bool = True) -> float:  # fmt: skip
     """Mean bits/dim over every example of `source`, averaged over `draws` dequantisation draws;
     each example's value is the importance-weighted estimate over `importance_samples` draws
     (1: the one-draw bound, as in training).
 
     The split is cut into global batches (rounded up to a multiple of the device count) and each
     host evaluates its share; the last batch is padded with zero-weight examples. Non-finite
-    per-example values are not dropped: they make the result NaN, with a warning. A class-conditional
+    per-example values are not dropped: they make the result NaN, with a warning unless
+    `report_nonfinite` is False. A class-conditional
     flow is evaluated on log P(x | y) with each example's own label (`source.labels`).
     """
     conditional = flow.num_classes is not None
@@ -69,8 +65,8 @@ def evaluate_bits_per_dim(
                 variables, global_batch(batch, mesh), global_batch(weights, mesh), step_key
             )
             total, count, bad = total + float(s), count + float(c), bad + int(nonfinite)
-    if bad and warn:
-        print(f"warning: {bad} held-out example(s) had non-finite bits/dim; the mean is NaN")
+    if bad and report_nonfinite:
+        warn(f"warning: {bad} held-out example(s) had non-finite bits/dim; the mean is NaN")
     return total / count
 
 
@@ -168,7 +164,7 @@ def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key, labels) ->
     return dict(out)
 
 
-@functools.lru_cache(16)
+@functools.lru_cache(COMPILED_FUNCTIONS)
 def _compiled_diagnostics(flow: Flow, bins: int):
     return jax.jit(functools.partial(_level_diagnostics, flow, bins))
 
@@ -186,6 +182,17 @@ def level_diagnostics(
     fn = _compiled_diagnostics(flow, bins)
     values = fn(variables, np.asarray(pixels), jax.random.PRNGKey(seed), labels)
     return {name: float(value) for name, value in sorted(values.items())}
+
+
+DIAGNOSTIC_EXAMPLES = 64
+
+
+def diagnostics(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """`level_diagnostics` of the state's (averaged) parameters on the first held-out examples."""
+    idx = np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.test)))
+    pixels, labels = exp.dataset.test[idx], exp.dataset.test.labels(idx) if exp.conditional else None
+    variables = state.variables(averaged=True)
+    return level_diagnostics(exp.flow, variables, pixels, exp.dataset.num_bins, exp.config.seed, labels)
 
 
 def reconstruction_warnings(scores: dict[str, float], bins: int) -> list[str]:

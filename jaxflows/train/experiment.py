@@ -1,37 +1,24 @@
-"""An experiment: the dataset, flow and mesh a config describes, and its initial train state."""
+"""An experiment: the dataset, flow and device mesh a config describes, and how batches are laid out.
+
+Data parallelism uses `jax.sharding`: a 1-D Mesh over every device (all hosts) with axis "batch";
+batches are sharded along it, the train state is replicated, and XLA inserts the gradient
+all-reduce. The same code runs on 1 device, many devices or many hosts.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow
 from jaxflows.data import Dataset, batch_indices, load_dataset, validate_batch
 from jaxflows.models import VariationalDequantizer, glow
-from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
-from jaxflows.train.evaluate import level_diagnostics
-from jaxflows.train.optim import OptimizerSpec, set_hyperparameters
-from jaxflows.train.steps import TrainState, jit_init, jit_train_step, make_mesh, replicated
-
-MULTIHOST_ENV = "JAXFLOWS_MULTIHOST"
-
-
-def maybe_initialize_distributed(multihost: bool = False) -> None:
-    """Call `jax.distributed.initialize()` when asked (flag or JAXFLOWS_MULTIHOST=1).
-
-    It must run before any other JAX call. On Cloud TPU, SLURM and similar clusters it discovers the
-    coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    Every host then runs the same command; each reads its own share of every batch.
-    """
-    if multihost or os.environ.get(MULTIHOST_ENV) == "1":
-        jax.distributed.initialize()
+from jaxflows.train.errors import ConfigError
 
 
 class Experiment(NamedTuple):
@@ -60,13 +47,13 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
     flow = build_flow(config, dataset.image_shape)
     if flow.num_classes is not None and flow.num_classes != dataset.num_classes:
         have = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
-        raise ValueError(
+        raise ConfigError(
             f"model.num_classes={flow.num_classes} but dataset {dataset.name!r} has {have}; a "
             "class-conditional flow needs a labelled dataset with that many classes"
         )
     mesh = make_mesh() if mesh is None else mesh
     if config.batch_size % mesh.devices.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.devices.size} devices")
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {mesh.devices.size} devices")
     n_init = min(config.init_batch_size, len(dataset.train))
     idx = batch_indices(len(dataset.train), n_init, 0, config.seed + 1)
     init_pixels = validate_batch(dataset.train[idx], dataset.num_bins, dataset.image_shape, "init batch")
@@ -74,39 +61,28 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
     return Experiment(config, dataset, flow, mesh, init_batch)
 
 
-def init_fn(exp: Experiment) -> Callable[[jax.Array, jax.Array], TrainState]:
-    """jit(init_batch, seed) -> TrainState: data-dependent initialisation and a fresh optimiser state
-    (hyperparameters 0 until `initial_state` sets them), compiled once per model."""
-    c = exp.config
-    return jit_init(exp.flow, exp.dataset.num_bins, OptimizerSpec.of(c), c.ema_decay, exp.mesh)
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh with axis "batch" over `devices` (default: every device of every host)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("batch",))
 
 
-def initial_state(exp: Experiment, store: CheckpointStore | None = None) -> TrainState:
-    """The newest verified checkpoint of `store` if there is one, else data-dependent initialisation;
-    either way with the optimiser hyperparameters (learning rate, schedule, clipping) of the config."""
-    init, c = init_fn(exp), exp.config
-    if store is not None and store.steps():
-        state = store.restore(jax.eval_shape(init, exp.init_batch, c.seed), replicated(exp.mesh))
-    else:
-        state = init(exp.init_batch, np.int32(c.seed))
-    state = state.replace(opt_state=set_hyperparameters(state.opt_state, c))
-    return jax.device_put(state, replicated(exp.mesh))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec("batch"))
 
 
-def compiled_train_step(exp: Experiment):
-    """The jitted train step of this experiment's model and optimiser (compiled once per process)."""
-    c = exp.config
-    return jit_train_step(
-        exp.flow, exp.dataset.num_bins, OptimizerSpec.of(c), c.ema_decay, exp.mesh, c.class_loss_weight
-    )
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
 
 
-DIAGNOSTIC_EXAMPLES = 64
+def global_batch(local_batch, mesh: Mesh):
+    """Assemble each host's share into one batch-sharded global array (every array of a
+    (pixels, labels) batch)."""
+    sharding = batch_sharding(mesh)
+    return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_batch)
 
 
-def diagnostics(exp: Experiment, state: TrainState) -> dict[str, float]:
-    """Per-level log-det terms and reconstruction errors on the first held-out examples."""
-    idx = np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.test)))
-    pixels, labels = exp.dataset.test[idx], exp.dataset.test.labels(idx) if exp.conditional else None
-    variables = state.variables(averaged=True)
-    return level_diagnostics(exp.flow, variables, pixels, exp.dataset.num_bins, exp.config.seed, labels)
+def split_batch(batch) -> tuple[jax.Array, jax.Array | None]:
+    """(pixels, labels) of a batch: uint8 pixels alone (labels None), or a (pixels, labels) pair for
+    a class-conditional flow."""
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch, None)

@@ -1,4 +1,5 @@
-"""Process-level settings of a training process: the compilation cache, the PRNG, CPU devices, malloc.
+"""Process-level settings of a training process: multi-host start, the compilation cache, the PRNG,
+CPU devices, malloc.
 
 **Compilation cache** (`enable_compilation_cache`). JAX can keep compiled programs on disk and load
 them in later processes; its cache key covers the program, the compiler flags, the backend and the
@@ -34,8 +35,26 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jaxflows.train.errors import ConfigError, ProcessSettingsError
+
 if TYPE_CHECKING:
     from jaxflows.train.config import TrainConfig
+
+MULTIHOST_ENV = "JAXFLOWS_MULTIHOST"
+
+
+def maybe_initialize_distributed(multihost: bool = False) -> None:
+    """Call `jax.distributed.initialize()` when asked (flag or JAXFLOWS_MULTIHOST=1).
+
+    It must run before any other JAX call. On Cloud TPU, SLURM and similar clusters it discovers the
+    coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    Every host then runs the same command; each reads its own share of every batch.
+    """
+    if multihost or os.environ.get(MULTIHOST_ENV) == "1":
+        import jax
+
+        jax.distributed.initialize()
+
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -80,13 +99,13 @@ def split_cpu_into_devices(count: int) -> int:
 
     Call it before the first JAX computation (it sets `jax_num_cpu_devices`). An
     `XLA_FLAGS=--xla_force_host_platform_device_count=N` already in the environment wins (tests
-    simulate several devices that way) and is returned unchanged. Raises RuntimeError when JAX's
+    simulate several devices that way) and is returned unchanged. Raises ProcessSettingsError when JAX's
     backends are already running with a different CPU device count.
     """
     import jax
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"split_cpu_into_devices: expected a device count ≥ 1, got {count!r}")
+        raise ConfigError(f"split_cpu_into_devices: expected a device count ≥ 1, got {count!r}")
     forced = _FORCED_DEVICES.search(os.environ.get("XLA_FLAGS", ""))
     if forced is not None:
         return int(forced.group(1))
@@ -95,7 +114,7 @@ def split_cpu_into_devices(count: int) -> int:
     except RuntimeError:  # backends already initialised: fine if they already have `count`
         have = len(jax.devices("cpu"))
         if have != count:
-            raise RuntimeError(
+            raise ProcessSettingsError(
                 f"JAX's CPU backend is already running with {have} device(s); call "
                 f"split_cpu_into_devices({count}) before the first JAX computation"
             ) from None

@@ -24,11 +24,11 @@ from jaxflows.data import BatchIterator, subset
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import DivergenceError, warn
-from jaxflows.train.evaluate import evaluate_bits_per_dim
-from jaxflows.train.experiment import Experiment, compiled_train_step, diagnostics, initial_state, setup
+from jaxflows.train.evaluate import diagnostics, evaluate_bits_per_dim
+from jaxflows.train.experiment import Experiment, global_batch, replicated, setup
 from jaxflows.train.metrics import MetricsWriter
-from jaxflows.train.optim import learning_rate_schedule
-from jaxflows.train.steps import TrainState, global_batch
+from jaxflows.train.state import TrainState, init_fn, learning_rate_schedule, set_hyperparameters
+from jaxflows.train.steps import compiled_train_step
 from jaxflows.train.workdir import check_resume, record_config_changes, save_config, workdir_lock, writing
 
 
@@ -98,6 +98,18 @@ def train(
             with contextlib.suppress(Exception):  # after an error: still seal a save that completed
                 store.finish()
             store.close()
+
+
+def initial_state(exp: Experiment, store: CheckpointStore | None = None) -> TrainState:
+    """The newest verified checkpoint of `store` if there is one, else data-dependent initialisation;
+    either way with the optimiser hyperparameters (learning rate, schedule, clipping) of the config."""
+    init, c = init_fn(exp), exp.config
+    if store is not None and store.steps():
+        state = store.restore(jax.eval_shape(init, exp.init_batch, c.seed), replicated(exp.mesh))
+    else:
+        state = init(exp.init_batch, np.int32(c.seed))
+    state = state.replace(opt_state=set_hyperparameters(state.opt_state, c))
+    return jax.device_put(state, replicated(exp.mesh))
 
 
 def _train(
@@ -240,7 +252,7 @@ def _save_if_healthy(exp: Experiment, store: CheckpointStore, state: TrainState)
     c, test = exp.config, exp.dataset.test
     check = subset(test, np.arange(min(c.eval_batch_size, len(test))), exp.conditional)
     bpd = evaluate_bits_per_dim(exp.flow, state.variables(averaged=True), check, exp.dataset.num_bins,
-                                exp.mesh, c.eval_batch_size, 1, c.seed, warn=False)  # fmt: skip
+                                exp.mesh, c.eval_batch_size, 1, c.seed, report_nonfinite=False)  # fmt: skip
     if not np.isfinite(bpd):
         warn(f"warning: step {int(state.step)}: held-out bits/dim is {bpd}; not checkpointed "
               f"(last good checkpoint: step {store.latest_step()})")  # fmt: skip

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 
 from jaxflows.analysis import attribute_direction, manipulate
 from jaxflows.core import Flow
+from jaxflows.train.errors import ConfigError
 
 SAMPLE_STREAM = 7  # sample grids draw from fold_in(PRNGKey(seed), SAMPLE_STREAM): apart from training's keys
 
@@ -97,7 +98,7 @@ def class_sample_grid(
     labelled with the class name; returns the image and the samples (classes, per_class, H, W, C)."""
     classes = flow.num_classes
     if classes is None:
-        raise ValueError("class_sample_grid needs a class-conditional flow (glow(..., num_classes=N))")
+        raise ConfigError("class_sample_grid needs a class-conditional flow (glow(..., num_classes=N))")
     names = [str(c) for c in range(classes)] if class_names is None else list(class_names)
     draw = jax.jit(lambda v, k, c: flow.apply(v, k, per_class, temperature, c, method="sample"))
     samples = np.stack([np.asarray(draw(variables, key, jnp.int32(c))) for c in range(classes)])

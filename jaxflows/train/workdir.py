@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxflows.train.checkpoint import stored_shapes
-from jaxflows.train.config import TrainConfig, config_from_dict
+from jaxflows.train.config import RESUMABLE_FIELDS, TrainConfig, config_from_dict
 from jaxflows.train.errors import (
     CheckpointFormatError,
     ConfigMismatchError,
@@ -32,17 +32,6 @@ FORMAT = "format.json"
 FORMAT_VERSION = 2
 CONVERT_COMMAND = "python -m jaxflows.train.convert"
 _VERSION1_SCOPE = re.compile(r"(^|/)level\d+/steps(/|$)")
-
-# Fields a resumed run may change: they alter neither the model, the data, its order, nor the
-# structure of the optimiser state. Every other field must equal the one the workdir was trained with.
-RESUMABLE_CHANGES = frozenset({
-    "num_steps", "learning_rate", "warmup_steps", "lr_decay", "grad_clip_norm", "max_consecutive_skips",
-    "eval_every", "eval_batch_size", "eval_dequant_draws", "eval_importance_samples", "baseline_smoothing",
-    "checkpoint_every", "keep_checkpoints", "log_every", "sample_temperatures", "samples_per_temperature",
-    "interpolation_steps", "prefetch", "train_time_limit_s", "data_dir", "class_loss_weight",
-    "cpu_devices", "reuse_freed_memory", "network_dtype", "network_precision",
-    "compilation_cache_dir",
-})  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -192,13 +181,13 @@ def check_resume(config: TrainConfig, workdir: Path) -> dict[str, tuple[Any, Any
             f"train in a new --workdir"
         )
     changes = config_changes(json.loads(path.read_text()), config)
-    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_CHANGES}
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_FIELDS}
     if refused:
         lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))
         raise ConfigMismatchError(
             f"{workdir} was trained with a different model, data or optimiser; these fields differ from "
             f"its {CONFIG}:\n{lines}\nuse another --workdir, or the saved values to resume "
-            f"(fields that may change on resume: {', '.join(sorted(RESUMABLE_CHANGES))})"
+            f"(fields that may change on resume: {', '.join(sorted(RESUMABLE_FIELDS))})"
         )
     return changes
 

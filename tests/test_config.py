@@ -1,11 +1,23 @@
-"""Config overrides from the command line, and hyperparameters that live in the optimiser state."""
+"""Config overrides from the command line, hyperparameters that live in the optimiser state, the
+fields' declared rules, configs built on a base and smoke modes."""
+
+import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from jaxflows.train import ConfigError, TrainConfig, make_mesh, make_optimizer, make_train_step, train
-from jaxflows.train.config import apply_overrides
+from jaxflows.train import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    make_mesh,
+    make_optimizer,
+    make_train_step,
+    train,
+)
+from jaxflows.train.config import RESUMABLE_FIELDS, apply_overrides
 from jaxflows.train.experiment import global_batch, setup
 from jaxflows.train.loop import initial_state
 from jaxflows.train.state import learning_rate_schedule
@@ -110,3 +122,37 @@ def test_the_schedule_matches_optax():
     np.testing.assert_allclose(
         jax.vmap(learning_rate_schedule(config))(steps), jax.vmap(reference)(steps), rtol=1e-5, atol=1e-9
     )
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+def test_every_field_declares_its_rule_and_whether_a_resume_may_change_it():
+    fields = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
+    assert all(set(meta) == {"rule", "resumable"} for meta in fields.values())
+    assert {name for name, meta in fields.items() if meta["resumable"]} == RESUMABLE_FIELDS
+    model_or_data = {"dataset", "model", "n_bits", "batch_size", "optimizer", "ema_decay", "seed",
+                     "init_batch_size", "dequantizer", "prng_impl"}  # fmt: skip
+    assert model_or_data == set(fields) - RESUMABLE_FIELDS
+    with pytest.raises(ConfigError, match=r"TrainConfig.ema_decay must be None or a number in \(0, 1\)"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_configs_built_on_a_base_change_only_what_they_name():
+    glow, emerging = load_config(CONFIGS / "glow_cifar10.py"), load_config(CONFIGS / "emerging_cifar10.py")
+    assert emerging.replace(model=glow.model) == glow
+    assert {k for k in emerging.model if emerging.model[k] != glow.model.get(k)} == {"conv", "conv_kwargs"}
+    main_job, long = load_config(CONFIGS / "default.py"), load_config(CONFIGS / "fashion_mnist.py")
+    assert (long.lr_decay, long.prng_impl, long.eval_batch_size) == (main_job.lr_decay, "rbg", 500)
+    assert (long.dataset, long.ema_decay, long.num_steps, long.train_time_limit_s) == (
+        "fashion_mnist", 0.999, 18_000, None,
+    )  # fmt: skip
+
+
+def test_the_smoke_mode_is_a_smaller_shorter_run_of_the_same_config():
+    full, smoke = load_config(CONFIGS / "digits.py"), load_config(CONFIGS / "digits.py", smoke=True)
+    assert smoke.dataset == full.dataset and smoke.num_steps < full.num_steps
+    assert smoke.model == {**full.model, "depth": 2, "hidden": 32}
+    assert (smoke.eval_every, smoke.sample_temperatures, smoke.prng_impl) == (0, (0.7, 1.0), "rbg")
+    with pytest.raises(ConfigError, match="has no smoke mode"):
+        load_config(CONFIGS / "default.py", smoke=True)

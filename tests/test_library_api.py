@@ -97,3 +97,50 @@ def test_a_flow_whose_bijector_changes_the_shape_fails_at_init_with_the_fix():
     )
     variables = fixed.init(jax.random.key(1), x)
     assert fixed.apply(variables, jax.random.key(2), 3, method="sample").shape == (3, 8, 8, 1)
+
+
+def _lu_glow_and_variables():
+    from jaxflows.models import glow
+
+    flow = glow((4, 4, 1), levels=1, depth=1, hidden=4, conv="lu")
+    x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
+    return flow, flow.init(jax.random.key(1), x), x
+
+
+def test_a_missing_constants_collection_is_a_named_error():
+    from jaxflows.core import MissingCollectionError
+
+    flow, variables, x = _lu_glow_and_variables()
+    with pytest.raises(MissingCollectionError, match=r"not \['constants'\].*LU permutation"):
+        flow.apply({"params": variables["params"]}, x, method="log_prob")
+
+
+def test_float_constants_are_a_named_error():
+    from jaxflows.core import VariablesMismatchError
+
+    flow, variables, x = _lu_glow_and_variables()
+    floated = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), variables)
+    with pytest.raises(VariablesMismatchError, match=r"permutation is float32 where the model has int32"):
+        flow.apply(floated, x, method="log_prob")
+
+
+def test_functional_checks_variables_like_flow_apply():
+    from jaxflows import functional
+    from jaxflows.core import UnusedVariablesError
+
+    chain = Chain([ActNorm(), AffineCoupling(hidden=4)], names=["actnorm", "coupling"])
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))
+    variables = chain.init(jax.random.key(1), x)
+    other = Chain([ActNorm()], names=["actnorm"]).init(jax.random.key(1), x)
+    bad = {"params": {**variables["params"], **{"extra": other["params"]["actnorm"]}}}
+    with pytest.raises(UnusedVariablesError, match="extra"):
+        functional(chain, bad).forward(x)
+    f = functional(chain, variables)
+    z, _ = jax.jit(f.forward)(x)
+    np.testing.assert_allclose(f.inverse(z)[0], x, atol=1e-5)
+
+    def loss(params):
+        return -functional(chain, {**variables, "params": params}).log_det(x).mean()
+
+    grads = jax.grad(loss)(variables["params"])
+    assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(variables["params"])

@@ -299,7 +299,7 @@ def test_the_variables_check_is_invisible_to_method_interceptors():
     seen = []
 
     def interceptor(next_fun, args, kwargs, context):
-        seen.append((context.method_name, flow.__dict__.get("_jaxflows_variable_shapes") is not None))
+        seen.append((context.method_name, flow.__dict__.get("_jaxflows_variable_specs") is not None))
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(interceptor):

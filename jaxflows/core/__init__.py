@@ -28,7 +28,12 @@ from jaxflows.core.errors import (
 from jaxflows.core.flow import EventShapeError, Flow
 from jaxflows.core.objective import bits_per_dim, dequantize, num_bins
 from jaxflows.core.repeat import Repeat
-from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, check_variables
+from jaxflows.core.variables import (
+    MissingCollectionError,
+    UnusedVariablesError,
+    VariablesMismatchError,
+    check_variables,
+)
 
 __all__ = [
     "GRADIENT_MODES",
@@ -47,6 +52,7 @@ __all__ = [
     "Invert",
     "JaxflowsError",
     "LabelRangeError",
+    "MissingCollectionError",
     "MissingContextError",
     "Repeat",
     "ShapeError",

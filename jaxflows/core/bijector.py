@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from jaxflows.core.backprop import check_gradient_mode, run_sequence
 from jaxflows.core.errors import InvalidArgumentError
+from jaxflows.core.variables import check_variables
 
 Array = jax.Array
 
@@ -167,12 +168,29 @@ class Functional(NamedTuple):
 def functional(module: nn.Module, variables: Any) -> Functional:
     """Bind `module` to `variables` as plain functions usable under jit, grad, jacfwd and vmap.
 
+    The variables are checked against the ones `module.init` creates (paths, shapes, collections,
+    integer constants), as `Flow.apply` does: once per input shape and dtype. For gradients with
+    respect to the parameters, rebuild the functions inside the loss:
+
     >>> f = functional(flow, variables)
     >>> z, ld = jax.jit(f.forward)(x)
     >>> z, ld = f.forward(x, labels)  # a conditional flow
+    >>> loss = lambda p: -functional(flow, {**variables, "params": p}).log_det(x).mean()
+    >>> grads = jax.grad(loss)(variables["params"])
     """
+    checked: set = set()
+
+    def check(x: Array) -> None:
+        signature = (jnp.shape(x), jnp.result_type(x))
+        if signature not in checked and not hasattr(module, "variable_specs"):  # Flow.apply checks itself
+            check_variables(module, variables, x)
+        checked.add(signature)
 
     def method(name: str):
-        return lambda x, context=None: module.apply(variables, x, context, method=name)
+        def call(x, context=None):
+            check(x)
+            return module.apply(variables, x, context, method=name)
+
+        return call
 
     return Functional(method("forward"), method("inverse"), method("log_det"))

@@ -26,9 +26,9 @@ from jaxflows.core.validation import (
     check_range,
     is_concrete,
 )
-from jaxflows.core.variables import Shapes, abstract_init, check_variables
+from jaxflows.core.variables import Specs, abstract_init, check_variables
 
-_SHAPES_CACHE = "_jaxflows_variable_shapes"
+_SHAPES_CACHE = "_jaxflows_variable_specs"
 
 
 class EventShapeError(ShapeError):
@@ -150,8 +150,8 @@ class Flow(Bijector):
             )
 
     @nn.nowrap
-    def variable_shapes(self) -> Shapes:
-        """Path -> shape of every variable `init` creates, computed abstractly once per flow: the
+    def variable_specs(self) -> Specs:
+        """Path -> shape and dtype of every variable `init` creates, computed abstractly once per flow: the
         event shape fixes them, and the flow is initialised through `discrete_log_prob`, so its
         dequantizer's variables count as its own."""
         cached = self.__dict__.get(_SHAPES_CACHE)

@@ -23,6 +23,7 @@ from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 
 Path = tuple[str, ...]
 Shapes = dict[Path, tuple[int, ...]]
+Specs = dict[Path, jax.ShapeDtypeStruct]  # path -> shape and dtype of every variable init creates
 _SHOWN = 5  # paths listed per problem
 
 
@@ -34,9 +35,18 @@ class UnusedVariablesError(VariablesMismatchError):
     """Variables the model never reads: extra entries, or more stacked steps than a `Repeat` has."""
 
 
+class MissingCollectionError(VariablesMismatchError):
+    """Variables without one of the collections `init` creates (e.g. `constants`)."""
+
+
 def _leaf_shape(leaf: Any) -> tuple[int, ...]:
     shape = getattr(leaf, "shape", None)
     return tuple(np.shape(leaf) if shape is None else shape)
+
+
+def _leaf_dtype(leaf: Any) -> np.dtype:
+    dtype = getattr(leaf, "dtype", None)
+    return np.dtype(np.result_type(leaf) if dtype is None else dtype)
 
 
 def flat_shapes(variables: Any) -> Shapes:
@@ -49,22 +59,22 @@ def _listed(paths: list[str]) -> str:
     return ", ".join(paths[:_SHOWN]) + more
 
 
-def abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) -> Shapes:
-    """Shapes of `init(example)`'s variables, traced in a fresh thread: Flax method interceptors,
-    module contexts and JAX traces are thread-local, so none of the caller's (e.g. an enclosing
-    `flax.linen.intercept_methods`, as `jaxflows.analysis` uses) sees or alters this trace."""
+def abstract_init(init: Callable[[Any], Any], example: jax.ShapeDtypeStruct) -> Specs:
+    """Shapes and dtypes of `init(example)`'s variables, traced in a fresh thread: Flax method
+    interceptors, module contexts and JAX traces are thread-local, so none of the caller's (e.g. an
+    enclosing `flax.linen.intercept_methods`, as `jaxflows.analysis` uses) sees or alters this trace."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return flat_shapes(pool.submit(jax.eval_shape, init, example).result())
+        return dict(traverse_util.flatten_dict(pool.submit(jax.eval_shape, init, example).result()))
 
 
-def variable_shapes(module, example_input: Any = None) -> Shapes:
-    """Path -> shape of every variable `module.init` creates, computed abstractly (no FLOPs).
+def variable_specs(module, example_input: Any = None) -> Specs:
+    """Path -> shape and dtype of every variable `module.init` creates, computed abstractly (no FLOPs).
 
-    A module that knows its own shapes (a `Flow`: its `event_shape` fixes them) provides them as
-    `module.variable_shapes()`, and `example_input` is ignored. Other modules are initialised on
+    A module that knows its own variables (a `Flow`: its `event_shape` fixes them) provides them as
+    `module.variable_specs()`, and `example_input` is ignored. Other modules are initialised on
     `example_input`'s shape and dtype.
     """
-    own = getattr(module, "variable_shapes", None)
+    own = getattr(module, "variable_specs", None)
     if own is not None:
         return own()
     if example_input is None:
@@ -75,8 +85,34 @@ def variable_shapes(module, example_input: Any = None) -> Shapes:
     return abstract_init(lambda x: module.init(jax.random.key(0), x), example)
 
 
-def compare_variables(expected: Shapes, given: Shapes, owner: str) -> None:
-    """Raise if `given` has paths `expected` lacks, or other shapes; missing paths are allowed."""
+def _kind(dtype) -> str:
+    return "integer" if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_) else "float"
+
+
+def compare_variables(expected: Specs, variables: Any, owner: str) -> None:
+    """Raise if `variables` lack a collection `expected` has, hold paths it lacks, other shapes, or
+    floats where the model keeps integers (or the reverse); missing paths are left to Flax."""
+    given_specs = dict(traverse_util.flatten_dict(variables))
+    missing = sorted({p[0] for p in expected} - {p[0] for p in given_specs})
+    if missing and given_specs:
+        have = sorted({p[0] for p in given_specs})
+        raise MissingCollectionError(
+            f"{owner}: variables have the collection(s) {have} but not {missing}, which init also "
+            'creates ("constants" holds non-trained arrays such as the LU permutation); pass every '
+            "collection init returned, e.g. {**variables, 'params': new_params}"
+        )
+    retyped = [
+        f"{'/'.join(p)} is {_leaf_dtype(given_specs[p])} where the model has {np.dtype(expected[p].dtype)}"
+        for p in given_specs
+        if p in expected and _kind(_leaf_dtype(given_specs[p])) != _kind(expected[p].dtype)
+    ]
+    if retyped:
+        raise VariablesMismatchError(
+            f"{owner}: variables do not fit the model: {len(retyped)} variable(s) of another kind of dtype: "
+            f"{_listed(retyped)} (integer constants are not trained: keep them out of optimisers and noise)"
+        )
+    given = {p: _leaf_shape(leaf) for p, leaf in given_specs.items()}
+    expected = {p: tuple(spec.shape) for p, spec in expected.items()}
     unused = ["/".join(p) for p in given if p not in expected]
     mismatched = [p for p in given if p in expected and given[p] != expected[p]]
     problems = []
@@ -104,9 +140,11 @@ def compare_variables(expected: Shapes, given: Shapes, owner: str) -> None:
 
 def check_variables(module, variables: Any, example_input: Any = None) -> None:
     """Raise `UnusedVariablesError` if `variables` hold entries `module` never reads (extra paths,
-    or more stacked steps than a `Repeat` has), `VariablesMismatchError` for other shapes.
+    or more stacked steps than a `Repeat` has), `MissingCollectionError` if a collection init
+    creates is absent, `VariablesMismatchError` for other shapes or a float where the model keeps an
+    integer.
 
     `Flow.apply` runs this itself; call it to check variables before use, or for other modules
     (which need `example_input`, an array or `jax.ShapeDtypeStruct` that `module.init` accepts).
     """
-    compare_variables(variable_shapes(module, example_input), flat_shapes(variables), type(module).__name__)
+    compare_variables(variable_specs(module, example_input), variables, type(module).__name__)

@@ -17,10 +17,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+import jaxflows.pretrained.format as weights_format
 from jaxflows.core import Flow, check_variables
 from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.models import VariationalDequantizer, glow
-from jaxflows.pretrained import format as weights_format
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 

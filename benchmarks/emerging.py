@@ -16,10 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxflows.bijectors import Conv1x1LU
-from jaxflows.bijectors.conv1x1_qr import Conv1x1QR
-from jaxflows.bijectors.emerging import EmergingConv
-from jaxflows.bijectors.periodic import PeriodicConv
+from jaxflows.bijectors import Conv1x1LU, Conv1x1QR, EmergingConv, PeriodicConv
 
 LAYERS: dict[str, Callable[[], nn.Module]] = {
     "EmergingConv k=3 (pixels)": lambda: EmergingConv(kernel_size=3, inverse_method="pixels"),

@@ -26,8 +26,7 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from jaxflows.bijectors import MatrixExpCoupling
-from jaxflows.bijectors.matrix_exp import MatrixExpAffine, PixelExponential
+from jaxflows.bijectors import MatrixExpAffine, MatrixExpCoupling, PixelExponential
 from jaxflows.linalg import expm_adaptive
 from jaxflows.models import glow
 

@@ -122,7 +122,7 @@ def xla_flops(flow, optimizer, bins: int, batch_size: int) -> float:
     """
     import jax
 
-    from jaxflows.core.backprop import scan_unroll
+    from jaxflows.core import scan_unroll
     from jaxflows.train import abstract_inputs, make_mesh, make_train_step
 
     mesh = make_mesh(jax.devices("cpu")[:1])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from experiments import compare as cmp
 from experiments import report
-from jaxflows.models import registry
+from jaxflows.models import CONVS
 
 MODULE = "experiments.compare_1x1"
 CONV_KWARGS = {"plain": {}, "lu": {}, "qr": {}, "matrix_exp": {"init_scale": 0.1}}  # registry names
 VARIANTS = [
-    cmp.Variant(registry.CONVS.label(conv), {"conv": conv, "conv_kwargs": kwargs})
+    cmp.Variant(CONVS.label(conv), {"conv": conv, "conv_kwargs": kwargs})
     for conv, kwargs in CONV_KWARGS.items()
 ]
 

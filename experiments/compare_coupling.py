@@ -15,7 +15,7 @@ import numpy as np
 
 from experiments import compare as cmp
 from experiments import report
-from jaxflows.models import registry
+from jaxflows.models import COUPLINGS as REGISTRY
 
 MODULE = "experiments.compare_coupling"
 LEARNING_RATES = (1e-3, 1e-2, 3e-2, 1e-1)
@@ -26,10 +26,10 @@ DEFAULT_STEPS = 400
 def variants(learning_rates=LEARNING_RATES) -> list[cmp.Variant]:
     return [
         cmp.Variant(
-            f"{registry.COUPLINGS.label(name)} lr={lr:g}",
+            f"{REGISTRY.label(name)} lr={lr:g}",
             {"coupling": name, "coupling_kwargs": {}},
             {"learning_rate": lr},
-            group=registry.COUPLINGS.label(name),
+            group=REGISTRY.label(name),
             x=lr,
         )
         for name in COUPLINGS

@@ -28,9 +28,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from jaxflows.analysis import log_det_breakdown, log_det_saliency
-from jaxflows.analysis.scores import bits_per_dim_per_example
-from jaxflows.data.datasets import _load_digits_csv, fashion_mnist
+from jaxflows.analysis import bits_per_dim_per_example, log_det_breakdown, log_det_saliency
+from jaxflows.data import digits, fashion_mnist
 from jaxflows.pretrained import card, load
 
 IN_DISTRIBUTION = "fashion_mnist_test"
@@ -56,7 +55,8 @@ def datasets(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """The in-distribution test images and the five out-of-distribution sets, `count` each."""
     rng = np.random.default_rng(seed)
     test = fashion_mnist().test.all()[:count]
-    digit_pixels, _ = _load_digits_csv()
+    digit_set = digits()
+    digit_pixels = np.concatenate([digit_set.train.all(), digit_set.test.all()])
     levels = rng.integers(0, 256, (count, 1, 1, 1))
     return {
         IN_DISTRIBUTION: test,

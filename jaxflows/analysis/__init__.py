@@ -17,6 +17,7 @@ from jaxflows.analysis.log_det import (
     log_det_saliency,
 )
 from jaxflows.analysis.precision import Product, lowered_products
+from jaxflows.analysis.scores import bits_per_dim_per_example
 from jaxflows.analysis.trace import LayerCall, layer_variables, leaves, trace_forward
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "Product",
     "UnknownLayerError",
     "attribute_direction",
+    "bits_per_dim_per_example",
     "invertibility_report",
     "jacobian_condition_numbers",
     "layer_variables",

@@ -18,7 +18,13 @@ from jaxflows.bijectors.coupling import (
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
-from jaxflows.bijectors.matrix_exp import MatrixExpConv1x1, MatrixExpCoupling, MatrixExpTransformer
+from jaxflows.bijectors.matrix_exp import (
+    MatrixExpAffine,
+    MatrixExpConv1x1,
+    MatrixExpCoupling,
+    MatrixExpTransformer,
+    PixelExponential,
+)
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
 from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpline
@@ -44,10 +50,12 @@ __all__ = [
     "EmergingConv",
     "InvertibleConv1x1",
     "LearnedPrior",
+    "MatrixExpAffine",
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
     "MatrixExpTransformer",
     "PeriodicConv",
+    "PixelExponential",
     "RationalQuadraticMap",
     "RationalQuadraticSpline",
     "ReversePermutation",

@@ -1,6 +1,6 @@
 """Core: the bijector protocol, composition, the functional view, bases, flows and the objective."""
 
-from jaxflows.core.backprop import GRADIENT_MODES
+from jaxflows.core.backprop import GRADIENT_MODES, scan_unroll
 from jaxflows.core.bijector import (
     Array,
     Bijector,
@@ -66,5 +66,6 @@ __all__ = [
     "functional",
     "gaussian_log_prob",
     "num_bins",
+    "scan_unroll",
     "sum_except_batch",
 ]

@@ -76,20 +76,36 @@ def setting_name(cpu_devices: int, reuse: bool) -> str:
 
 def run_jaxflows(args, cpu_devices: int, reuse: bool) -> dict:
     command = [
-        sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--model", "glow",
-        "--levels", str(args.levels), "--steps", str(args.steps), "--hidden", str(args.hidden),
-        "--batch", str(args.batch), "--image", "32x32x3", "--iters", str(args.iters),
-        "--cpu-devices", str(cpu_devices), *(["--reuse-freed-memory"] if reuse else []),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "benchmarks" / "train_step.py"),
+        "--model",
+        "glow",
+        "--levels",
+        str(args.levels),
+        "--steps",
+        str(args.steps),
+        "--hidden",
+        str(args.hidden),
+        "--batch",
+        str(args.batch),
+        "--image",
+        "32x32x3",
+        "--iters",
+        str(args.iters),
+        "--cpu-devices",
+        str(cpu_devices),
+        *(["--reuse-freed-memory"] if reuse else []),
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def run_normflows(args) -> dict:
     command = [
-        args.torch_python, args.normflows_script,
+        args.torch_python,
+        args.normflows_script,
         *(str(v) for v in (args.levels, args.steps, args.hidden, args.batch, args.iters)),
-    ]  # fmt: skip
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     match = re.search(r"params=(\d+) step=([\d.]+)ms imgs/s=([\d.]+)", out)
     if match is None:
@@ -109,10 +125,15 @@ def main(argv=None) -> dict:
         for n, reuse in ours:
             ours[n, reuse].append(run_jaxflows(args, n, reuse))
         theirs.append(run_normflows(args))
-        print(f"round {round_ + 1}: " + ", ".join(
-            f"jaxflows [{setting_name(n, reuse)}] {runs[-1]['images_per_sec']:.1f} img/s "
-            f"(compile {runs[-1]['compile_s']:.1f} s)" for (n, reuse), runs in ours.items()
-        ) + f"; normflows {theirs[-1]['images_per_sec']:.1f} img/s")  # fmt: skip
+        print(
+            f"round {round_ + 1}: "
+            + ", ".join(
+                f"jaxflows [{setting_name(n, reuse)}] {runs[-1]['images_per_sec']:.1f} img/s "
+                f"(compile {runs[-1]['compile_s']:.1f} s)"
+                for (n, reuse), runs in ours.items()
+            )
+            + f"; normflows {theirs[-1]['images_per_sec']:.1f} img/s"
+        )
     median = lambda runs, key: statistics.median(r[key] for r in runs)
     torch_ips = median(theirs, "images_per_sec")
     jaxflows = []

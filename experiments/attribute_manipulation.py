@@ -66,8 +66,10 @@ def main(argv=None) -> None:
     image.save(args.out)
     names = data.class_names or [str(c) for c in range(data.num_classes)]
     with_name, without_name = names[args.with_], names[args.without]
-    print(f"{data.name}: direction '{with_name}' minus '{without_name}' from {args.examples} training "
-          f"images each; rows: held-out '{without_name}'; α = {alphas}; wrote {args.out}")  # fmt: skip
+    print(
+        f"{data.name}: direction '{with_name}' minus '{without_name}' from {args.examples} training "
+        f"images each; rows: held-out '{without_name}'; α = {alphas}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

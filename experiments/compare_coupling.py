@@ -59,16 +59,26 @@ def main(argv=None) -> dict:
     for v in vs:
         mine = [r for r in runs if r.variant == v]
         ok = [r for r in mine if not diverged(r)]
-        rows.append([
-            v.group, f"{v.x:g}",
-            report.mean_std(np.asarray([r.metrics["bpd"] for r in ok])) if ok else "—",
-            report.mean_std(np.asarray([r.metrics["bpd"] for r in mine])),
-            f"{len(mine) - len(ok)}/{len(mine)}",
-            sum(r.metrics["skipped"] for r in mine),
-            report.mean_std(report.values(runs, v, "epoch_s"), "{:.2f}"),
-        ])  # fmt: skip
-    header = ["coupling", "lr", "held-out bits/dim (non-diverged)", "held-out bits/dim (all runs)",
-              "diverged", "skipped updates (all runs)", "time / epoch (s)"]  # fmt: skip
+        rows.append(
+            [
+                v.group,
+                f"{v.x:g}",
+                report.mean_std(np.asarray([r.metrics["bpd"] for r in ok])) if ok else "—",
+                report.mean_std(np.asarray([r.metrics["bpd"] for r in mine])),
+                f"{len(mine) - len(ok)}/{len(mine)}",
+                sum(r.metrics["skipped"] for r in mine),
+                report.mean_std(report.values(runs, v, "epoch_s"), "{:.2f}"),
+            ]
+        )
+    header = [
+        "coupling",
+        "lr",
+        "held-out bits/dim (non-diverged)",
+        "held-out bits/dim (all runs)",
+        "diverged",
+        "skipped updates (all runs)",
+        "time / epoch (s)",
+    ]
     notes = [
         "diverged: a run in which the optimiser skipped at least one update because a gradient or update "
         "was non-finite (`skipped_updates` > 0), or any training loss was non-finite, or the final held-out "

@@ -52,14 +52,27 @@ def main(argv=None) -> Path:
             scores = jft.evaluate(result.experiment, result.state)
         dataset = result.experiment.dataset
         steps = int(result.state.step)
-        rows.append([
-            name, steps, f"{1e3 * seconds / steps:.1f}", f"{scores['flow_bits_per_dim_without_ema']:.4f}",
-            f"{scores['flow_bits_per_dim']:.4f}", f"{scores[f'flow_bits_per_dim_iw{args.iw}']:.4f}",
-            f"{scores['baseline_bits_per_dim']:.4f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                steps,
+                f"{1e3 * seconds / steps:.1f}",
+                f"{scores['flow_bits_per_dim_without_ema']:.4f}",
+                f"{scores['flow_bits_per_dim']:.4f}",
+                f"{scores[f'flow_bits_per_dim_iw{args.iw}']:.4f}",
+                f"{scores['baseline_bits_per_dim']:.4f}",
+            ]
+        )
         print(" | ".join(map(str, rows[-1])), flush=True)
-    header = ["dequantisation", "steps", "ms/step", "held-out bpd, bound", "bound, EMA weights",
-              f"EMA weights, {args.iw}-sample IW estimate", "per-pixel histogram"]  # fmt: skip
+    header = [
+        "dequantisation",
+        "steps",
+        "ms/step",
+        "held-out bpd, bound",
+        "bound, EMA weights",
+        f"EMA weights, {args.iw}-sample IW estimate",
+        "per-pixel histogram",
+    ]
     data = (
         f"data: {dataset.name} {dataset.image_shape}, {len(dataset.test)} held-out images; model "
         f"{base.model}; {base.num_steps} steps of batch {base.batch_size}, lr {base.learning_rate} "

@@ -18,11 +18,20 @@ from experiments import report
 MODULE = "experiments.compare_models"
 MODELS = {
     "Glow": {"conv": "lu", "coupling": "affine", "conv_kwargs": {}, "coupling_kwargs": {}},
-    "MEF": {"conv": "matrix_exp", "coupling": "matrix_exp", "mask": "channel",
-            "conv_kwargs": {"init_scale": 0.1}, "coupling_kwargs": {}},
-    "Emerging": {"conv": "emerging", "coupling": "affine", "conv_kwargs": {"kernel_size": 3},
-                 "coupling_kwargs": {}},
-}  # fmt: skip
+    "MEF": {
+        "conv": "matrix_exp",
+        "coupling": "matrix_exp",
+        "mask": "channel",
+        "conv_kwargs": {"init_scale": 0.1},
+        "coupling_kwargs": {},
+    },
+    "Emerging": {
+        "conv": "emerging",
+        "coupling": "affine",
+        "conv_kwargs": {"kernel_size": 3},
+        "coupling_kwargs": {},
+    },
+}
 
 
 def match_hidden(base, model: dict, target: int) -> tuple[int, int]:
@@ -53,15 +62,28 @@ def main(argv=None) -> dict:
     rows = []
     for v in variants:
         params = int(report.values(runs, v, "params")[0])
-        rows.append([
-            v.name, v.model["conv"], v.model["coupling"], v.model["hidden"],
-            f"{params} ({100 * (params / target - 1):+.1f}%)",
-            report.mean_std(report.values(runs, v, "bpd")),
-            report.mean_std(report.values(runs, v, "step_s") * 1e3, "{:.1f}"),
-            f"[{grid(v).name}]({grid(v).name})",
-        ])  # fmt: skip
-    header = ["model", "conv", "coupling", "hidden", "params (vs Glow)", "held-out bits/dim",
-              "train ms / step", "samples"]  # fmt: skip
+        rows.append(
+            [
+                v.name,
+                v.model["conv"],
+                v.model["coupling"],
+                v.model["hidden"],
+                f"{params} ({100 * (params / target - 1):+.1f}%)",
+                report.mean_std(report.values(runs, v, "bpd")),
+                report.mean_std(report.values(runs, v, "step_s") * 1e3, "{:.1f}"),
+                f"[{grid(v).name}]({grid(v).name})",
+            ]
+        )
+    header = [
+        "model",
+        "conv",
+        "coupling",
+        "hidden",
+        "params (vs Glow)",
+        "held-out bits/dim",
+        "train ms / step",
+        "samples",
+    ]
     notes = [
         *([level_note] if level_note else []),
         "Same multi-scale skeleton (levels and steps of the base config); the hidden width of MEF and "

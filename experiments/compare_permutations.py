@@ -49,8 +49,11 @@ def ordering_note(runs, vs) -> list[str]:
         for better, worse in (("1x1 conv (LU)", "shuffle"), ("shuffle", "reverse")):
             spread = np.sqrt((np.var(bpd[better], ddof=1) + np.var(bpd[worse], ddof=1)) / 2)
             gap = means[worse] - means[better]
-            gaps.append(f"{worse} − {better} = {gap:+.3f} ({gap / spread:+.1f} pooled std)" if spread > 0
-                        else f"{worse} − {better} = {gap:+.3f}")  # fmt: skip
+            gaps.append(
+                f"{worse} − {better} = {gap:+.3f} ({gap / spread:+.1f} pooled std)"
+                if spread > 0
+                else f"{worse} − {better} = {gap:+.3f}"
+            )
         holds = means["1x1 conv (LU)"] < means["shuffle"] < means["reverse"]
         best = min(means, key=means.get)
         verdict = ("holds" if holds else "does not hold") + f" (lowest: {best})"

@@ -105,9 +105,16 @@ def save_page(directory: Path, name: str, title: str, facts: Sequence[str], *blo
 
 
 def write_markdown(
-    path: Path, title: str, base, seeds: Sequence[int], table: str, notes: Sequence[str], command: str,
-    wall_s: float, dataset_desc: str,
-) -> Path:  # fmt: skip
+    path: Path,
+    title: str,
+    base,
+    seeds: Sequence[int],
+    table: str,
+    notes: Sequence[str],
+    command: str,
+    wall_s: float,
+    dataset_desc: str,
+) -> Path:
     lines = [
         f"# {title}",
         "",
@@ -133,8 +140,15 @@ def dataset_description(base) -> str:
     return f"{d.name} ({len(d.train)} train / {len(d.test)} held-out, {d.image_shape}, {d.num_bins} levels)"
 
 
-def bar_plot(path: Path, runs: Sequence[Run], variants: Sequence[Variant], metric: str, ylabel: str,
-             title: str, baseline: float | None = None) -> Path:  # fmt: skip
+def bar_plot(
+    path: Path,
+    runs: Sequence[Run],
+    variants: Sequence[Variant],
+    metric: str,
+    ylabel: str,
+    title: str,
+    baseline: float | None = None,
+) -> Path:
     """Mean ± std of `metric` per variant (non-finite runs left out), one bar per variant; or, when the
     variants carry an `x`, one line per group against x (log scale)."""
 

@@ -50,9 +50,16 @@ def mef_config(every: int) -> TrainConfig:
     return TrainConfig(
         dataset="fashion_mnist",
         model={"levels": 2, "depth": 4, "hidden": 64, "conv": "matrix_exp", "coupling": "matrix_exp"},
-        batch_size=64, learning_rate=1e-3, warmup_steps=100, num_steps=2000, eval_every=0,
-        checkpoint_every=2000, keep_checkpoints=1, log_every=every, prng_impl="rbg",
-    )  # fmt: skip
+        batch_size=64,
+        learning_rate=1e-3,
+        warmup_steps=100,
+        num_steps=2000,
+        eval_every=0,
+        checkpoint_every=2000,
+        keep_checkpoints=1,
+        log_every=every,
+        prng_impl="rbg",
+    )
 
 
 def series_terms_fn(flow):

@@ -129,8 +129,12 @@ def test_attribute_manipulation_moves_the_latent_by_alpha_times_the_direction():
     with_attr = 0.6 + 0.3 * jax.random.uniform(keys[0], (6, 8, 8, 1))  # brighter images
     without = 0.1 + 0.3 * jax.random.uniform(keys[1], (6, 8, 8, 1))
     variables = flow.init(keys[2], jnp.concatenate([with_attr, without]))
-    variables = {**variables, "params": jax.tree_util.tree_map(
-        lambda p: p + 0.05 * jax.random.normal(keys[3], p.shape), variables["params"])}  # fmt: skip
+    variables = {
+        **variables,
+        "params": jax.tree_util.tree_map(
+            lambda p: p + 0.05 * jax.random.normal(keys[3], p.shape), variables["params"]
+        ),
+    }
     direction = attribute_direction(flow, variables, with_attr, without)
     assert direction.shape == (8, 8, 1) and float(jnp.abs(direction).max()) > 0.1
 

@@ -67,10 +67,19 @@ def test_train_step_keeps_the_average_of_the_parameters_it_produced():
 
 def test_average_is_checkpointed_resumed_and_evaluated(tmp_path):
     config = TrainConfig(
-        dataset="digits", model={"levels": 1, "depth": 1, "hidden": 8}, batch_size=16, init_batch_size=64,
-        warmup_steps=2, num_steps=4, log_every=2, checkpoint_every=2, keep_checkpoints=2, eval_every=0,
-        eval_batch_size=128, ema_decay=0.9,
-    )  # fmt: skip
+        dataset="digits",
+        model={"levels": 1, "depth": 1, "hidden": 8},
+        batch_size=16,
+        init_batch_size=64,
+        warmup_steps=2,
+        num_steps=4,
+        log_every=2,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        eval_every=0,
+        eval_batch_size=128,
+        ema_decay=0.9,
+    )
     full = train(config, tmp_path / "full", progress=False)
     first = train(config.replace(num_steps=2), tmp_path / "resumed", progress=False)
     assert first.state.ema_params is not None

@@ -69,7 +69,7 @@ def class_logits(intermediates) -> jax.Array:
     return found[0][0]
 
 
-def bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
+def _example_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
     """Bits/dim of a discrete log-probability (nats) of one example of `flow`."""
     return discrete_bits_per_dim(log_prob, math.prod(flow.event_shape))
 
@@ -99,7 +99,7 @@ def make_train_step(
         log_prob, sown = flow.apply(
             variables, pixels, key, bins, labels, method="discrete_log_prob", mutable=[INTERMEDIATES]
         )
-        bpd = jnp.mean(bits_per_dim(flow, log_prob))
+        bpd = jnp.mean(_example_bits_per_dim(flow, log_prob))
         if not classify:
             return bpd, (bpd, jnp.zeros(()))
         logits = class_logits(sown[INTERMEDIATES])
@@ -162,7 +162,7 @@ def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
 
     def eval_step(variables, pixels, weights, key):
         log_prob = importance_weighted_log_prob(flow, variables, pixels, key, bins, samples)
-        bpd = bits_per_dim(flow, log_prob)
+        bpd = _example_bits_per_dim(flow, log_prob)
         finite = jnp.isfinite(bpd)
         return (
             jnp.sum(jnp.where(weights > 0, bpd, 0.0) * weights),

@@ -156,3 +156,11 @@ def test_the_smoke_mode_is_a_smaller_shorter_run_of_the_same_config():
     assert (smoke.eval_every, smoke.sample_temperatures, smoke.prng_impl) == (0, (0.7, 1.0), "rbg")
     with pytest.raises(ConfigError, match="has no smoke mode"):
         load_config(CONFIGS / "default.py", smoke=True)
+
+
+def test_the_command_line_trains_a_configs_smoke_mode():
+    from experiments.train import parse_args, resolve_config
+
+    args = parse_args(["--config", str(CONFIGS / "digits.py"), "--smoke", "--set", "num_steps=5"])
+    assert resolve_config(args) == load_config(CONFIGS / "digits.py", smoke=True).replace(num_steps=5)
+    assert resolve_config(parse_args(["--config", str(CONFIGS / "digits.py")])).num_steps == 1500

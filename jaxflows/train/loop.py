@@ -1,6 +1,6 @@
 """The training loop.
 
-A workdir holds config.json, checkpoints/, metrics.csv, tensorboard/ and the PNGs. Training in a
+A workdir holds config.json, format.json, checkpoints/, metrics.csv, tensorboard/ and the PNGs. Training in a
 workdir that has checkpoints resumes from the latest one: parameters, optimiser state, RNG and data
 position (the batch of step s is a function of the seed and s) all continue, so an interrupted run
 and an uninterrupted one produce identical losses.
@@ -79,7 +79,8 @@ def train(
     """Train (or resume training) up to `config.num_steps` updates; checkpoints land in `workdir`.
 
     Raises WorkdirLockedError if another process trains in `workdir`, ConfigMismatchError if its
-    checkpoints belong to a different model or data, DivergenceError after
+    checkpoints belong to a different model or data, CheckpointFormatError if they are in an older
+    format (`python -m jaxflows.train.convert WORKDIR` converts them), DivergenceError after
     `config.max_consecutive_skips` non-finite updates in a row, and WorkdirWriteError when a write
     fails; in every case the last good checkpoint is kept. With `workdir=None` nothing is written
     (no checkpoints, metrics or lock: the paper comparisons' runs).

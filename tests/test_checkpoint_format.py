@@ -22,6 +22,8 @@ import pytest
 
 from jaxflows.train import (
     CheckpointFormatError,
+    WorkdirLockedError,
+    convert_workdir,
     evaluate_bits_per_dim,
     load_workdir_config,
     restore_for_inference,
@@ -29,7 +31,8 @@ from jaxflows.train import (
 )
 from jaxflows.train.config import config_from_dict
 from jaxflows.train.convert import converted_config, renamed_scopes
-from jaxflows.train.workdir import FORMAT, FORMAT_VERSION, workdir_format
+from jaxflows.train.convert import main as convert_main
+from jaxflows.train.workdir import FORMAT, FORMAT_VERSION, workdir_format, workdir_lock
 from tests.test_train import TINY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +66,7 @@ def test_an_unconverted_workdir_is_a_named_error_naming_the_converter(old_workdi
     assert _tree(old_workdir) == sorted([*before, ".lock"]), "nothing was moved, written or marked corrupt"
 
 
-def test_a_converted_workdir_evaluates_and_resumes_as_the_old_code_did(old_workdir):
+def test_a_converted_workdir_evaluates_and_resumes_as_the_old_code_did(old_workdir, capsys):
     out = subprocess.run(
         [sys.executable, "-m", "jaxflows.train.convert", str(old_workdir)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -89,11 +92,8 @@ def test_a_converted_workdir_evaluates_and_resumes_as_the_old_code_did(old_workd
     losses = {str(int(row["step"])): row["loss"] for row in result.history}
     assert losses == pytest.approx(REFERENCE["resumed_losses"], rel=1e-5)
 
-    again = subprocess.run(
-        [sys.executable, "-m", "jaxflows.train.convert", str(old_workdir)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert again.returncode == 0 and "already in checkpoint format 2" in again.stdout
+    convert_main([str(old_workdir)])
+    assert "already in checkpoint format 2" in capsys.readouterr().out
 
 
 def test_only_a_levels_steps_scope_and_the_depth_keys_are_renamed():
@@ -119,3 +119,9 @@ def test_training_records_the_format_and_a_current_workdir_without_a_record_is_r
     (tmp_path / FORMAT).unlink()  # as written between the rename and the format record
     assert workdir_format(tmp_path) == FORMAT_VERSION
     assert int(restore_for_inference(TINY, tmp_path)[1].step) == 2
+
+
+def test_the_converter_leaves_a_workdir_that_is_being_trained_alone(old_workdir):
+    with workdir_lock(old_workdir), pytest.raises(WorkdirLockedError, match="already being trained"):
+        convert_workdir(old_workdir)
+    assert workdir_format(old_workdir) == 1 and not (old_workdir / "checkpoints_format1").exists()

@@ -159,7 +159,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
-        validate_config(self)
+        _validate_config(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -169,7 +169,7 @@ class TrainConfig:
 RESUMABLE_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
-def validate_config(config: TrainConfig) -> None:
+def _validate_config(config: TrainConfig) -> None:
     """Raise ConfigError naming the first field no run can use (before any data is read or compiled):
     each field's own rule, then the rules that tie fields together."""
 

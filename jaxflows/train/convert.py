@@ -65,7 +65,7 @@ def renamed_scopes(tree: Any, in_level: bool = False) -> Any:
     return tree
 
 
-def flat_order(params: Any) -> np.ndarray:
+def _flat_order(params: Any) -> np.ndarray:
     """Indices into the flat vector of version-1 `params` (leaves in sorted-path order), listed in
     the order of the renamed parameters' flat vector."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -75,9 +75,9 @@ def flat_order(params: Any) -> np.ndarray:
     return np.concatenate(jax.tree_util.tree_leaves(renamed_scopes(ranges)))
 
 
-def converted_state(state: dict[str, Any]) -> dict[str, Any]:
+def _converted_state(state: dict[str, Any]) -> dict[str, Any]:
     """A restored version-1 train state (orbax's dict form) in version 2's layout."""
-    order = flat_order(state["params"])
+    order = _flat_order(state["params"])
     reorder = lambda a: a[order] if np.shape(a) == order.shape else a  # the flat moment vectors
     return renamed_scopes({**state, "opt_state": jax.tree_util.tree_map(reorder, state["opt_state"])})
 
@@ -117,7 +117,7 @@ def _convert_checkpoints(source: Path, target: Path, steps: list[int]) -> None:
     try:
         for step in steps:
             state = ocp.StandardCheckpointer().restore((source / str(step) / "default").absolute())
-            manager.save(step, args=ocp.args.StandardSave(converted_state(state)), force=True)
+            manager.save(step, args=ocp.args.StandardSave(_converted_state(state)), force=True)
             manager.wait_until_finished()
             write_checksums(target / str(step))
     finally:

@@ -22,7 +22,7 @@ def sample_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed), SAMPLE_STREAM)
 
 
-def to_uint8(x: np.ndarray, bins: int) -> np.ndarray:
+def _to_uint8(x: np.ndarray, bins: int) -> np.ndarray:
     """Floats in [0, 1) -> their intensity level -> 0..255 for display."""
     x = np.nan_to_num(np.asarray(x, np.float32), nan=0.0, posinf=1.0, neginf=0.0)  # shown black/white
     levels = np.floor(np.clip(x, 0.0, 1.0 - 1e-6) * bins)
@@ -80,7 +80,7 @@ def sample_grid(
     for i, t in enumerate(temperatures):
         x = np.asarray(draw(variables, jax.random.fold_in(key, i), jnp.float32(t)))
         samples[float(t)] = x
-        rows.append(_tile(to_uint8(x, bins), _scale(x.shape[1])))
+        rows.append(_tile(_to_uint8(x, bins), _scale(x.shape[1])))
         labels.append(f"T={t:g}")
     return _stack_rows(rows, labels), samples
 
@@ -102,7 +102,7 @@ def class_sample_grid(
     names = [str(c) for c in range(classes)] if class_names is None else list(class_names)
     draw = jax.jit(lambda v, k, c: flow.apply(v, k, per_class, temperature, c, method="sample"))
     samples = np.stack([np.asarray(draw(variables, key, jnp.int32(c))) for c in range(classes)])
-    rows = [_tile(to_uint8(x, bins), _scale(x.shape[1])) for x in samples]
+    rows = [_tile(_to_uint8(x, bins), _scale(x.shape[1])) for x in samples]
     return _stack_rows(rows, [name[:10] for name in names]), samples
 
 
@@ -121,16 +121,16 @@ def interpolate(
 ) -> Image.Image:
     """Decode (1 − α) z_a + α z_b for `num` values of α in [0, 1]; z = f(pixel centres). A
     class-conditional flow encodes and decodes both under `label`."""
-    centres = pixel_centres(np.stack([pixels_a, pixels_b]), bins)
+    centres = _pixel_centres(np.stack([pixels_a, pixels_b]), bins)
     z = flow.apply(variables, centres, label, method="forward")[0]
     alphas = jnp.linspace(0.0, 1.0, num)[:, None, None, None]
     path = (1 - alphas) * z[0] + alphas * z[1]
     decode = jax.jit(lambda v, p: flow.apply(v, p, label, method="inverse")[0])
     x = np.asarray(decode(variables, path))
-    return _stack_rows([_tile(to_uint8(x, bins), _scale(x.shape[1]))], ["interp"])
+    return _stack_rows([_tile(_to_uint8(x, bins), _scale(x.shape[1]))], ["interp"])
 
 
-def pixel_centres(pixels: np.ndarray, bins: int) -> jax.Array:
+def _pixel_centres(pixels: np.ndarray, bins: int) -> jax.Array:
     """Integer pixels -> the centres of their intensity bins in [0, 1): the flow's input without noise."""
     return jnp.asarray((np.asarray(pixels).astype(np.float32) + 0.5) / bins)
 
@@ -149,9 +149,10 @@ def attribute_grid(
     one row per image of `pixels`, one column per α of f⁻¹(f(x) + α · direction). All integer
     pixels, encoded at their bin centres."""
     direction = attribute_direction(
-        flow, variables, pixel_centres(with_attribute, bins), pixel_centres(without_attribute, bins)
+        flow, variables, _pixel_centres(with_attribute, bins), _pixel_centres(without_attribute, bins)
     )
-    out = np.asarray(manipulate(flow, variables, pixel_centres(pixels, bins), direction, jnp.asarray(alphas)))
+    encoded = _pixel_centres(pixels, bins)
+    out = np.asarray(manipulate(flow, variables, encoded, direction, jnp.asarray(alphas)))
     columns = len(alphas)
-    rows = [_tile(to_uint8(images, bins), _scale(images.shape[1]), columns=columns) for images in out]
+    rows = [_tile(_to_uint8(images, bins), _scale(images.shape[1]), columns=columns) for images in out]
     return _stack_rows(rows, [""] * len(rows))

@@ -177,7 +177,7 @@ class OptimizerSpec:
 
 
 def hyperparameters(config: TrainConfig) -> dict[str, float]:
-    """The optimiser-state hyperparameters of `config` (see `learning_rate_at`)."""
+    """The optimiser-state hyperparameters of `config` (see `_learning_rate_at`)."""
     cosine = config.lr_decay == "cosine"
     warmup = max(config.warmup_steps, 1) if cosine else config.warmup_steps
     return {
@@ -189,7 +189,7 @@ def hyperparameters(config: TrainConfig) -> dict[str, float]:
     }
 
 
-def learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine) -> jax.Array:
+def _learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine) -> jax.Array:
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps` updates, then constant, or (when
     `cosine` is 1) a cosine decay to 0 at `decay_steps` (optax's warmup_cosine_decay_schedule)."""
     count = jnp.asarray(count, jnp.float32)
@@ -200,22 +200,22 @@ def learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine) ->
 
 
 def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """`learning_rate_at` with `config`'s hyperparameters: step -> learning rate."""
+    """`_learning_rate_at` with `config`'s hyperparameters: step -> learning rate."""
     h = hyperparameters(config)
-    return lambda count: learning_rate_at(
+    return lambda count: _learning_rate_at(
         count, h["learning_rate"], h["warmup_steps"], h["decay_steps"], h["cosine"]
     )
 
 
 def build_optimizer(spec: OptimizerSpec, **values: float) -> optax.GradientTransformation:
-    """Clipping and Adam/Adamax on `learning_rate_at`, with every number an injected hyperparameter
+    """Clipping and Adam/Adamax on `_learning_rate_at`, with every number an injected hyperparameter
     (`values`: initial ones, default 0: set them with `set_hyperparameters`), skipping non-finite
     updates, over one flat parameter vector (`optax.flatten`: compiles much faster)."""
     if spec.name not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {spec.name!r}; expected one of {sorted(OPTIMIZERS)}")
 
     def factory(learning_rate, warmup_steps, decay_steps, cosine, grad_clip_norm):
-        schedule = lambda count: learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine)
+        schedule = lambda count: _learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine)
         optimizer = OPTIMIZERS[spec.name](schedule)
         return optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer) if spec.clip else optimizer
 

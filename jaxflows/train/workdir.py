@@ -114,12 +114,12 @@ def checkpoint_dirs(directory: Path) -> list[Path]:
     return sorted(steps, key=lambda p: int(p.name))
 
 
-def uses_version1_names(config: dict[str, Any]) -> bool:
+def _uses_version1_names(config: dict[str, Any]) -> bool:
     """Whether a saved config (a dict) sets glow's or the dequantizer's `steps` (version 1's name)."""
     return any("steps" in (config.get(field) or {}) for field in ("model", "dequantizer"))
 
 
-def holds_version1_scopes(step_dir: Path) -> bool:
+def _holds_version1_scopes(step_dir: Path) -> bool:
     """Whether a checkpoint stores arrays under a version-1 scope (levelN/steps/...)."""
     return any(_VERSION1_SCOPE.search(path) for path in stored_shapes(step_dir))
 
@@ -135,11 +135,11 @@ def workdir_format(workdir: Path) -> int:
             expected = '{"version": N}'
             raise CheckpointFormatError(f"{path} is unreadable ({error}); expected {expected}") from None
     config = Path(workdir) / CONFIG
-    if config.is_file() and uses_version1_names(json.loads(config.read_text())):
+    if config.is_file() and _uses_version1_names(json.loads(config.read_text())):
         return 1
     for step_dir in checkpoint_dirs(Path(workdir) / "checkpoints"):
         with contextlib.suppress(Exception):  # an unreadable checkpoint is reported when restoring
-            if holds_version1_scopes(step_dir):
+            if _holds_version1_scopes(step_dir):
                 return 1
     return FORMAT_VERSION
 
@@ -162,7 +162,7 @@ def check_format(workdir: Path) -> None:
         )
 
 
-def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+def _config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} for every field that differs (JSON-normalised)."""
     new = _jsonable(config)
     return {k: (saved.get(k), v) for k, v in new.items() if k not in saved or saved[k] != v}
@@ -180,7 +180,7 @@ def check_resume(config: TrainConfig, workdir: Path) -> dict[str, tuple[Any, Any
             f"{workdir} has checkpoints but no {CONFIG}: cannot check that this config matches them; "
             f"train in a new --workdir"
         )
-    changes = config_changes(json.loads(path.read_text()), config)
+    changes = _config_changes(json.loads(path.read_text()), config)
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE_FIELDS}
     if refused:
         lines = "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(refused.items()))

@@ -149,14 +149,17 @@ def _to_float64(tree):
     return None if tree is None else jax.tree_util.tree_map(cast, tree)
 
 
-def _jacobian_log_det(case, module, variables, point, method, context):
-    """log|det| of the dense jacobian of the flattened map at `point` (one example)."""
+def _check_jacobian(case, module, variables, point, method, context, log_det, check, rtol, atol):
+    """`log_det` (of one example, `point`) equals log|det| of the dense jacobian of the flattened map."""
 
     def flat(v):
         return _apply(module, variables, v.reshape(point.shape), method, context)[0].reshape(-1)
 
     jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
-    return jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
+    sign, expected = jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
+    require(sign != 0, check, f"{method}: the jacobian is singular")
+    quantity = f"{method} log_det against slogdet(jacobian)"
+    assert_close(log_det[0], expected, check=check, quantity=quantity, rtol=rtol, atol=atol)
 
 
 def check_log_det_matches_jacobian(case: BijectorCase) -> None:
@@ -169,20 +172,12 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
         c1 = _to_float64(case_context(case, 1))
         for method in ("forward", "inverse"):
             point = x1 if method == "forward" else _apply(module, variables64, x1, "forward", c1)[0]
-            sign, expected = _jacobian_log_det(case, module, variables64, point, method, c1)
-            require(sign != 0, name, f"{method}: the jacobian is singular")
             _, log_det = _apply(module, variables64, point, method, c1)
             require(
                 log_det.dtype == jnp.float64, name, f"{method}: log_det is {log_det.dtype} for float64 input"
             )
-            assert_close(
-                log_det[0],
-                expected,
-                check=name,
-                quantity=f"{method} log_det against slogdet(jacobian)",
-                rtol=case.jacobian_rtol or 1e-7,
-                atol=1e-7,
-            )
+            rtol = case.jacobian_rtol or 1e-7
+            _check_jacobian(case, module, variables64, point, method, c1, log_det, name, rtol, 1e-7)
 
 
 def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
@@ -211,16 +206,9 @@ def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
             )
         atol = 1e-10 * max(1.0, float(jnp.abs(x1).max()))
         assert_close(x_back, x1, check=name, quantity="float64 round trip", rtol=0, atol=atol)
+        rtol = case.jacobian_rtol or 1e-10
         for method, point, log_det in (("forward", x1, ld_fwd), ("inverse", y, ld_inv)):
-            _, expected = _jacobian_log_det(case, module, variables, point, method, c1)
-            assert_close(
-                log_det[0],
-                expected,
-                check=name,
-                quantity=f"{method} log_det against slogdet(jacobian)",
-                rtol=case.jacobian_rtol or 1e-10,
-                atol=1e-9,
-            )
+            _check_jacobian(case, module, variables, point, method, c1, log_det, name, rtol, 1e-9)
 
 
 def check_jit_matches_eager(case: BijectorCase) -> None:

@@ -135,3 +135,23 @@ def test_shipped_models_load_and_sample(name):
     assert samples.shape == (4, *model.image_shape) and bool(jnp.all(jnp.isfinite(samples)))
     for field in ("command", "commit", "date", "machine", "config"):
         assert model.training.get(field), f"{name}'s card lacks training.{field}"
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_shipped_models_score_the_value_on_their_card(name):
+    """The card's held-out bits/dim on the first test images, recomputed here (threefry keys, one
+    per image: the same values on any machine, batch size or JAX default PRNG)."""
+    from jaxflows.data import fashion_mnist, fashion_mnist_available
+
+    model = card(name)
+    check = model.evaluation.get("first_1000_bits_per_dim")
+    if check is None or not model.evaluation["dataset"].startswith("fashion_mnist"):
+        pytest.skip(f"{name}'s card records no Fashion-MNIST check value")
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    test = fashion_mnist().test
+    pixels = test.all()[:1000]
+    flow, variables = load(name)
+    labels = test.labels(np.arange(1000)) if flow.num_classes is not None else None
+    scores = bits_per_dim_per_example(flow, variables, pixels, bins=model.bins, labels=labels)
+    assert abs(float(scores.mean()) - check) < 1e-4

@@ -7,6 +7,7 @@
     python -m experiments.train --workdir runs/default --mode sample       # sample grid PNG
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
     python -m experiments.train --workdir runs/cond --set model.num_classes=10  # class-conditional Glow
+    python -m experiments.train --pretrained fashion_mnist_glow --mode eval   # a shipped model, no workdir
 
 `--set FIELD=VALUE ...` overrides any TrainConfig field (`model.hidden=64` one key of a dict field).
 A class-conditional model (`model.num_classes`) is evaluated given each image's label, as a mixture
@@ -35,7 +36,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, default=None, help="a config file defining get_config()")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/default"))
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="default: runs/default (runs/pretrained/NAME)"
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="eval or sample a shipped model (jaxflows.pretrained.available()) instead of a workdir",
+    )
     parser.add_argument("--mode", choices=["train", "eval", "sample", "interpolate"], default="train")
     add_override_argument(parser)
     parser.add_argument(
@@ -58,22 +66,50 @@ def resolve_config(args: argparse.Namespace):
     return apply_overrides(config, args.overrides)
 
 
+def pretrained_config(name: str):
+    """The config a shipped model was trained with (its card's), for the process settings."""
+    from jaxflows.pretrained import card
+    from jaxflows.train import config_from_dict
+
+    return config_from_dict(card(name).training["config"], f"the card of {name}")
+
+
+def pretrained_summary(name: str) -> str:
+    from jaxflows.pretrained import card
+
+    model = card(name)
+    evaluation = model.evaluation
+    bpd = evaluation["held_out_bits_per_dim"]
+    return (
+        f"{model.parameter_count} parameters, trained by `{model.training['command']}` at "
+        f"{model.training['commit'][:10]}; its card's held-out bits/dim {bpd:.4f} "
+        f"({evaluation['protocol'].split(';')[0]}, fixed per-image keys)"
+    )
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.pretrained is not None and args.mode not in ("eval", "sample"):
+        sys.exit("error: --pretrained works with --mode eval or --mode sample")
+    if args.workdir is None:
+        args.workdir = (
+            Path("runs/pretrained") / Path(args.pretrained).stem if args.pretrained else Path("runs/default")
+        )
     from jaxflows.train import maybe_initialize_distributed
 
     maybe_initialize_distributed(args.multihost)
 
     import jax
 
+    from jaxflows import JaxflowsError
     from jaxflows import train as jft
     from jaxflows.data import DatasetNotPreparedError
     from jaxflows.train import ConfigError, TrainingError
 
     start = time.perf_counter()
     try:
-        config = resolve_config(args)
-    except (ConfigError, FileNotFoundError, TrainingError) as error:
+        config = pretrained_config(args.pretrained) if args.pretrained else resolve_config(args)
+    except (ConfigError, FileNotFoundError, TrainingError, JaxflowsError) as error:
         sys.exit(f"error: {error}")
     jft.apply_process_settings(config)  # PRNG and CPU devices, before JAX's backends start
     lead = jax.process_index() == 0
@@ -88,10 +124,14 @@ def main(argv=None) -> None:
                 if result.signal == "SIGINT":
                     sys.exit(130)
                 return
+        elif args.pretrained:
+            _, exp, state = jft.restore_pretrained(args.pretrained)
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            say(f"pretrained model {args.pretrained}: {pretrained_summary(args.pretrained)}")
         else:
             exp, state = jft.restore_for_inference(config, args.workdir)
         report(args, config, exp, state, say, lead)
-    except (DatasetNotPreparedError, FileNotFoundError, TrainingError, ConfigError) as error:
+    except (DatasetNotPreparedError, FileNotFoundError, TrainingError, ConfigError, JaxflowsError) as error:
         fail(f"error: {error}")
     say(f"wall time: {time.perf_counter() - start:.1f} s")
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -155,3 +156,39 @@ def test_shipped_models_score_the_value_on_their_card(name):
     labels = test.labels(np.arange(1000)) if flow.num_classes is not None else None
     scores = bits_per_dim_per_example(flow, variables, pixels, bins=model.bins, labels=labels)
     assert abs(float(scores.mean()) - check) < 1e-4
+
+
+@pytest.mark.slow
+def test_the_cli_evaluates_and_samples_a_model_card_without_a_workdir(tmp_path, capsys):
+    """`experiments.train --pretrained CARD --mode eval|sample`: the data set and flow come from the
+    card's training config, the variables from its weights."""
+    from experiments import train as cli
+    from jaxflows.train import load_config
+
+    config = load_config(pathlib.Path(cli.__file__).parent / "configs" / "digits.py", smoke=True)
+    architecture = {
+        "builder": "glow",
+        "image_shape": [8, 8, 1],
+        "kwargs": {**config.model, "network_dtype": "float32", "network_precision": "highest"},
+        "dequantizer": None,
+        "bins": 17,
+    }
+    flow = build(architecture)
+    variables = flow.init(
+        jax.random.key(0), jnp.asarray(np.random.default_rng(0).random((8, 8, 8, 1)), jnp.float32)
+    )
+    training = {
+        "command": "test",
+        "commit": "0" * 40,
+        "steps": 0,
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+    }
+    evaluation = {"held_out_bits_per_dim": 9.0, "protocol": "one uniform draw per image; test"}
+    written = save(
+        tmp_path, ModelCard("digits_test", "", architecture, training, evaluation, 0, "", ""), variables
+    )
+    cli.main(["--pretrained", str(written.path), "--mode", "eval", "--no_progress"])
+    out = capsys.readouterr().out
+    assert "pretrained model" in out and "held-out bits/dim (flow):" in out
+    cli.main(["--pretrained", str(written.path), "--mode", "sample", "--workdir", str(tmp_path / "out")])
+    assert list((tmp_path / "out").glob("samples_*.png"))

@@ -9,11 +9,18 @@ live in `host`, named errors in `errors`.
 from jaxflows.train.commands import (
     evaluate,
     restore_for_inference,
+    restore_pretrained,
     write_curve,
     write_interpolation,
     write_samples,
 )
-from jaxflows.train.config import TrainConfig, add_override_argument, apply_overrides, load_config
+from jaxflows.train.config import (
+    TrainConfig,
+    add_override_argument,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
 from jaxflows.train.convert import convert as convert_workdir
 from jaxflows.train.errors import (
     CheckpointError,
@@ -74,6 +81,7 @@ __all__ = [
     "apply_process_settings",
     "attribute_grid",
     "class_log_probs",
+    "config_from_dict",
     "convert_workdir",
     "evaluate",
     "evaluate_bits_per_dim",
@@ -91,6 +99,7 @@ __all__ = [
     "reconstruction_warnings",
     "replicated",
     "restore_for_inference",
+    "restore_pretrained",
     "reuse_freed_memory",
     "sample_grid",
     "sample_key",

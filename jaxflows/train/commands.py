@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxflows import pretrained
 from jaxflows.train.checkpoint import CheckpointStore
-from jaxflows.train.config import TrainConfig
+from jaxflows.train.config import TrainConfig, config_from_dict
 from jaxflows.train.evaluate import (
     class_conditional_scores,
     class_log_prior,
@@ -16,7 +19,7 @@ from jaxflows.train.evaluate import (
     evaluate_bits_per_dim,
     pixel_baseline_bits_per_dim,
 )
-from jaxflows.train.experiment import Experiment, setup
+from jaxflows.train.experiment import Experiment, replicated, setup
 from jaxflows.train.loop import initial_state
 from jaxflows.train.metrics import plot_training_curve
 from jaxflows.train.sampling import (
@@ -44,6 +47,25 @@ def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Exp
         return exp, initial_state(exp, store)
     finally:
         store.close()
+
+
+def restore_pretrained(name: str | Path) -> tuple[TrainConfig, Experiment, TrainState]:
+    """A shipped model (`jaxflows.pretrained`, or a card's path) as the config it was trained with,
+    its experiment (data set, flow, mesh) and a state holding its variables, for the same
+    evaluation and sampling commands as a workdir."""
+    card = pretrained.card(name)
+    config = config_from_dict(card.training["config"], f"the card of {card.name}")
+    exp = setup(config)
+    _, variables = pretrained.load(name)
+    variables = jax.device_put(variables, replicated(exp.mesh))
+    state = TrainState(
+        step=jnp.asarray(card.training.get("steps", 0), jnp.int32),
+        params=variables["params"],
+        constants={k: v for k, v in variables.items() if k != "params"},
+        opt_state=None,
+        rng=jax.random.key_data(jax.random.key(config.seed)),
+    )
+    return config, exp, state
 
 
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:

@@ -29,9 +29,9 @@ def batch_indices(
         raise InvalidArgumentError(f"batch size {global_batch} exceeds the {num_examples} training examples")
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    chunk = order[position * global_batch : (position + 1) * global_batch]
-    local = global_batch // process_count
-    return np.sort(chunk[process_index * local : (process_index + 1) * local])
+    chunk = np.sort(order[position * global_batch : (position + 1) * global_batch])
+    local = global_batch // process_count  # the global batch is the same for any number of hosts
+    return chunk[process_index * local : (process_index + 1) * local]
 
 
 class BatchIterator:

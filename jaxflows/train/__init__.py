@@ -29,6 +29,7 @@ from jaxflows.train.errors import (
     ConfigError,
     ConfigFileError,
     ConfigMismatchError,
+    DistributedInitError,
     DivergenceError,
     ProcessSettingsError,
     TrainingError,
@@ -43,6 +44,7 @@ from jaxflows.train.evaluate import (
 from jaxflows.train.experiment import Experiment, global_batch, make_mesh, replicated, setup
 from jaxflows.train.host import (
     apply_process_settings,
+    initialize_distributed,
     maybe_initialize_distributed,
     reuse_freed_memory,
     split_cpu_into_devices,
@@ -66,6 +68,7 @@ __all__ = [
     "ConfigError",
     "ConfigFileError",
     "ConfigMismatchError",
+    "DistributedInitError",
     "DivergenceError",
     "Experiment",
     "ProcessSettingsError",
@@ -89,6 +92,7 @@ __all__ = [
     "importance_weighted_log_prob",
     "init_fn",
     "init_state",
+    "initialize_distributed",
     "load_config",
     "load_workdir_config",
     "make_mesh",

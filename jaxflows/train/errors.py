@@ -32,6 +32,11 @@ class ProcessSettingsError(JaxflowsError, RuntimeError):
     """A process-wide setting (CPU devices) asked for after JAX's backends started with another."""
 
 
+class DistributedInitError(JaxflowsError, RuntimeError):
+    """A multi-process run could not start: joined too late (after JAX computed something) or with
+    settings the processes cannot use."""
+
+
 class ConfigMismatchError(TrainingError):
     """Resuming a workdir with a config that changes the model, the data or the optimiser state."""
 

@@ -1,8 +1,9 @@
 """An experiment: the dataset, flow and device mesh a config describes, and how batches are laid out.
 
-Data parallelism uses `jax.sharding`: a 1-D Mesh over every device (all hosts) with axis "batch";
-batches are sharded along it, the train state is replicated, and XLA inserts the gradient
-all-reduce. The same code runs on 1 device, many devices or many hosts.
+Data parallelism uses `jax.sharding`: a 1-D Mesh over every device (all hosts) with axis "batch"
+(`DATA_AXIS`); batches are sharded along it, the train state is replicated, and the train step
+averages the gradient across it once per step (`steps.make_train_step`). The same code runs on 1
+device, many devices or many processes (`host.initialize_distributed`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from jaxflows.data import Dataset, batch_indices, load_dataset, validate_batch
 from jaxflows.models import VariationalDequantizer, glow
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import ConfigError
+
+DATA_AXIS = "batch"
 
 
 class Experiment(NamedTuple):
@@ -64,11 +67,11 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
 def make_mesh(devices: list | None = None) -> Mesh:
     """A 1-D mesh with axis "batch" over `devices` (default: every device of every host)."""
     devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("batch",))
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec("batch"))
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,5 +1,8 @@
-"""Process-level settings of a training process: multi-host start, the compilation cache, the PRNG,
-CPU devices, malloc.
+"""Process-level settings of a training process: multi-process start, the compilation cache, the
+PRNG, CPU devices, malloc.
+
+**Multi-process runs** (`initialize_distributed`). Every process runs the same program on its own
+devices; process 0's address is the coordinator. docs/multihost.md has the launch recipes.
 
 **Compilation cache** (`enable_compilation_cache`). JAX can keep compiled programs on disk and load
 them in later processes; its cache key covers the program, the compiler flags, the backend and the
@@ -35,25 +38,97 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jaxflows.train.errors import ConfigError, ProcessSettingsError
+from jaxflows.train.errors import ConfigError, DistributedInitError, ProcessSettingsError
 
 if TYPE_CHECKING:
     from jaxflows.train.config import TrainConfig
 
 MULTIHOST_ENV = "JAXFLOWS_MULTIHOST"
+COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
+NUM_PROCESSES_ENV = "JAX_NUM_PROCESSES"
+PROCESS_ID_ENV = "JAX_PROCESS_ID"
+HEARTBEAT_TIMEOUT_S = 30
 
 
-def maybe_initialize_distributed(multihost: bool = False) -> None:
-    """Call `jax.distributed.initialize()` when asked (flag or JAXFLOWS_MULTIHOST=1).
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+) -> None:
+    """Join a multi-process JAX run (`jax.distributed.initialize`); call it before any JAX computation.
 
-    It must run before any other JAX call. On Cloud TPU, SLURM and similar clusters it discovers the
-    coordinator itself; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    Every host then runs the same command; each reads its own share of every batch.
+    Arguments left None come from JAX_COORDINATOR_ADDRESS (HOST:PORT of process 0),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID, and otherwise from JAX's cluster detection (SLURM, Open
+    MPI, Cloud TPU, Kubernetes). CPU processes exchange collectives through gloo. A process that
+    stops sending heartbeats for `heartbeat_timeout_s` seconds is declared lost and the others
+    stop. Raises DistributedInitError when JAX already computed something in this process or the
+    processes cannot join. A second call in a process that has joined does nothing.
     """
-    if multihost or os.environ.get(MULTIHOST_ENV) == "1":
-        import jax
+    import jax
 
-        jax.distributed.initialize()
+    if jax.distributed.is_initialized():
+        return
+    coordinator_address = coordinator_address or os.environ.get(COORDINATOR_ENV) or None
+    num_processes = _int_setting(num_processes, NUM_PROCESSES_ENV, "num_processes", 1)
+    process_id = _int_setting(process_id, PROCESS_ID_ENV, "process_id", 0)
+    if num_processes is not None and process_id is not None and process_id >= num_processes:
+        raise DistributedInitError(f"process_id {process_id} is not below num_processes {num_processes}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_s
+        )
+    except RuntimeError as error:
+        if "before any JAX computations" in str(error):
+            raise DistributedInitError(
+                "initialize_distributed() must be called before any JAX computation; this process "
+                "has already started JAX's backends (call it first thing, before building a model)"
+            ) from None
+        raise DistributedInitError(f"could not join the distributed run: {error}") from error
+    except ValueError as error:  # nothing given and no cluster detected
+        raise DistributedInitError(
+            f"{error}: pass coordinator_address, num_processes and process_id (or set "
+            f"{COORDINATOR_ENV}, {NUM_PROCESSES_ENV}, {PROCESS_ID_ENV}) outside a detected cluster"
+        ) from None
+
+
+def _int_setting(value: int | None, env: str, name: str, minimum: int) -> int | None:
+    raw = os.environ.get(env) if value is None else value
+    if raw is None or raw == "":
+        return None
+    try:
+        number = int(raw)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(raw, bool) or number < minimum:
+        raise DistributedInitError(f"{name} (or {env}): expected an integer ≥ {minimum}, got {raw!r}")
+    return number
+
+
+def distributed_requested(multihost: bool = False, coordinator_address: str | None = None) -> bool:
+    """Whether a launch asks for a multi-process run: `--multihost`, JAXFLOWS_MULTIHOST=1, a
+    coordinator address or JAX_COORDINATOR_ADDRESS."""
+    return bool(
+        multihost
+        or os.environ.get(MULTIHOST_ENV) == "1"
+        or coordinator_address
+        or os.environ.get(COORDINATOR_ENV)
+    )
+
+
+def maybe_initialize_distributed(
+    multihost: bool = False,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """`initialize_distributed(...)` when a launch asks for it (`distributed_requested`); on Cloud
+    TPU, SLURM and similar clusters `--multihost` alone lets JAX find the coordinator itself. Every
+    process then runs the same command; each reads its own share of every batch."""
+    if distributed_requested(multihost, coordinator_address):
+        initialize_distributed(coordinator_address, num_processes, process_id)
 
 
 _M_TRIM_THRESHOLD = -1

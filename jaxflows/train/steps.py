@@ -10,12 +10,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from jaxflows.core import Flow
-from jaxflows.core.objective import discrete_bits_per_dim
+from jaxflows.core.objective import discrete_bits_per_dim, example_keys, is_key_batch
 from jaxflows.train.errors import ConfigError
-from jaxflows.train.experiment import Experiment, batch_sharding, replicated, split_batch
+from jaxflows.train.experiment import DATA_AXIS, Experiment, batch_sharding, replicated, split_batch
 from jaxflows.train.state import (
     COMPILED_FUNCTIONS,
     INTERMEDIATES,
@@ -31,11 +31,17 @@ def importance_weighted_log_prob(
     flow: Flow, variables, batch, key: jax.Array, bins: int, samples: int
 ) -> jax.Array:
     """log (1/S) Σ_s P̂_s(x) over S dequantisation draws (Burda et al. 2016): a lower bound on
-    log P(x) that tightens as S grows and equals the one-draw bound at S = 1 (nats, per example)."""
+    log P(x) that tightens as S grows and equals the one-draw bound at S = 1 (nats, per example).
+    `key` is one key, or one per example (`example_keys`): then each example's S draws come from
+    its own key."""
     pixels, labels = split_batch(batch)
+    if is_key_batch(key):
+        draw_keys = jax.vmap(lambda k: jax.random.split(k, samples), out_axes=1)(key)
+    else:
+        draw_keys = jax.random.split(key, samples)
     draws = jax.lax.map(
         lambda k: flow.apply(variables, pixels, k, bins, labels, method="discrete_log_prob"),
-        jax.random.split(key, samples),
+        draw_keys,
     )
     return jax.nn.logsumexp(draws, axis=0) - math.log(samples)
 
@@ -74,6 +80,14 @@ def _example_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
     return discrete_bits_per_dim(log_prob, math.prod(flow.event_shape))
 
 
+def batch_example_keys(key: jax.Array, batch) -> jax.Array:
+    """One key per example of a global batch, `fold_in(key, position)`: an example's randomness
+    (dequantisation noise) depends on its position in the global batch, not on how the batch is
+    split over processes and devices."""
+    pixels, _ = split_batch(batch)
+    return example_keys(key, jnp.arange(pixels.shape[0]))
+
+
 def make_train_step(
     flow: Flow,
     optimizer: optax.GradientTransformation,
@@ -93,11 +107,16 @@ def make_train_step(
     check_decay(ema_decay)
     classify = class_loss_weight > 0
 
-    def loss_fn(params, state: TrainState, batch, key):
-        variables = {"params": params, **state.constants}
+    def loss_fn(params, constants, batch, keys):
         pixels, labels = split_batch(batch)
         log_prob, sown = flow.apply(
-            variables, pixels, key, bins, labels, method="discrete_log_prob", mutable=[INTERMEDIATES]
+            {"params": params, **constants},
+            pixels,
+            keys,
+            bins,
+            labels,
+            method="discrete_log_prob",
+            mutable=[INTERMEDIATES],
         )
         bpd = jnp.mean(_example_bits_per_dim(flow, log_prob))
         if not classify:
@@ -108,11 +127,23 @@ def make_train_step(
         )
         return bpd + class_loss_weight * cross_entropy, (bpd, cross_entropy)
 
-    def train_step(state: TrainState, pixels: jax.Array):
-        key = jax.random.fold_in(state.rng, state.step)
-        (_, (loss, class_loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state, pixels, key
-        )
+    def shard_gradient(params, constants, batch, keys):
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, constants, batch, keys)
+        return jax.lax.pmean((grads, losses), DATA_AXIS)
+
+    # Each device differentiates its shard's loss; the gradient tree and the losses are averaged
+    # across the data axis once, after the whole flow (not once per scanned flow step).
+    mean_gradient = jax.shard_map(
+        shard_gradient,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec(DATA_AXIS)),
+        out_specs=PartitionSpec(),
+        check_vma=False,
+    )
+
+    def train_step(state: TrainState, batch):
+        keys = batch_example_keys(jax.random.fold_in(state.rng, state.step), batch)
+        grads, (loss, class_loss) = mean_gradient(state.params, state.constants, batch, keys)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params
@@ -160,8 +191,9 @@ def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
     `samples` > 1 the bits/dim are the importance-weighted estimate over that many draws. `batch` is
     pixels, or (pixels, labels) for a class-conditional flow."""
 
-    def eval_step(variables, pixels, weights, key):
-        log_prob = importance_weighted_log_prob(flow, variables, pixels, key, bins, samples)
+    def eval_step(variables, batch, weights, key):
+        keys = batch_example_keys(key, batch)
+        log_prob = importance_weighted_log_prob(flow, variables, batch, keys, bins, samples)
         bpd = _example_bits_per_dim(flow, log_prob)
         finite = jnp.isfinite(bpd)
         return (

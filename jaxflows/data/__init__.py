@@ -2,10 +2,12 @@
 
 Offline: scikit-learn's 8x8 digits and Fashion-MNIST from local idx files. Online-prepared:
 tensorflow-datasets (cifar10, mnist, downsampled_imagenet/32x32 and /64x64) read through
-`tfds.data_source`, which needs no TensorFlow. Every loader returns a `Dataset`; `BatchIterator`
-serves deterministic, per-host-sharded, prefetched batches of it.
+`tfds.data_source`, which needs no TensorFlow. Every loader returns a `Dataset`, as does
+`array_dataset` for a user's own uint8 arrays; `BatchIterator` serves deterministic,
+per-host-sharded, prefetched batches of it.
 """
 
+from jaxflows.data.arrays import array_dataset, describe_dataset
 from jaxflows.data.datasets import (
     FASHION_MNIST_DIR,
     CorruptDatasetError,
@@ -31,7 +33,9 @@ __all__ = [
     "DatasetNotFoundError",
     "DatasetNotPreparedError",
     "Source",
+    "array_dataset",
     "batch_indices",
+    "describe_dataset",
     "digits",
     "fashion_mnist",
     "fashion_mnist_available",

@@ -189,11 +189,14 @@ def fashion_mnist(directory: Path | None = None) -> Dataset:
     )
 
 
-def load_dataset(name: str, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
-    """ "digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds name."""
+def load_dataset(name: str | Dataset, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
+    """ "digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds
+    name, or a `Dataset` (e.g. `array_dataset(...)`) taken as it is; either reduced to `n_bits`."""
     if name == "auto":
         name = "fashion_mnist" if fashion_mnist_available() else "digits"
-    if name == "digits":
+    if isinstance(name, Dataset):
+        dataset = name
+    elif name == "digits":
         dataset = digits()
     elif name == "fashion_mnist":
         dataset = fashion_mnist()

@@ -37,6 +37,11 @@ class ArraySource:
     def all(self) -> np.ndarray:
         return self.pixels
 
+    @property
+    def class_labels(self) -> np.ndarray | None:
+        """The int32 label of every image, or None for unlabelled pixels."""
+        return self._labels
+
     def labels(self, indices: np.ndarray) -> np.ndarray:
         if self._labels is None:
             raise InvalidArgumentError("this source has no labels")

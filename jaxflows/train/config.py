@@ -8,158 +8,162 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
-import math
+import json
 import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from jaxflows.models import glow
+from jaxflows.data import Dataset, array_dataset, describe_dataset
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION, NETWORK_PRECISIONS
 from jaxflows.train.errors import ConfigError, ConfigFileError
-
-# models.glow's keyword arguments a config's `model` may set (the image shape comes from the data;
-# the network policy from TrainConfig.network_dtype / network_precision)
-NETWORK_POLICY = ("network_dtype", "network_precision")
-GLOW_ARGUMENTS = frozenset(inspect.signature(glow).parameters) - {
-    "image_shape",
-    "dequantizer",
-    *NETWORK_POLICY,
-}
-NETWORK_DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("adam", "adamax")
-LR_DECAYS = ("constant", "cosine")
-PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-class Rule(NamedTuple):
-    """What a field's value must be: `expected` (for the error message) and the test `ok`."""
-
-    expected: str
-    ok: Callable[[Any], bool]
-
-    def or_none(self) -> Rule:
-        return Rule(f"None or {self.expected}", lambda value: value is None or self.ok(value))
-
-
-def one_of(choices: tuple[str, ...]) -> Rule:
-    return Rule(f"one of {choices}", lambda value: value in choices)
-
-
-POSITIVE = Rule("a positive integer", lambda v: _is_int(v) and v > 0)
-NON_NEGATIVE = Rule("an integer >= 0", lambda v: _is_int(v) and v >= 0)
-POSITIVE_NUMBER = Rule("a finite number > 0", lambda v: _is_number(v) and v > 0)
-NAME = Rule("a dataset name", lambda v: isinstance(v, str) and bool(v))
-PATH = Rule("a directory path", lambda v: isinstance(v, str) and bool(v))
-KWARGS = Rule("a dict of models.glow keyword arguments", lambda v: isinstance(v, dict))
-DEQUANTIZER = Rule("a dict of VariationalDequantizer keyword arguments", lambda v: isinstance(v, dict))
-BITS = Rule("an integer in 1..16", lambda v: _is_int(v) and 1 <= v <= 16)
-DECAY = Rule("a number in (0, 1)", lambda v: _is_number(v) and 0 < v < 1)
-WEIGHT = Rule("a number >= 0", lambda v: _is_number(v) and v >= 0)
-TEMPERATURES = Rule("a non-empty sequence of temperatures > 0",
-                    lambda v: bool(v) and all(_is_number(t) and t > 0 for t in v))  # fmt: skip
-DEFAULT_MODEL = {"levels": 2, "depth": 4, "hidden": 64, "conv": "lu"}
-DEVICES = Rule('None, "cores" or an integer >= 1', lambda v: v is None or v == "cores" or POSITIVE.ok(v))
-
-
-def setting(default: Any = dataclasses.MISSING, rule: Rule | None = None, *, resumable: bool = False,
-            factory: Callable[[], Any] | None = None) -> Any:  # fmt: skip
-    """A TrainConfig field with its validation `rule` and whether a resumed run may change it
-    (`resumable`: it alters neither the model, the data, its order, nor the structure of the
-    optimiser state)."""
-    return dataclasses.field(default=default, default_factory=factory or dataclasses.MISSING,
-                             metadata={"rule": rule, "resumable": resumable})  # fmt: skip
+from jaxflows.train.rules import (
+    BITS,
+    DATASET,
+    DECAY,
+    DEFAULT_MODEL,
+    DEQUANTIZER,
+    DEVICES,
+    FLAG,
+    KWARGS,
+    LR_DECAYS,
+    NETWORK_DTYPES,
+    NON_NEGATIVE,
+    OPTIMIZERS,
+    PATH,
+    POSITIVE,
+    POSITIVE_NUMBER,
+    PRNG_IMPLS,
+    TEMPERATURES,
+    WEIGHT,
+    Rule,
+    is_int,
+    is_number,
+    one_of,
+    setting,
+    validate_config,
+)
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything one training run needs. `model` holds keyword arguments of `models.glow`."""
+    """Everything one training run needs; `get_config()` in experiments/configs/*.py fills one.
+    Fields marked (resumable) may change when a run resumes; the others must equal the workdir's.
 
-    # "digits" | "fashion_mnist" | "auto" | a tfds name ("cifar10", ...)
-    dataset: str = setting("digits", NAME)
+    Data and model:
+      dataset: "digits", "fashion_mnist", "auto" (Fashion-MNIST if its files exist, else digits) or
+          a tfds name ("cifar10", ...); or your own data: a `jaxflows.data.Dataset` (e.g.
+          `array_dataset(train, held_out, num_bins)`) or the tuple (train, held_out, num_bins) of
+          uint8 NHWC arrays or `ArraySource`s, checked like the named datasets' batches. config.json
+          records such data by its description (shape, levels, counts, SHA-256), and a resumed run
+          must pass the same arrays (else ConfigMismatchError).
+      model: keyword arguments of `models.glow` (the image shape comes from the data).
+      n_bits: reduce the pixels to 2^n_bits levels (Glow's 5-bit CelebA); None keeps the data's own.
+      dequantizer: keyword arguments of `models.VariationalDequantizer` (Flow++'s variational
+          dequantisation, e.g. {"hidden": 32, "depth": 2}); None dequantises uniformly.
+      network_dtype, network_precision (resumable): the conditioner networks' compute dtype and
+          matmul precision (`jaxflows.ops.precision`); the bijection's own maths is float32 at
+          HIGHEST whatever these say. "bfloat16" keeps float32 parameters and optimiser state;
+          precision "default" is JAX's global setting (TF32 on NVIDIA GPUs, one bfloat16 pass on
+          TPUs). They apply to the flow and to a variational dequantizer.
+      seed: parameter initialisation, data order and dequantisation noise.
+
+    Optimisation (`jaxflows.train.state`):
+      batch_size: examples per update, over all devices and hosts.
+      optimizer: "adam" or "adamax".
+      learning_rate, warmup_steps (resumable): peak rate, reached linearly over warm-up.
+      lr_decay (resumable): after warm-up "constant", or "cosine" (to 0 at num_steps).
+      grad_clip_norm (resumable): clip gradients to this global norm; None does not clip.
+      ema_decay: evaluation and sampling use the debiased moving average of the parameters with
+          this decay (Polyak averaging; MEF uses 0.999); None trains without it.
+      num_steps (resumable): updates to train up to.
+      init_batch_size: examples for ActNorm's data-dependent initialisation.
+      class_loss_weight (resumable): Glow's auxiliary classification loss (weight_y): with model
+          {"num_classes": N, "classifier": True}, the loss adds this weight × the top-latent
+          classifier's cross-entropy (bits per example).
+      max_consecutive_skips (resumable): after this many consecutive skipped (non-finite) updates
+          the run stops with DivergenceError, keeping its last good checkpoint.
+      train_time_limit_s (resumable): stop (and checkpoint) after this much training time.
+
+    Logging, evaluation and checkpoints (all resumable):
+      log_every: steps per row of metrics.csv, TensorBoard and the progress bar.
+      eval_every: held-out bits/dim every this many steps and at the last step (0: never).
+      eval_batch_size: examples per held-out evaluation batch.
+      eval_dequant_draws: held-out bits/dim averaged over this many dequantisation draws.
+      eval_importance_samples: held-out bits/dim as the importance-weighted estimate over this many
+          draws per example (1: the training bound); reported next to the bound when > 1.
+      checkpoint_every, keep_checkpoints: save every this many steps; keep the newest this many.
+      baseline_smoothing: Laplace pseudo-count of the per-pixel histogram baseline.
+      sample_temperatures, samples_per_temperature: the sample grid, an 8×8 block per temperature.
+      interpolation_steps: images per row of the latent interpolation.
+      data_dir: tensorflow-datasets' data_dir.
+
+    Process settings:
+      prefetch (resumable): host batches prepared ahead by a background thread.
+      prng_impl: jax_default_prng_impl set by experiments/train.py; None leaves JAX's default
+          (threefry2x32). "rbg" compiles several times faster on XLA:CPU at equal quality for this
+          use; its streams differ from threefry's, so keep one choice per run.
+      cpu_devices (resumable): CPU only: expose the host as this many JAX devices so the
+          data-parallel step runs one batch shard per core (`jaxflows.train.host`); None keeps one
+          device; "cores": one per core (the largest count dividing batch_size).
+      reuse_freed_memory (resumable): CPU only: keep freed memory in the process heap so a step
+          does not fault its working memory in afresh; faster steps, slower compiles.
+      compilation_cache_dir (resumable): JAX's persistent compilation cache, turned on by the
+          entry points: a second run loads its compiled programs instead of compiling them.
+          None: off.
+    """
+
+    dataset: str | Dataset | tuple[Any, Any, int] | dict[str, Any] = setting("digits", DATASET)  # noqa: RUF009
     model: dict[str, Any] = setting(rule=KWARGS, factory=DEFAULT_MODEL.copy)  # noqa: RUF009
-    n_bits: int | None = setting(None, BITS.or_none())  # None: the dataset's own bit depth
+    n_bits: int | None = setting(None, BITS.or_none())
     batch_size: int = setting(64, POSITIVE)
     eval_batch_size: int = setting(256, POSITIVE, resumable=True)
     optimizer: str = setting("adam", one_of(OPTIMIZERS))
     learning_rate: float = setting(1e-3, POSITIVE_NUMBER, resumable=True)
     warmup_steps: int = setting(200, NON_NEGATIVE, resumable=True)
-    # after warm-up: "constant", or "cosine" (to 0 at num_steps)
     lr_decay: str = setting("constant", one_of(LR_DECAYS), resumable=True)
     grad_clip_norm: float | None = setting(50.0, POSITIVE_NUMBER.or_none(), resumable=True)
-    # Polyak averaging (jaxflows.train.state): evaluation and sampling use the debiased moving
-    # average of the parameters with this decay (MEF uses 0.999); None trains without it.
     ema_decay: float | None = setting(None, DECAY.or_none())
     num_steps: int = setting(1000, POSITIVE, resumable=True)
-    init_batch_size: int = setting(256, POSITIVE)  # examples for ActNorm's data-dependent initialisation
+    init_batch_size: int = setting(256, POSITIVE)
     eval_every: int = setting(500, Rule("an integer >= 0 (0 turns it off)", NON_NEGATIVE.ok), resumable=True)
     checkpoint_every: int = setting(500, POSITIVE, resumable=True)
     keep_checkpoints: int = setting(3, POSITIVE, resumable=True)
     log_every: int = setting(50, POSITIVE, resumable=True)
     sample_temperatures: tuple[float, ...] = setting((0.5, 0.7, 1.0), TEMPERATURES, resumable=True)
-    samples_per_temperature: int = setting(64, POSITIVE, resumable=True)  # an 8×8 block per temperature
-    seed: int = setting(0, Rule("an integer", _is_int))
-    data_dir: str | None = setting(None, resumable=True)  # tfds data_dir
-    # held-out bits/dim averaged over this many dequantisation draws
+    samples_per_temperature: int = setting(64, POSITIVE, resumable=True)
+    seed: int = setting(0, Rule("an integer", is_int))
+    data_dir: str | None = setting(None, resumable=True)
     eval_dequant_draws: int = setting(1, POSITIVE, resumable=True)
-    # Variational dequantisation (Flow++): keyword arguments of models.VariationalDequantizer
-    # (e.g. {"hidden": 32, "depth": 2}); None dequantises uniformly.
     dequantizer: dict[str, Any] | None = setting(None, DEQUANTIZER.or_none())  # noqa: RUF009
-    # Held-out bits/dim as the importance-weighted estimate over this many dequantisation draws
-    # per example (1: the training bound). Reported next to the bound when > 1.
     eval_importance_samples: int = setting(1, POSITIVE, resumable=True)
-    # Laplace pseudo-count of the per-pixel histogram baseline
     baseline_smoothing: float = setting(1.0, POSITIVE_NUMBER, resumable=True)
     interpolation_steps: int = setting(
-        8, Rule("an integer >= 2", lambda v: _is_int(v) and v >= 2), resumable=True
+        8, Rule("an integer >= 2", lambda v: is_int(v) and v >= 2), resumable=True
     )
-    # host batches prepared ahead by a background thread
     prefetch: int = setting(2, NON_NEGATIVE, resumable=True)
-    # jax_default_prng_impl set by experiments/train.py; None leaves JAX's default (threefry2x32).
-    # "rbg" compiles several times faster on XLA:CPU (threefry's hash is unrolled) at equal quality
-    # for this use; its streams differ from threefry's, so keep one choice per run.
     prng_impl: str | None = setting(None, one_of(PRNG_IMPLS).or_none())
-    # CPU only: expose the host as this many JAX devices so the data-parallel step runs one batch
-    # shard per core (jaxflows.train.host): None keeps JAX's one device; "cores": one per core
-    # (the largest count dividing batch_size). Pays off for large steps, not for tiny models.
     cpu_devices: int | str | None = setting(None, DEVICES, resumable=True)
-    # CPU only: keep freed memory in the process heap (jaxflows.train.host.reuse_freed_memory) so a
-    # step does not fault its working memory in afresh; faster steps, slower compiles.
-    reuse_freed_memory: bool = setting(
-        False, Rule("True or False", lambda v: isinstance(v, bool)), resumable=True
-    )
-    # stop (and checkpoint) early after this much training time
+    reuse_freed_memory: bool = setting(False, FLAG, resumable=True)
     train_time_limit_s: float | None = setting(None, POSITIVE_NUMBER.or_none(), resumable=True)
-    # Divergence: after this many consecutive skipped (non-finite) updates the run stops with
-    # DivergenceError, keeping its last good checkpoint.
     max_consecutive_skips: int = setting(20, POSITIVE, resumable=True)
-    # Glow's auxiliary classification loss (weight_y): with model {"num_classes": N, "classifier": True},
-    # the loss adds this weight × the top-latent classifier's cross-entropy (bits per example).
     class_loss_weight: float = setting(0.0, WEIGHT, resumable=True)
-    # The conditioner networks' compute dtype and matmul precision (jaxflows.ops.precision); the
-    # bijection's own maths is float32 at HIGHEST whatever these say. "bfloat16" keeps float32
-    # parameters and optimiser state; precision "default" is JAX's global setting (TF32 on NVIDIA
-    # GPUs, one bfloat16 pass on TPUs). Applies to the flow and to a variational dequantizer.
     network_dtype: str = setting("float32", one_of(NETWORK_DTYPES), resumable=True)
     network_precision: str = setting(
         DEFAULT_NETWORK_PRECISION, one_of(tuple(NETWORK_PRECISIONS)), resumable=True
     )
-    # JAX's persistent compilation cache, turned on by the entry points (jaxflows.train.host): a
-    # second run loads its compiled programs instead of compiling them. None: off.
     compilation_cache_dir: str | None = setting("~/.cache/jaxflows/jax", PATH.or_none(), resumable=True)
 
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
-        _validate_config(self)
+        if isinstance(self.dataset, tuple) and not isinstance(self.dataset, Dataset):
+            if len(self.dataset) != 3:
+                raise ConfigError(
+                    f"TrainConfig.dataset as a tuple must be (train, held_out, num_bins), got "
+                    f"{len(self.dataset)} items"
+                )
+            self.dataset = array_dataset(*self.dataset)
+        validate_config(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -169,36 +173,10 @@ class TrainConfig:
 RESUMABLE_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"])
 
 
-def _validate_config(config: TrainConfig) -> None:
-    """Raise ConfigError naming the first field no run can use (before any data is read or compiled):
-    each field's own rule, then the rules that tie fields together."""
-
-    def fail(field: str, expected: str) -> None:
-        raise ConfigError(f"TrainConfig.{field} must be {expected}, got {getattr(config, field)!r}")
-
-    for f in dataclasses.fields(config):
-        rule = f.metadata["rule"]
-        if rule is not None and not rule.ok(getattr(config, f.name)):
-            fail(f.name, rule.expected)
-    for name in NETWORK_POLICY:
-        if name in config.model or name in (config.dequantizer or {}):
-            raise ConfigError(
-                f"set the network policy with TrainConfig.{name} (--set {name}=...), not in model"
-            )
-    unknown = sorted(set(config.model) - GLOW_ARGUMENTS)
-    if unknown:
-        raise ConfigError(
-            f"TrainConfig.model has unknown key(s) {unknown}; models.glow takes {sorted(GLOW_ARGUMENTS)}"
-        )
-    if config.class_loss_weight > 0 and not (
-        config.model.get("classifier") and config.model.get("num_classes")
-    ):
-        fail(
-            "class_loss_weight",
-            "0 unless model has num_classes and classifier=True (the classifier it trains)",
-        )
-    if _is_int(config.cpu_devices) and config.batch_size % config.cpu_devices:
-        fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """The fields of `config` as JSON values (config.json); a `Dataset` as `describe_dataset` of it."""
+    dataset = describe_dataset(config.dataset) if isinstance(config.dataset, Dataset) else config.dataset
+    return json.loads(json.dumps(dataclasses.asdict(config.replace(dataset=dataset))))
 
 
 def config_from_dict(fields: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -221,9 +199,9 @@ def _coerce(field: str, raw: str, value: Any, annotation: Any) -> Any:
         kind = typing.get_origin(option) or option
         if option is type(None) and value is None:
             return None
-        if kind is float and _is_number(value):
+        if kind is float and is_number(value):
             return float(value)
-        if kind is int and _is_int(value):
+        if kind is int and is_int(value):
             return value
         if kind is bool and isinstance(value, bool):
             return value

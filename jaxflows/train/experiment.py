@@ -46,6 +46,12 @@ def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
 
 def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
     """Dataset, flow, mesh and the (identical on every host) initialisation batch."""
+    if isinstance(config.dataset, dict):
+        raise ConfigError(
+            f"TrainConfig.dataset describes in-memory arrays ({config.dataset}) but holds none: set it "
+            "to the same data, e.g. config.replace(dataset=jaxflows.data.array_dataset(train, held_out, "
+            "num_bins))"
+        )
     dataset = load_dataset(config.dataset, config.data_dir, config.n_bits)
     flow = build_flow(config, dataset.image_shape)
     if flow.num_classes is not None and flow.num_classes != dataset.num_classes:

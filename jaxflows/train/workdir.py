@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxflows.train.checkpoint import stored_shapes
-from jaxflows.train.config import RESUMABLE_FIELDS, TrainConfig, config_from_dict
+from jaxflows.train.config import RESUMABLE_FIELDS, TrainConfig, config_from_dict, config_to_dict
 from jaxflows.train.errors import (
     CheckpointFormatError,
     ConfigMismatchError,
@@ -83,13 +82,9 @@ def workdir_lock(workdir: Path, enabled: bool = True) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _jsonable(config: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
 def save_config(config: TrainConfig, workdir: Path) -> None:
     """Write config.json and the format version of the workdir."""
-    write_text_atomically(Path(workdir) / CONFIG, json.dumps(dataclasses.asdict(config), indent=2))
+    write_text_atomically(Path(workdir) / CONFIG, json.dumps(config_to_dict(config), indent=2))
     record_format(workdir)
 
 
@@ -164,7 +159,7 @@ def check_format(workdir: Path) -> None:
 
 def _config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} for every field that differs (JSON-normalised)."""
-    new = _jsonable(config)
+    new = config_to_dict(config)
     return {k: (saved.get(k), v) for k, v in new.items() if k not in saved or saved[k] != v}
 
 

@@ -13,8 +13,10 @@
 A class-conditional model (`model.num_classes`) is evaluated given each image's label, as a mixture
 over classes, and by Bayes' rule; its sample grid has one row per class at T = 0.7.
 Training in a workdir with checkpoints resumes from the latest one. Without --config, the eval,
-sample and interpolate modes use the config saved in the workdir. Multi-host: set
-JAXFLOWS_MULTIHOST=1 (or pass --multihost) and run the same command on every host.
+sample and interpolate modes use the config saved in the workdir. Multi-process (docs/multihost.md):
+run the same command in every process with --coordinator_address HOST:PORT --num_processes N
+--process_id I (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); on a detected
+cluster (SLURM, Open MPI, Cloud TPU) --multihost or JAXFLOWS_MULTIHOST=1 is enough.
 """
 
 from __future__ import annotations
@@ -50,7 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--smoke", action="store_true", help="the config's smoke mode: get_config(smoke=True), a short run"
     )
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize()")
+    parser.add_argument(
+        "--multihost", action="store_true", help="join a multi-process run found by JAX's cluster detection"
+    )
+    parser.add_argument(
+        "--coordinator_address", default=None, help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)"
+    )
+    parser.add_argument(
+        "--num_processes", type=int, default=None, help="processes in the run (or JAX_NUM_PROCESSES)"
+    )
+    parser.add_argument(
+        "--process_id", type=int, default=None, help="this process, 0..N-1 (or JAX_PROCESS_ID)"
+    )
     return parser.parse_args(argv)
 
 
@@ -95,9 +108,14 @@ def main(argv=None) -> None:
         args.workdir = (
             Path("runs/pretrained") / Path(args.pretrained).stem if args.pretrained else Path("runs/default")
         )
-    from jaxflows.train import maybe_initialize_distributed
+    from jaxflows.train import DistributedInitError, maybe_initialize_distributed
 
-    maybe_initialize_distributed(args.multihost)
+    try:
+        maybe_initialize_distributed(
+            args.multihost, args.coordinator_address, args.num_processes, args.process_id
+        )
+    except DistributedInitError as error:
+        sys.exit(f"error: {error}")
 
     import jax
 

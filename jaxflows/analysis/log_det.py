@@ -62,7 +62,13 @@ def log_det_grad_input(
 def log_det_grad_params(
     model: nn.Module, variables: Any, x: Array, layer: str | None = None, context: Any = None
 ) -> Any:
-    """d (Σ_batch log|det J|) / d params for one layer's term (or the whole model)."""
+    """d (Σ_batch log|det J|) / d params for one layer's term (or the whole model), a tree shaped
+    like `variables["params"]`.
+
+    The total derivative with respect to every parameter of the model: a layer's term depends on its
+    own parameters and, through its input, on those of every layer before it, so those entries are
+    non-zero too; the entries of the layers after it are zero.
+    """
     rest = {k: v for k, v in variables.items() if k != "params"}
     return jax.grad(lambda p: _term(model, {"params": p, **rest}, x, layer, context))(variables["params"])
 

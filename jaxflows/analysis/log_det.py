@@ -66,8 +66,8 @@ def log_det_grad_params(
     like `variables["params"]`.
 
     The total derivative with respect to every parameter of the model: a layer's term depends on its
-    own parameters and, through its input, on those of every layer before it, so those entries are
-    non-zero too; the entries of the layers after it are zero.
+    own parameters and, through its input, on those of the layers before it (their entries are
+    non-zero unless the term does not depend on its input); the entries of later layers are zero.
     """
     rest = {k: v for k, v in variables.items() if k != "params"}
     return jax.grad(lambda p: _term(model, {"params": p, **rest}, x, layer, context))(variables["params"])

@@ -57,6 +57,7 @@ from jaxflows.train.state import (
     init_fn,
     init_state,
     make_optimizer,
+    skip_nonfinite,
 )
 from jaxflows.train.steps import class_log_probs, importance_weighted_log_prob, make_train_step
 from jaxflows.train.workdir import load_workdir_config
@@ -108,6 +109,7 @@ __all__ = [
     "sample_grid",
     "sample_key",
     "setup",
+    "skip_nonfinite",
     "split_cpu_into_devices",
     "train",
     "write_curve",

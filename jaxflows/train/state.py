@@ -44,15 +44,29 @@ INTERMEDIATES = "intermediates"  # values layers sow (the auxiliary classifier's
 
 
 class TrainState(struct.PyTreeNode):
-    step: jax.Array  # int32 scalar: updates done so far (skipped ones included)
-    params: Any  # the "params" collection: optimised
-    constants: Any  # every other variable collection (e.g. LU permutations): never optimised
+    """Everything a training step reads and writes (a pytree; checkpoints store it whole).
+
+    step: int32 scalar, the updates done so far (skipped ones included).
+    params: the flow's "params" collection, the variables the optimiser updates.
+    constants: every other variable collection (e.g. "constants", the LU permutations): never
+        optimised.
+    opt_state: the optimiser's state (a `SkipNonFiniteState`: it counts skipped updates).
+    rng: raw uint32 key; the dequantisation key of step s is `fold_in(rng, s)`.
+    ema_params: the debiased moving average of params (`TrainConfig.ema_decay`), or None.
+
+    `variables()` gives the dict for `flow.apply(state.variables(), ...)`.
+    """
+
+    step: jax.Array
+    params: Any
+    constants: Any
     opt_state: Any
-    rng: jax.Array  # raw uint32 key; the key of step s is fold_in(rng, s)
-    ema_params: Any = None  # debiased moving average of params, or None
+    rng: jax.Array
+    ema_params: Any = None
 
     def variables(self, averaged: bool = False) -> dict[str, Any]:
-        """The flow's variables; `averaged` uses the parameters' moving average when there is one."""
+        """The flow's variables ({"params": ..., **constants}) for `flow.apply`; `averaged` uses the
+        parameters' moving average when there is one."""
         params = self.ema_params if averaged and self.ema_params is not None else self.params
         return {"params": params, **self.constants}
 
@@ -67,7 +81,12 @@ def init_state(
 ) -> TrainState:
     """Variables from ActNorm's data-dependent init on `init_batch` (pixels, or (pixels, labels)
     for a class-conditional flow), a fresh optimiser state, and (with `ema_decay`) a moving average
-    of the parameters."""
+    of the parameters.
+
+    `optimizer` must count skipped updates, as `make_train_step` reads them: `make_optimizer(config)`,
+    or any optax optimiser wrapped as `skip_nonfinite(optax.adam(2e-3))`; pass the same one to
+    `make_train_step`. A plain optax optimiser is a ConfigError saying so.
+    """
     check_decay(ema_decay)
     k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed), 3)
     pixels, labels = split_batch(init_batch)
@@ -75,11 +94,18 @@ def init_state(
     variables = {k: v for k, v in variables.items() if k != INTERMEDIATES}
     params = variables["params"]
     constants = {k: v for k, v in variables.items() if k != "params"}
+    opt_state = optimizer.init(params)
+    if not isinstance(opt_state, SkipNonFiniteState):
+        raise ConfigError(
+            f"the optimiser's state is {type(opt_state).__name__}, not the SkipNonFiniteState that "
+            "make_train_step reads (skipped updates): wrap it, e.g. "
+            "jaxflows.train.skip_nonfinite(optax.adam(2e-3)), and pass the same one to make_train_step"
+        )
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         constants=constants,
-        opt_state=optimizer.init(params),
+        opt_state=opt_state,
         rng=k_train,
         ema_params=None if ema_decay is None else jax.tree_util.tree_map(jnp.copy, params),
     )

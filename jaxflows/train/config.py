@@ -109,8 +109,8 @@ class TrainConfig:
       reuse_freed_memory (resumable): CPU only: keep freed memory in the process heap so a step
           does not fault its working memory in afresh; faster steps, slower compiles.
       compilation_cache_dir (resumable): JAX's persistent compilation cache, turned on by the
-          entry points: a second run loads its compiled programs instead of compiling them.
-          None: off.
+          entry points: a second run loads its compiled programs instead of compiling them
+          (None turns it off).
     """
 
     dataset: str | Dataset | tuple[Any, Any, int] | dict[str, Any] = setting("digits", DATASET)  # noqa: RUF009

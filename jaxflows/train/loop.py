@@ -26,20 +26,35 @@ from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import DivergenceError, warn
 from jaxflows.train.evaluate import diagnostics, evaluate_bits_per_dim
 from jaxflows.train.experiment import Experiment, global_batch, replicated, setup
-from jaxflows.train.metrics import MetricsWriter
+from jaxflows.train.metrics import MetricsWriter, StepTimer
 from jaxflows.train.state import TrainState, init_fn, learning_rate_schedule, set_hyperparameters
 from jaxflows.train.steps import compiled_train_step
 from jaxflows.train.workdir import check_resume, record_config_changes, save_config, workdir_lock, writing
 
 
 class TrainResult(NamedTuple):
+    """What `train` returns.
+
+    state: the final `TrainState` (`state.variables()` are the flow's variables for `apply`).
+    experiment: the `Experiment` trained: config, dataset, flow and mesh.
+    history: one dict per logged row, as in metrics.csv: step, loss (the last step's bits/dim),
+        bits_per_dim (mean over the row's steps), images_per_sec, learning_rate, grad_norm,
+        skipped_updates, and eval_bits_per_dim (with the level diagnostics) every `eval_every`
+        steps and at the final step.
+    preempted: whether a signal stopped the run early (it was checkpointed).
+    signal: "SIGTERM" or "SIGINT" when preempted, else None.
+    first_step_s: wall time of the first step, compilation included.
+    step_s: mean wall time of the later steps up to the last logged row, logging, evaluation and
+        checkpoints included; the rows' images_per_sec come from the same clock (`StepTimer`).
+    """
+
     state: TrainState
     experiment: Experiment
-    history: list[dict[str, float]]  # one entry per logged step
-    preempted: bool  # stopped early by a signal (checkpointed)
-    signal: str | None = None  # "SIGTERM" or "SIGINT" when preempted
-    first_step_s: float = float("nan")  # wall time of the first step, compilation included
-    step_s: float = float("nan")  # mean wall time of the later steps (logging, evaluation included)
+    history: list[dict[str, float]]
+    preempted: bool
+    signal: str | None = None
+    first_step_s: float = float("nan")
+    step_s: float = float("nan")
 
 
 class _StopSignals:
@@ -125,7 +140,7 @@ def _train(
     train_step = compiled_train_step(exp)
     schedule = learning_rate_schedule(config)
     writer = MetricsWriter(workdir, enabled=lead, start_step=start)
-    timer = _StepTimer()
+    timer = StepTimer(config.batch_size)
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
         jax.process_index(), jax.process_count(), config.prefetch, exp.conditional,
@@ -133,8 +148,8 @@ def _train(
     history: list[dict[str, float]] = []
     window: list[dict[str, jax.Array]] = []
     bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
-    tick, saved = time.perf_counter(), True
-    deadline = tick + config.train_time_limit_s if config.train_time_limit_s else None
+    saved = True
+    deadline = time.perf_counter() + config.train_time_limit_s if config.train_time_limit_s else None
     try:
         with _StopSignals() as signals:
             for step, batch in batches if start < config.num_steps else ():
@@ -145,12 +160,13 @@ def _train(
                 out_of_time = deadline is not None and time.perf_counter() > deadline
                 last = done == config.num_steps or signals.received is not None or out_of_time
                 if done % config.log_every == 0 or last:
-                    row = _log_row(exp, state, window, tick, schedule(step), done, last)
+                    throughput = timer.images_per_sec(state)
+                    row = _log_row(exp, state, window, throughput, schedule(step), done, last)
                     history.append({"step": done, **row})
                     writer.write(done, row)
                     _show(bar, row)
                     bar.update(len(window))
-                    window, tick = [], time.perf_counter()
+                    window = []
                 save = store is not None and (last or store.due(done))
                 if save or last or done % config.max_consecutive_skips == 0:
                     _check_divergence(config, store, done, int(metrics["skipped_in_a_row"]))
@@ -166,7 +182,6 @@ def _train(
                     if not save:  # a step saved on schedule is not saved twice
                         saved = store is None or _save_if_healthy(exp, store, state)
                     break
-        timer.stop(state)
         if store is not None:
             store.finish()
     finally:
@@ -183,45 +198,30 @@ def _train(
     return TrainResult(state, exp, history, preempted, signals.received, timer.first_s, timer.step_s)
 
 
-class _StepTimer:
-    """Wall time of the first step (compilation included) and the mean of the later ones."""
-
-    def __init__(self):
-        self.start, self.steps = time.perf_counter(), 0
-        self.first_s, self.step_s, self.after_first = float("nan"), float("nan"), None
-
-    def stepped(self, state: TrainState) -> None:
-        self.steps += 1
-        if self.steps == 1:
-            jax.block_until_ready(state)
-            self.after_first = time.perf_counter()
-            self.first_s = self.after_first - self.start
-
-    def stop(self, state: TrainState) -> None:
-        jax.block_until_ready(state)
-        if self.steps > 1:
-            self.step_s = (time.perf_counter() - self.after_first) / (self.steps - 1)
-
-
 def _show(bar, row: dict) -> None:
     postfix = {"loss": f"{row['loss']:.3f}", "bpd": f"{row['bits_per_dim']:.3f}"}
     bar.set_postfix(**postfix, img_s=f"{row['images_per_sec']:.0f}", skipped=row["skipped_updates"])
 
 
-def _log_row(exp: Experiment, state: TrainState, window, tick: float, lr, done: int, last: bool) -> dict:
+def _log_row(
+    exp: Experiment, state: TrainState, window, images_per_sec: float, lr, done: int, last: bool
+) -> dict:
+    """One row of metrics.csv: the window's training numbers, and held-out bits/dim every
+    `eval_every` steps and at the final step (not when a signal or the time limit stops the run)."""
     config = exp.config
     fetched = jax.device_get(window)
     row = {
         "loss": float(fetched[-1]["loss"]),
         "bits_per_dim": float(np.mean([m["loss"] for m in fetched])),
-        "images_per_sec": len(fetched) * config.batch_size / max(time.perf_counter() - tick, 1e-9),
+        "images_per_sec": images_per_sec,
         "learning_rate": float(lr),
         "grad_norm": float(fetched[-1]["grad_norm"]),
         "skipped_updates": int(fetched[-1]["skipped_updates"]),
     }
     if "class_loss" in fetched[-1]:
         row["class_loss_bits"] = float(np.mean([m["class_loss"] for m in fetched]))
-    if config.eval_every and done % config.eval_every == 0 and not last:
+    final = done == config.num_steps
+    if config.eval_every and (final or (done % config.eval_every == 0 and not last)):
         row["eval_bits_per_dim"] = evaluate_bits_per_dim(
             exp.flow, state.variables(averaged=True), exp.dataset.test, exp.dataset.num_bins, exp.mesh,
             config.eval_batch_size, config.eval_dequant_draws, config.seed,

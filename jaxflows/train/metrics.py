@@ -10,8 +10,13 @@ import contextlib
 import csv
 import io
 import logging
+import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import jax
 
 from jaxflows.train.workdir import write_text_atomically, writing
 
@@ -62,6 +67,52 @@ class _EventFile:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class StepTimer:
+    """The one clock behind every throughput number of a run: the first step's wall time
+    (compilation included), then windows of steps that end at logged rows and follow each other
+    without gaps (logging, evaluation and checkpoints fall inside them). It waits for the device
+    after the first step and at logged rows only, so the rows' images/s and `step_s` agree:
+    Σ (steps in row's window) × batch_size / images_per_sec = (logged steps − 1) × step_s.
+    `clock` and `wait` (block until a state is computed) are injectable for tests."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        clock: Callable[[], float] = time.perf_counter,
+        wait: Callable[[Any], Any] | None = None,
+    ):
+        self.batch_size, self.clock = batch_size, clock
+        self.wait = jax.block_until_ready if wait is None else wait
+        self.started, self.steps = clock(), 0
+        self.mark, self.marked_steps, self.timed_s = math.nan, 0, 0.0
+        self.first_s = math.nan
+
+    def stepped(self, state: Any) -> None:
+        """Count a dispatched step; after the first, wait for it and time it."""
+        self.steps += 1
+        if self.steps == 1:
+            self.wait(state)
+            self.mark, self.marked_steps = self.clock(), 1
+            self.first_s = self.mark - self.started
+
+    def images_per_sec(self, state: Any) -> float:
+        """Images per second of the steps since the previous logged row (the first step's own rate
+        when it is the only one), waiting for `state`, the newest one."""
+        count = self.steps - self.marked_steps
+        if count == 0:
+            return self.batch_size / self.first_s
+        self.wait(state)
+        now = self.clock()
+        elapsed, self.mark, self.marked_steps = now - self.mark, now, self.steps
+        self.timed_s += elapsed
+        return count * self.batch_size / max(elapsed, 1e-12)
+
+    @property
+    def step_s(self) -> float:
+        """Mean wall time of the steps after the first, up to the last logged row."""
+        return self.timed_s / (self.marked_steps - 1) if self.marked_steps > 1 else math.nan
 
 
 class MetricsWriter:

@@ -81,7 +81,7 @@ def initialize_distributed(
             coordinator_address, num_processes, process_id, heartbeat_timeout_seconds=heartbeat_timeout_s
         )
     except RuntimeError as error:
-        if "before any JAX computations" in str(error):
+        if "must be called before any JAX" in str(error):
             raise DistributedInitError(
                 "initialize_distributed() must be called before any JAX computation; this process "
                 "has already started JAX's backends (call it first thing, before building a model)"

@@ -31,8 +31,8 @@ def test_channels_that_cannot_split():
 
 def test_wrong_rank(flow_and_variables):
     flow, variables = flow_and_variables
-    with pytest.raises(ValueError, match="rank 4"):
-        flow.apply(variables, jnp.zeros((4, 4, 1)))
+    with pytest.raises(ValueError, match=r"one example of shape \(4, 4, 1\) or a batch"):
+        flow.apply(variables, jnp.zeros((4, 4)))
     with pytest.raises(ValueError, match="expected examples of shape"):
         flow.apply(variables, jnp.zeros((1, 8, 8, 1)))
 

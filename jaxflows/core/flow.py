@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,12 +17,11 @@ from jaxflows.core.context import (
     MissingContextError,
     UnexpectedContextError,
 )
-from jaxflows.core.errors import InvalidArgumentError, ShapeError
+from jaxflows.core.errors import InputDtypeError, InvalidArgumentError, ShapeError
 from jaxflows.core.objective import check_pixels, dequantize, discrete_log_prob_offset
 from jaxflows.core.validation import (
     check_count,
     check_finite,
-    check_image,
     check_nonempty,
     check_range,
     is_concrete,
@@ -171,13 +171,31 @@ class Flow(Bijector):
         check_variables(self, variables)
         return super().apply(variables, *args, **kwargs)
 
+    @nn.nowrap
+    def _as_batch(self, x: Array, context=None) -> tuple[Array, Any, bool]:
+        """One rank rule for every method: an input of rank len(event_shape) is one example (given a
+        batch axis of 1 here, so `jax.vmap` over single examples works), one more axis is a batch."""
+        rank, ndim = len(self.event_shape), jnp.ndim(x)
+        if ndim == rank:
+            return x[None], None if context is None else jnp.asarray(context)[None], True
+        if ndim != rank + 1:
+            raise ShapeError(
+                f"expected one example of shape {tuple(self.event_shape)} or a batch (batch, "
+                f"*{tuple(self.event_shape)}), got shape {tuple(jnp.shape(x))}"
+            )
+        return x, context, False
+
     def _check(self, x: Array) -> None:
-        check_image(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise InputDtypeError(
+                f"x: expected a floating dtype, got {x.dtype}; integer pixels must be dequantized first "
+                "(jaxflows.dequantize, or Flow.discrete_log_prob)"
+            )
         check_nonempty(x)
         check_finite(x)
         if tuple(x.shape[1:]) != tuple(self.event_shape):
             raise ShapeError(
-                f"expected examples of shape {tuple(self.event_shape)} (H, W, C), got {tuple(x.shape[1:])}"
+                f"expected examples of shape {tuple(self.event_shape)}, got {tuple(x.shape[1:])}"
             )
 
     def _check_output(self, out: Array, direction: str) -> None:
@@ -192,28 +210,34 @@ class Flow(Bijector):
             )
 
     def forward(self, x: Array, context=None) -> tuple[Array, Array]:
+        x, context, single = self._as_batch(x, context)
         self._check(x)
         z, log_det = self.bijector.forward(x, self.context_array(context, x.shape[0], x.dtype))
         self._check_output(z, "forward")
-        return z, log_det
+        return (z[0], log_det[0]) if single else (z, log_det)
 
     def inverse(self, z: Array, context=None) -> tuple[Array, Array]:
+        z, context, single = self._as_batch(z, context)
         self._check(z)
         x, log_det = self.bijector.inverse(z, self.context_array(context, z.shape[0], z.dtype))
         self._check_output(x, "inverse")
-        return x, log_det
+        return (x[0], log_det[0]) if single else (x, log_det)
 
     def log_prob(self, x: Array, context=None) -> Array:
-        """log p(x) (log p(x | context) for a conditional flow), nats per example."""
+        """log p(x) (log p(x | context) for a conditional flow), nats per example (a scalar for one
+        example of rank len(event_shape))."""
         if self.data_range is not None:
             check_range(x, *self.data_range)
+        x, context, single = self._as_batch(x, context)
         z, log_det = self.forward(x, context)
-        return self.base.log_prob(z) + log_det
+        log_p = self.base.log_prob(z) + log_det
+        return log_p[0] if single else log_p
 
     def discrete_log_prob(self, pixels: Array, key: Array, bins: int, context=None) -> Array:
         """One draw of the lower bound on log P(pixels) (nats) for integer pixels in {0, …, bins−1}:
         log p((x + u)/K) − D log K − log q(u | x), u from `dequantizer` (uniform when None, log q = 0).
         """
+        pixels, context, single = self._as_batch(pixels, context)
         check_nonempty(pixels, "pixels")
         if self.dequantizer is None:
             x, log_q = dequantize(key, pixels, bins), 0.0
@@ -222,7 +246,8 @@ class Flow(Bijector):
             u, log_q = self.dequantizer(key, pixels, bins)
             x = (pixels.astype(u.dtype) + u) / bins
         offset = discrete_log_prob_offset(math.prod(self.event_shape), bins)
-        return self.log_prob(x, context) + offset - log_q
+        log_mass = self.log_prob(x, context) + offset - log_q
+        return log_mass[0] if single else log_mass
 
     def sample(self, key: Array, num_samples: int, temperature: float = 1.0, context=None) -> Array:
         """`num_samples` draws with the base standard deviation scaled by `temperature`; a

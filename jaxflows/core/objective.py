@@ -51,7 +51,16 @@ def draw(sampler, key: Array, shape: tuple[int, ...]) -> Array:
         return sampler(key, shape)
     if key.shape[0] != shape[0]:
         raise ShapeError(f"{key.shape[0]} keys for {shape[0]} examples; expected one key per example")
-    return jax.vmap(lambda k: sampler(k, shape[1:]))(key)
+    one_example = lambda k: sampler(k, shape[1:])
+    if _vmap_shares_first_key(key):  # rbg: a vmapped draw reads only the batch's first key
+        return jax.lax.map(one_example, key)
+    return jax.vmap(one_example)(key)
+
+
+def _vmap_shares_first_key(key: Array) -> bool:
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(key)) if typed else jax.config.jax_default_prng_impl
+    return impl in ("rbg", "unsafe_rbg")
 
 
 def dequantize(key: Array, pixels: Array, bins: int) -> Array:

@@ -14,7 +14,6 @@ for one image in and one out of distribution.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import re
@@ -25,57 +24,34 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
-from sklearn.metrics import roc_auc_score
 
-from jaxflows.analysis import bits_per_dim_per_example, log_det_breakdown, log_det_saliency
-from jaxflows.data import digits, fashion_mnist
+from jaxflows.analysis import (
+    auroc,
+    bits_per_dim_per_example,
+    log_det_breakdown,
+    log_det_saliency,
+    png_bits_per_dim,
+)
+from jaxflows.data import digits_in_mnist_format, fashion_mnist
 from jaxflows.pretrained import card, load
 
 IN_DISTRIBUTION = "fashion_mnist_test"
-
-
-def digits_in_mnist_format(pixels: np.ndarray) -> np.ndarray:
-    """sklearn's 8x8 digits (17 levels) as MNIST lays digits out: upscaled (bilinear) into a 20x20
-    box, intensities to 0..255, placed in a 28x28 canvas with the centre of mass at the centre."""
-    out = np.zeros((len(pixels), 28, 28, 1), np.uint8)
-    for i, image in enumerate(pixels.reshape(-1, 8, 8).astype(np.float32) * (255.0 / 16.0)):
-        box = np.asarray(Image.fromarray(image).resize((20, 20), Image.BILINEAR), np.float32)
-        canvas = np.zeros((28, 28), np.float32)
-        canvas[4:24, 4:24] = box
-        rows, cols = np.indices(canvas.shape)
-        mass = canvas.sum()
-        shift = (round(13.5 - (rows * canvas).sum() / mass), round(13.5 - (cols * canvas).sum() / mass))
-        canvas = np.roll(canvas, shift, axis=(0, 1))
-        out[i, ..., 0] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    return out
 
 
 def datasets(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """The in-distribution test images and the five out-of-distribution sets, `count` each."""
     rng = np.random.default_rng(seed)
     test = fashion_mnist().test.all()[:count]
-    digit_set = digits()
-    digit_pixels = np.concatenate([digit_set.train.all(), digit_set.test.all()])
+    digit_pixels, _ = digits_in_mnist_format()
     levels = rng.integers(0, 256, (count, 1, 1, 1))
     return {
         IN_DISTRIBUTION: test,
-        "sklearn_digits_mnist_format": digits_in_mnist_format(digit_pixels[:count]),
+        "sklearn_digits_mnist_format": digit_pixels[:count],
         "fashion_mnist_flipped": test[:, ::-1],
         "fashion_mnist_inverted": 255 - test,
         "uniform_noise": rng.integers(0, 256, test.shape).astype(np.uint8),
         "constant": np.broadcast_to(levels, test.shape).astype(np.uint8),
     }
-
-
-def png_bits_per_dim(images: np.ndarray) -> np.ndarray:
-    """Serrà et al.'s complexity L(x): the size of each image as a PNG (zlib level 9), bits/dim."""
-    sizes = []
-    for image in images[..., 0]:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG", optimize=True, compress_level=9)
-        sizes.append(8.0 * len(buffer.getvalue()) / image.size)
-    return np.asarray(sizes)
 
 
 def layer_group(path: str) -> str:
@@ -146,13 +122,6 @@ def histogram_figure(scores: dict[str, np.ndarray], xlabel: str, path: Path) -> 
     plt.close(fig)
 
 
-def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
-    """AUROC of 'higher score = out of distribution' (0.5: chance; below 0.5: the OOD set looks
-    *more* in-distribution than the test set)."""
-    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))]
-    return float(roc_auc_score(labels, np.r_[in_scores, out_scores]))
-
-
 def run(name: str, count: int, out: Path) -> dict:
     flow, variables = load(name)
     model = card(name)
@@ -160,7 +129,7 @@ def run(name: str, count: int, out: Path) -> dict:
     start = time.perf_counter()
     bpd = {k: bits_per_dim_per_example(flow, variables, v, bins=model.bins) for k, v in images.items()}
     complexity = {k: png_bits_per_dim(v) for k, v in images.items()}
-    corrected = {k: bpd[k] - complexity[k] for k in images}
+    corrected = {k: bpd[k] - complexity[k] for k in images}  # complexity_corrected, reusing L(x)
     results = {
         "model": name,
         "count": count,

@@ -16,6 +16,7 @@ from jaxflows.analysis.log_det import (
     log_det_grad_params,
     log_det_saliency,
 )
+from jaxflows.analysis.ood import auroc, complexity_corrected, png_bits_per_dim
 from jaxflows.analysis.precision import Product, lowered_products
 from jaxflows.analysis.scores import bits_per_dim_per_example
 from jaxflows.analysis.trace import LayerCall, layer_variables, leaves, trace_forward
@@ -27,7 +28,9 @@ __all__ = [
     "Product",
     "UnknownLayerError",
     "attribute_direction",
+    "auroc",
     "bits_per_dim_per_example",
+    "complexity_corrected",
     "invertibility_report",
     "jacobian_condition_numbers",
     "layer_variables",
@@ -38,6 +41,7 @@ __all__ = [
     "log_det_saliency",
     "lowered_products",
     "manipulate",
+    "png_bits_per_dim",
     "reconstruction_errors",
     "trace_forward",
 ]

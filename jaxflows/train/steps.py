@@ -10,6 +10,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxflows.core import Flow
@@ -129,10 +130,12 @@ def make_train_step(
 
     def shard_gradient(params, constants, batch, keys):
         (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, constants, batch, keys)
-        return jax.lax.pmean((grads, losses), DATA_AXIS)
+        flat, unflatten = ravel_pytree((grads, losses))
+        return unflatten(jax.lax.pmean(flat, DATA_AXIS))
 
-    # Each device differentiates its shard's loss; the gradient tree and the losses are averaged
-    # across the data axis once, after the whole flow (not once per scanned flow step).
+    # Each device differentiates its shard's loss; the gradient tree and the losses, as one
+    # vector, are averaged across the data axis once, after the whole flow (not once per scanned
+    # flow step); one buffer makes one message between processes.
     mean_gradient = jax.shard_map(
         shard_gradient,
         mesh=mesh,

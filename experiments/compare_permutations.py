@@ -47,13 +47,9 @@ def ordering_note(runs, vs) -> list[str]:
         means = {k: float(np.mean(b)) for k, b in bpd.items()}
         gaps = []
         for better, worse in (("1x1 conv (LU)", "shuffle"), ("shuffle", "reverse")):
-            spread = np.sqrt((np.var(bpd[better], ddof=1) + np.var(bpd[worse], ddof=1)) / 2)
-            gap = means[worse] - means[better]
-            gaps.append(
-                f"{worse} − {better} = {gap:+.3f} ({gap / spread:+.1f} pooled std)"
-                if spread > 0
-                else f"{worse} − {better} = {gap:+.3f}"
-            )
+            gap, in_stds = report.pooled_gap(bpd[better], bpd[worse])
+            sds = f" ({in_stds:+.1f} pooled std)" if in_stds is not None else ""
+            gaps.append(f"{worse} − {better} = {gap:+.3f}{sds}")
         holds = means["1x1 conv (LU)"] < means["shuffle"] < means["reverse"]
         best = min(means, key=means.get)
         verdict = ("holds" if holds else "does not hold") + f" (lowest: {best})"
@@ -104,17 +100,7 @@ def main(argv=None) -> dict:
     c = cmp.begin(MODULE, __doc__, argv)
     vs = cmp.select(variants(), c.args.only)
     runs = c.run(vs)
-    rows = [
-        [
-            v.group,
-            v.x,
-            report.mean_std(report.values(runs, v, "bpd")),
-            report.mean_std(report.values(runs, v, "epoch_s"), "{:.2f}"),
-            int(report.values(runs, v, "params")[0]),
-            int(report.values(runs, v, "skipped").sum()),
-        ]
-        for v in vs
-    ]
+    rows = [[v.group, v.x, *report.outcome_cells(runs, v)] for v in vs]
     header = ["coupling", "channel mixer", "held-out bits/dim", "time / epoch (s)", "params", "skipped"]
     first = runs[0].metrics
     examples_per_epoch = first["epoch_s"] / first["step_s"]  # training examples / batch size

@@ -12,8 +12,6 @@ couplings at the same architecture. Writes compare_spline.md and compare_spline.
 
 from __future__ import annotations
 
-import numpy as np
-
 from experiments import compare as cmp
 from experiments import report
 
@@ -39,9 +37,8 @@ def gap_note(runs, vs, better: str, worse: str, claim: str) -> str | None:
     bpd = {v.name: report.values(runs, v, "bpd") for v in vs}
     if better not in bpd or worse not in bpd or min(len(bpd[better]), len(bpd[worse])) < 2:
         return None
-    gap = float(np.mean(bpd[worse]) - np.mean(bpd[better]))
-    spread = float(np.sqrt((np.var(bpd[better], ddof=1) + np.var(bpd[worse], ddof=1)) / 2))
-    sds = f" ({gap / spread:+.1f} pooled std)" if spread > 0 else ""
+    gap, in_stds = report.pooled_gap(bpd[better], bpd[worse])
+    sds = f" ({in_stds:+.1f} pooled std)" if in_stds is not None else ""
     verdict = "agrees" if gap > 0 else "disagrees"
     return f"{worse} − {better} = {gap:+.3f} bits/dim{sds}: the direction {verdict} with {claim}."
 
@@ -50,16 +47,7 @@ def main(argv=None) -> dict:
     c = cmp.begin(MODULE, __doc__, argv)
     vs = cmp.select(variants(), c.args.only)
     runs = c.run(vs)
-    rows = [
-        [
-            v.name,
-            report.mean_std(report.values(runs, v, "bpd")),
-            report.mean_std(report.values(runs, v, "epoch_s"), "{:.1f}"),
-            int(report.values(runs, v, "params")[0]),
-            int(report.values(runs, v, "skipped").sum()),
-        ]
-        for v in vs
-    ]
+    rows = [[v.name, *report.outcome_cells(runs, v, "{:.1f}")] for v in vs]
     header = ["coupling", "held-out bits/dim", "time / epoch (s)", "params", "skipped"]
     notes = [
         note

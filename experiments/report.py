@@ -61,6 +61,25 @@ def mean_std(xs: np.ndarray, fmt: str = "{:.3f}") -> str:
     return text
 
 
+def outcome_cells(runs: Sequence[Run], variant: Variant, epoch_fmt: str = "{:.2f}") -> list:
+    """A variant's held-out bits/dim and time per epoch (mean ± std over seeds), parameters and
+    skipped updates: the last columns of every comparison's table."""
+    return [
+        mean_std(values(runs, variant, "bpd")),
+        mean_std(values(runs, variant, "epoch_s"), epoch_fmt),
+        int(values(runs, variant, "params")[0]),
+        int(values(runs, variant, "skipped").sum()),
+    ]
+
+
+def pooled_gap(better: np.ndarray, worse: np.ndarray) -> tuple[float, float | None]:
+    """mean(worse) − mean(better), and that gap in pooled sample standard deviations (None when
+    both spreads are zero)."""
+    gap = float(np.mean(worse) - np.mean(better))
+    spread = float(np.sqrt((np.var(better, ddof=1) + np.var(worse, ddof=1)) / 2))
+    return gap, (gap / spread if spread > 0 else None)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]

@@ -8,23 +8,30 @@ variational dequantizer (hidden 4, steps 1) and ema_decay 0.9, trained 4 steps o
 checkpoints at steps 2 and 4 (tensorboard/ and .lock removed), under the test suite's PRNG (rbg)
 and XLA flags (tests/conftest.py). tests/data/checkpoint_v1_reference.json
 holds what that code computed from it: the held-out bits/dim of the averaged parameters at step 4
-(batch 128) and the losses of steps 5 and 6 after resuming with num_steps=6, log_every=1.
+(batch 128, one dequantisation key per batch, which the test redraws the same way) and the losses
+of steps 5 and 6 after resuming with num_steps=6, log_every=1. Training has since keyed its noise
+by example (`resumed_losses_per_example_noise`: the converted fixture's resumed losses, recorded
+when its bits/dim still matched the old code's to 1e-7).
 """
 
 import json
+import math
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
+from jaxflows.core.objective import discrete_bits_per_dim
 from jaxflows.train import (
     CheckpointFormatError,
     WorkdirLockedError,
     convert_workdir,
-    evaluate_bits_per_dim,
+    importance_weighted_log_prob,
     load_workdir_config,
     restore_for_inference,
     train,
@@ -82,18 +89,34 @@ def test_a_converted_workdir_evaluates_and_resumes_as_the_old_code_did(old_workd
 
     exp, state = restore_for_inference(config, old_workdir)
     assert int(state.step) == REFERENCE["step"]
-    bpd = evaluate_bits_per_dim(
-        exp.flow, state.variables(averaged=True), exp.dataset.test, exp.dataset.num_bins, exp.mesh, 128
-    )
+    bpd = _bits_per_dim_with_one_key_per_batch(exp, state.variables(averaged=True), 128)
     assert bpd == pytest.approx(REFERENCE["eval_bits_per_dim_ema"], rel=1e-5)
 
-    # the optimiser's moments follow their parameters: resumed losses are the old code's
+    # the optimiser's moments follow their parameters: resumed losses are those of the converted
+    # checkpoint when it was first verified against the old code (per-example noise since)
     result = train(config.replace(num_steps=6, log_every=1), old_workdir, progress=False)
     losses = {str(int(row["step"])): row["loss"] for row in result.history}
-    assert losses == pytest.approx(REFERENCE["resumed_losses"], rel=1e-5)
+    assert losses == pytest.approx(REFERENCE["resumed_losses_per_example_noise"], rel=1e-5)
 
     convert_main([str(old_workdir)])
     assert "already in checkpoint format 2" in capsys.readouterr().out
+
+
+def _bits_per_dim_with_one_key_per_batch(exp, variables, batch_size: int) -> float:
+    """Held-out bits/dim drawn as the code that wrote the fixture drew it: one key per batch of
+    `batch_size` (zero-padded), `fold_in(fold_in(key(0), draw 0), batch)`, rather than one per example."""
+    test, bins = exp.dataset.test, exp.dataset.num_bins
+    total = 0.0
+    for b, start in enumerate(range(0, len(test), batch_size)):
+        idx = np.arange(start, min(start + batch_size, len(test)))
+        pixels = np.zeros((batch_size, *exp.flow.event_shape), np.uint8)
+        pixels[: len(idx)] = test[idx]
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0), b)
+        log_prob = importance_weighted_log_prob(exp.flow, variables, pixels, key, bins, 1)
+        total += float(
+            np.sum(discrete_bits_per_dim(np.asarray(log_prob)[: len(idx)], math.prod(exp.flow.event_shape)))
+        )
+    return total / len(test)
 
 
 def test_only_a_levels_steps_scope_and_the_depth_keys_are_renamed():

@@ -1,9 +1,9 @@
-"""Training, read in this order: a config (`config`) describes an experiment (`experiment`: data,
-flow, mesh); its train state (`state`: variables, optimiser, moving average) is advanced by pure
-jit-compiled steps (`steps`) inside the loop (`loop`), which keeps checkpoints (`checkpoint`,
-`workdir`) and metrics (`metrics`). After training: evaluation (`evaluate`), the workdir commands
-(`commands`, `sampling`) and the checkpoint format converter (`convert`). Process-wide settings
-live in `host`, named errors in `errors`.
+"""Training, read in this order: a config (`config`, its fields' rules in `rules`) describes an
+experiment (`experiment`: data, flow, mesh); its train state (`state`: variables, optimiser, moving
+average) is advanced by pure jit-compiled steps (`steps`) inside the loop (`loop`), which keeps
+checkpoints (`checkpoint`, `workdir`) and metrics (`metrics`, with the throughput timer). After
+training: evaluation (`evaluate`), the workdir commands (`commands`, `sampling`) and the checkpoint
+format converter (`convert`). Process-wide settings live in `host`, named errors in `errors`.
 """
 
 from jaxflows.train.commands import (

@@ -46,3 +46,21 @@ def test_freed_memory_is_reused_without_page_faults():
     assert applied == "True"
     assert without > 10_000  # the pages of 300 MB faulted in again (4 KiB pages: 76,800)
     assert with_reuse < 1_000 and from_config < 1_000
+
+
+def test_process_settings_from_the_environment_are_checked_before_anything_starts(monkeypatch):
+    from jaxflows.train import DistributedInitError, initialize_distributed
+    from jaxflows.train.host import distributed_requested
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    assert distributed_requested()
+    with pytest.raises(
+        DistributedInitError, match=r"num_processes \(or JAX_NUM_PROCESSES\): expected an integer"
+    ):
+        initialize_distributed()
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    with pytest.raises(DistributedInitError, match="process_id 3 is not below num_processes 2"):
+        initialize_distributed(process_id=3)
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    assert not distributed_requested() and distributed_requested(multihost=True)

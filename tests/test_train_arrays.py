@@ -110,6 +110,9 @@ def test_init_state_names_a_plain_optax_optimiser_and_variables_feed_apply():
     step = make_train_step(exp.flow, optimizer, 17, make_mesh())
     state, metrics = step(state, pixels[:16])
     assert int(state.step) == 1 and int(metrics["skipped_updates"]) == 0
+    plain = state.replace(opt_state=optax.adam(2e-3).init(state.params))  # a state built by hand
+    with pytest.raises(ConfigError, match=r"wrap it, e.g. jaxflows.train.skip_nonfinite"):
+        make_train_step(exp.flow, optax.adam(2e-3), 17, make_mesh())(plain, pixels[:16])
     key = jax.random.PRNGKey(1)
     log_prob = exp.flow.apply(state.variables(), pixels[:4], key, 17, method="discrete_log_prob")
     assert log_prob.shape == (4,) and bool(jnp.all(jnp.isfinite(log_prob)))

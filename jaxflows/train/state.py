@@ -95,12 +95,7 @@ def init_state(
     params = variables["params"]
     constants = {k: v for k, v in variables.items() if k != "params"}
     opt_state = optimizer.init(params)
-    if not isinstance(opt_state, SkipNonFiniteState):
-        raise ConfigError(
-            f"the optimiser's state is {type(opt_state).__name__}, not the SkipNonFiniteState that "
-            "make_train_step reads (skipped updates): wrap it, e.g. "
-            "jaxflows.train.skip_nonfinite(optax.adam(2e-3)), and pass the same one to make_train_step"
-        )
+    check_counts_skips(opt_state)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -161,6 +156,18 @@ class SkipNonFiniteState(NamedTuple):
 def _all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def check_counts_skips(opt_state: Any) -> None:
+    """A ConfigError unless `opt_state` is `skip_nonfinite`'s (the train step reads its counts of
+    skipped updates)."""
+    if not isinstance(opt_state, SkipNonFiniteState):
+        raise ConfigError(
+            f"the optimiser's state is {type(opt_state).__name__}, not the SkipNonFiniteState that "
+            "make_train_step reads (skipped updates): wrap it, e.g. "
+            "jaxflows.train.skip_nonfinite(optax.adam(2e-3)), and pass the same one to init_state "
+            "and make_train_step"
+        )
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:

@@ -23,6 +23,7 @@ from jaxflows.train.state import (
     OptimizerSpec,
     TrainState,
     build_optimizer,
+    check_counts_skips,
     check_decay,
     update_ema,
 )
@@ -147,6 +148,7 @@ def make_train_step(
     def train_step(state: TrainState, batch):
         keys = batch_example_keys(jax.random.fold_in(state.rng, state.step), batch)
         grads, (loss, class_loss) = mean_gradient(state.params, state.constants, batch, keys)
+        check_counts_skips(state.opt_state)  # at trace time
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema_params = state.ema_params

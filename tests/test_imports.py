@@ -77,3 +77,36 @@ def test_no_import_cycles():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+LEVELS = {  # imports flow downward: a module may import its own level and the levels below
+    **dict.fromkeys(("core", "linalg", "ops"), 0),
+    "bijectors": 1,
+    "models": 2,
+    **dict.fromkeys(("analysis", "data", "testing", "pretrained"), 3),
+    "train": 4,
+}
+
+
+def _level(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] == "experiments":
+        return 5
+    if parts[0] == "jaxflows" and len(parts) > 1:
+        return LEVELS.get(parts[1])
+    return None
+
+
+def test_imports_flow_downward():
+    upward = [
+        f"{module} (level {_level(module)}) imports {target} (level {_level(target)})"
+        for module, targets in _graph().items()
+        for target in targets
+        if _level(module) is not None and _level(target) is not None and _level(target) > _level(module)
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_every_subpackage_has_a_level():
+    subpackages = {p.parent.name for p in (ROOT / "jaxflows").glob("*/__init__.py")}
+    assert subpackages == set(LEVELS)

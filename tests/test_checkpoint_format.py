@@ -148,3 +148,10 @@ def test_the_converter_leaves_a_workdir_that_is_being_trained_alone(old_workdir)
     with workdir_lock(old_workdir), pytest.raises(WorkdirLockedError, match="already being trained"):
         convert_workdir(old_workdir)
     assert workdir_format(old_workdir) == 1 and not (old_workdir / "checkpoints_format1").exists()
+
+
+def test_the_converter_refuses_a_directory_that_is_not_a_workdir(tmp_path):
+    with pytest.raises(CheckpointFormatError, match="not a training workdir"):
+        convert_workdir(tmp_path)
+    with pytest.raises(SystemExit, match="not a training workdir"):
+        convert_main([str(tmp_path / "missing")])

@@ -21,7 +21,6 @@ from jaxflows.train.config import (
     config_from_dict,
     load_config,
 )
-from jaxflows.train.convert import convert as convert_workdir
 from jaxflows.train.errors import (
     CheckpointError,
     CheckpointFormatError,
@@ -116,3 +115,13 @@ __all__ = [
     "write_interpolation",
     "write_samples",
 ]
+
+
+def __getattr__(name: str):
+    # The converter is imported on first use, so `python -m jaxflows.train.convert` runs a module
+    # the package has not imported already.
+    if name == "convert_workdir":
+        from jaxflows.train.convert import convert
+
+        return convert
+    raise AttributeError(f"module 'jaxflows.train' has no attribute {name!r}")

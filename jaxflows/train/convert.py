@@ -86,6 +86,8 @@ def convert(workdir: str | Path) -> list[int]:
     """Convert `workdir` in place to the current format; returns the steps of the checkpoints it
     converted (none if it was already current). Raises WorkdirLockedError while a run trains in it."""
     workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise CheckpointFormatError(f"{workdir} is not a training workdir (it has no config.json)")
     version = workdir_format(workdir)
     if version == FORMAT_VERSION:
         return []
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("workdir", type=Path, help="a workdir written by `train` in an older format")
     args = parser.parse_args(argv)
     try:
+        if not (args.workdir / "config.json").is_file():
+            raise CheckpointFormatError(f"{args.workdir} is not a training workdir (it has no config.json)")
         if workdir_format(args.workdir) == FORMAT_VERSION:
             print(f"{args.workdir} is already in checkpoint format {FORMAT_VERSION}; nothing to convert")
             return

@@ -1,4 +1,4 @@
-"""Bijectors, one family per file (Glow, RealNVP/NICE, Emerging, Matrix Exponential)."""
+"""Bijectors, one family per file (Glow, RealNVP/NICE, Emerging, Matrix Exponential, planar and Sylvester)."""
 
 from jaxflows.bijectors.actnorm import ActNorm
 from jaxflows.bijectors.conv1x1 import (
@@ -27,9 +27,11 @@ from jaxflows.bijectors.matrix_exp import (
 )
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
+from jaxflows.bijectors.planar import Planar, RootFindingBijector
 from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpline
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
+from jaxflows.bijectors.sylvester import Sylvester
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 
 __all__ = [
@@ -56,14 +58,17 @@ __all__ = [
     "MatrixExpTransformer",
     "PeriodicConv",
     "PixelExponential",
+    "Planar",
     "RationalQuadraticMap",
     "RationalQuadraticSpline",
     "ReversePermutation",
+    "RootFindingBijector",
     "ScalarAffine",
     "Shift",
     "ShufflePermutation",
     "Split",
     "Squeeze",
+    "Sylvester",
     "Transformer",
     "apply_1x1",
     "random_rotation",

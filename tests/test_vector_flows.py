@@ -1,0 +1,159 @@
+"""Flows on (batch, d) vectors: Planar and Sylvester through the harness, a vector Flow end to end."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxflows.analysis import log_det_breakdown
+from jaxflows.bijectors import Planar, Sylvester
+from jaxflows.core import Chain, Flow, Repeat, StandardNormal, functional
+from jaxflows.core.errors import InputDtypeError, InvalidArgumentError, ShapeError
+from tests.harness import PROPERTIES, BijectorCase, check_bijector, perturb_params
+
+D = 4
+
+CASES = [
+    BijectorCase("planar", Planar, (3, D), round_trip_atol=1e-5),
+    BijectorCase("sylvester", Sylvester, (3, D), round_trip_atol=1e-5),
+    BijectorCase("sylvester_m2", lambda: Sylvester(num_hidden=2), (3, D), round_trip_atol=1e-5),
+    BijectorCase("planar_d1", Planar, (3, 1), round_trip_atol=1e-5),
+]
+
+
+@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_vector_layer_properties(case, check):
+    check(case)
+
+
+def _chain():
+    return Chain([Planar(), Sylvester(), Planar(), Sylvester(num_hidden=2)])
+
+
+def _flow():
+    return Flow(_chain(), StandardNormal(), event_shape=(D,), data_range=None)
+
+
+def test_chain_and_repeat_pass_the_harness_on_vectors():
+    check_bijector(_chain, shape=(3, D), round_trip_atol=1e-5, name="chain")
+    check_bijector(lambda: Repeat(Planar(), 3), shape=(3, D), round_trip_atol=1e-5, name="repeat")
+
+
+def test_vector_flow_passes_the_harness():
+    check_bijector(_flow, shape=(3, D), round_trip_atol=1e-5, name="flow")
+
+
+def test_vector_flow_log_prob_sample_inverse_and_vmap():
+    flow = _flow()
+    x = 3.0 * jax.random.normal(jax.random.key(0), (5, D))  # unbounded data: data_range=None
+    variables = perturb_params(flow.init(jax.random.key(1), x), 0.2, jax.random.key(2))
+    log_p = flow.apply(variables, x, method="log_prob")
+    z, log_det = flow.apply(variables, x, method="forward")
+    expected = -0.5 * jnp.sum(z**2, -1) - 0.5 * D * np.log(2 * np.pi) + log_det
+    np.testing.assert_allclose(log_p, expected, rtol=1e-5)
+    assert log_p.shape == (5,)
+
+    samples = flow.apply(variables, jax.random.key(3), 7, method="sample")
+    assert samples.shape == (7, D) and bool(jnp.all(jnp.isfinite(samples)))
+    x_back, _ = flow.apply(variables, z, method="inverse")
+    np.testing.assert_allclose(x_back, x, atol=1e-5)
+
+    single = jax.vmap(lambda e: flow.apply(variables, e, method="log_prob"))(x)
+    np.testing.assert_allclose(single, log_p, rtol=1e-5)
+    f = functional(flow, variables)
+    np.testing.assert_allclose(jax.jit(f.log_det)(x), log_det, rtol=1e-5)
+    breakdown = log_det_breakdown(flow, variables, x)
+    assert len(breakdown) == 5  # four layers and the base
+    np.testing.assert_allclose(sum(breakdown.values()), log_p, rtol=1e-5)
+
+
+def test_vector_flow_rejects_wrong_event_shape():
+    flow = _flow()
+    x = jnp.zeros((2, D))
+    variables = flow.init(jax.random.key(0), x)
+    with pytest.raises(ShapeError):
+        flow.apply(variables, jnp.zeros((2, D + 1)), method="log_prob")
+
+
+def _adversarial(make, params_of):
+    x = 2.0 * jax.random.normal(jax.random.key(0), (64, D))
+    layer = make()
+    variables = layer.init(jax.random.key(1), x)
+    variables = {"params": params_of(variables["params"])}
+    return layer, variables, x
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e3])
+def test_planar_stays_invertible_for_large_negative_u_dot_w(scale):
+    w = jnp.array([1.0, -2.0, 0.5, 0.0])
+    layer, variables, x = _adversarial(Planar, lambda p: {**p, "w": w, "u": -scale * w})
+    x = x.at[:, 0].set(0.0).at[:, 1].set(0.0).at[:, 2].set(0.0)  # wᵀx + b = 0: tanh' = 1
+    y, log_det = layer.apply(variables, x)
+    assert bool(jnp.all(jnp.isfinite(log_det))) and bool(jnp.all(jnp.isfinite(y)))
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x[:1], jnp.float64)
+        jac = jax.jacfwd(lambda v: layer.apply(variables, v[None])[0][0])(x64[0])
+        sign, logabs = jnp.linalg.slogdet(jac)
+        assert float(sign) > 0  # the constrained wᵀû > −1 keeps det J > 0
+        np.testing.assert_allclose(layer.apply(variables, x64)[1][0], logabs, rtol=1e-6)
+    assert float(jnp.max(layer.apply(variables, y, method="inverse_residual"))) < 1e-4
+
+
+def test_sylvester_stays_invertible_for_very_negative_diagonal_products():
+    def adversarial(p):
+        return {
+            **p,
+            "product_diag": jnp.full_like(p["product_diag"], -200.0),
+            "log_r_diag": p["log_r_diag"] + 5,
+        }
+
+    layer, variables, x = _adversarial(Sylvester, adversarial)
+    _, log_det = layer.apply(variables, x)
+    assert bool(jnp.all(jnp.isfinite(log_det)))
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(x[:1], jnp.float64)
+        jac = jax.jacfwd(lambda v: layer.apply(variables, v[None])[0][0])(x64[0])
+        sign, logabs = jnp.linalg.slogdet(jac)
+        assert float(sign) > 0
+        np.testing.assert_allclose(layer.apply(variables, x64)[1][0], logabs, rtol=1e-5)
+        y64, _ = layer.apply(variables, x64)
+        assert float(jnp.max(layer.apply(variables, y64, method="inverse_residual"))) < 1e-9
+
+
+@pytest.mark.parametrize("make", [Planar, Sylvester])
+def test_inverse_residual_reaches_the_tolerance(make):
+    with jax.enable_x64(True):
+        x = 2.0 * jax.random.normal(jax.random.key(0), (16, D), jnp.float64)
+        layer = make(tolerance=1e-12)
+        variables = perturb_params(layer.init(jax.random.key(1), x), 0.5, jax.random.key(2))
+        y, _ = layer.apply(variables, x)
+        residual = layer.apply(variables, y, method="inverse_residual")
+        assert residual.shape == (16,)
+        assert float(jnp.max(residual)) < 1e-10
+        x_back, _ = layer.apply(variables, y, method="inverse")
+        np.testing.assert_allclose(x_back, x, atol=1e-10)
+
+
+def test_named_errors_for_bad_fields_and_inputs():
+    with pytest.raises(InvalidArgumentError, match="num_hidden"):
+        Sylvester(num_hidden=0)
+    with pytest.raises(InvalidArgumentError, match="tolerance"):
+        Planar(tolerance=-1.0)
+    with pytest.raises(InvalidArgumentError, match="max_iterations"):
+        Planar(max_iterations=0)
+    with pytest.raises(ShapeError, match="num_hidden"):
+        Sylvester(num_hidden=5).init(jax.random.key(0), jnp.zeros((2, 3)))
+    with pytest.raises(ShapeError, match=r"\(batch, d\)"):
+        Planar().init(jax.random.key(0), jnp.zeros((2, 4, 4, 1)))
+    with pytest.raises(InputDtypeError):
+        Sylvester().init(jax.random.key(0), jnp.zeros((2, 3), jnp.int32))
+
+
+def test_defaults_build_on_vectors_with_float32_params():
+    x = jnp.ones((2, 11))
+    for make in (Planar, Sylvester):
+        variables = make().init(jax.random.key(0), x)
+        leaves = jax.tree_util.tree_leaves(variables)
+        assert leaves and all(a.dtype == jnp.float32 for a in leaves)
+    assert Sylvester().init(jax.random.key(0), x)["params"]["q"].shape == (11, 8)

@@ -1,6 +1,7 @@
 """The bijector protocol, composition, inversion and the functional view.
 
-A bijector is a `flax.linen` module on NHWC batches with three methods:
+A bijector is a `flax.linen` module on batches (NHWC images, or (batch, d) vectors) with three
+methods:
 
     forward(x, context=None) -> (y, log_det)    log_det = log|det dy/dx|, shape (batch,)
     inverse(y, context=None) -> (x, log_det)    log_det = log|det dx/dy|, shape (batch,)

@@ -47,9 +47,9 @@ class Flow(Bijector):
     Attributes:
       bijector: f, from data to latent.
       base: the latent distribution (`log_prob`, `sample`), e.g. `StandardNormal()`.
-      event_shape: (height, width, channels) of one example.
+      event_shape: the shape of one example: (height, width, channels) for images, (d,) for vectors.
       data_range: the documented domain of `log_prob`'s input (dequantised pixels lie in [0, 1));
-        concrete inputs outside it are rejected, None turns the check off.
+        concrete inputs outside it are rejected, None turns the check off (unbounded data).
       dequantizer: q(u | x), called as dequantizer(key, pixels, bins) -> (u, log q), for
         `discrete_log_prob`; None: uniform dequantisation.
       num_classes: N for a class-conditional flow p(x | y): every method then takes `context`,

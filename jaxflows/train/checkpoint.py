@@ -177,6 +177,9 @@ class CheckpointStore:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), template
         )
         problems = {step: verify_checksums(self.directory / str(step)) for step in steps}
+        # Every process has looked at the same files before process 0 moves any (a process that
+        # looked later would see fewer checkpoints and restore another step than its peers).
+        _barrier("jaxflows_checkpoint_scan")
         unverified = [s for s in reversed(steps) if problems[s] == UNVERIFIED]
         verified = [s for s in reversed(steps) if problems[s] is None]
         for step in reversed(steps):
@@ -196,6 +199,10 @@ class CheckpointStore:
                 self._reject(newer, problems[newer])  # training would otherwise save over it
             if problems[step] is not None:
                 warn(f"warning: restored the checkpoint at step {step}, which is {problems[step]}")
+            # Process 0 has moved the rejected checkpoints: every process lists the same steps
+            # again, or their managers would disagree on which steps are due a save.
+            _barrier("jaxflows_checkpoints_moved")
+            self.manager.reload()
             return state
         details = "; ".join(f"step {s}: {problems[s]}" for s in steps)
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored ({details})")
@@ -236,6 +243,14 @@ class CheckpointStore:
             self.manager.reload()
             moved = f" (moved to {target})"
         warn(f"warning: checkpoint at step {step} is {problem}; falling back to an earlier one{moved}")
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process (nothing to wait for in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def stored_shapes(step_dir: Path) -> dict[str, tuple[int, ...]]:

@@ -38,38 +38,36 @@ def tanh_log_det_factor(pre: Array, margin: Array) -> Array:
 def solve_scalar(target: Array, scale: Array, slope: Array, offset: Array, margin: Array, tol, steps: int):
     """α with α + scale·tanh(slope·α + offset) = target, elementwise, where scale·slope = −1 + margin
     (margin > 0: the map is strictly increasing). Newton steps safeguarded by bisection inside the
-    bracket [target − |scale|, target + |scale|], until the bracket or the residual is below
-    tol·(1 + |target|) or after `steps` iterations; then one Newton step with gradients, so
+    bracket [target − |scale|, target + |scale|], until the bracket, the residual or the last step
+    is below tol·(1 + |target|) or after `steps` iterations; then one Newton step with gradients, so
     derivatives are those of the implicit solution (1 / g'(α))."""
 
-    def g(alpha):
-        pre = slope * alpha + offset
-        t = jnp.tanh(pre)
+    def g(alpha, target, scale, slope, offset, margin):
+        t = jnp.tanh(slope * alpha + offset)
         return alpha + scale * t - target, t * t + margin * (1 - t * t)
 
-    width = tol * (1 + jnp.abs(target))
+    frozen = tuple(lax.stop_gradient(a) for a in (target, scale, slope, offset, margin))
+    width = tol * (1 + jnp.abs(frozen[0]))
 
     def unfinished(carry):
-        i, alpha, low, high = carry
-        residual, _ = g(alpha)
-        open_ = (high - low > width) & (jnp.abs(residual) > width)
+        i, alpha, low, high, moved = carry
+        residual, _ = g(alpha, *frozen)
+        open_ = (high - low > width) & (jnp.abs(residual) > width) & (moved > width)
         return (i < steps) & jnp.any(open_)
 
     def step(carry):
-        i, alpha, low, high = carry
-        residual, slope_g = g(alpha)
+        i, alpha, low, high, _ = carry
+        residual, slope_g = g(alpha, *frozen)
         low = jnp.where(residual < 0, alpha, low)
         high = jnp.where(residual > 0, alpha, high)
         newton = alpha - residual / slope_g
-        inside = (newton > low) & (newton < high)
-        return i + 1, jnp.where(inside, newton, (low + high) / 2), low, high
+        new = jnp.where((newton > low) & (newton < high), newton, (low + high) / 2)
+        return i + 1, new, low, high, jnp.abs(new - alpha)
 
-    frozen = [lax.stop_gradient(a) for a in (target, scale, slope, offset, margin)]
-    target_s = frozen[0]
-    low, high = target_s - jnp.abs(frozen[1]), target_s + jnp.abs(frozen[1])
-    _, alpha, _, _ = lax.while_loop(unfinished, step, (0, target_s, low, high))
-    alpha = lax.stop_gradient(alpha)
-    residual, slope_g = g(alpha)
+    start, reach = frozen[0], jnp.abs(frozen[1])
+    carry = (0, start, start - reach, start + reach, jnp.full_like(start, jnp.inf))
+    _, alpha, _, _, _ = lax.while_loop(unfinished, step, carry)
+    residual, slope_g = g(lax.stop_gradient(alpha), target, scale, slope, offset, margin)
     return alpha - residual / slope_g
 
 

@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxflows.analysis import log_det_breakdown
+from jaxflows.analysis import (
+    jacobian_condition_numbers,
+    log_det_breakdown,
+    log_det_grad_input,
+    reconstruction_errors,
+)
 from jaxflows.bijectors import Planar, Sylvester
 from jaxflows.core import Chain, Flow, Repeat, StandardNormal, functional
 from jaxflows.core.errors import InputDtypeError, InvalidArgumentError, ShapeError
@@ -69,6 +74,18 @@ def test_vector_flow_log_prob_sample_inverse_and_vmap():
     breakdown = log_det_breakdown(flow, variables, x)
     assert len(breakdown) == 5  # four layers and the base
     np.testing.assert_allclose(sum(breakdown.values()), log_p, rtol=1e-5)
+
+
+def test_analysis_tools_take_vectors():
+    flow = _flow(2)
+    x = jax.random.normal(jax.random.key(0), (3, D))
+    variables = perturb_params(flow.init(jax.random.key(1), x), 0.2, jax.random.key(2))
+    errors = reconstruction_errors(flow, variables, x)
+    assert set(errors) == {"planar_0", "sylvester_1"}
+    assert all(float(jnp.max(e)) < 1e-5 for e in errors.values())
+    assert log_det_grad_input(flow, variables, x).shape == (3, D)
+    conditions = jacobian_condition_numbers(flow, variables, x[:1])
+    assert all(float(c) >= 1.0 for c in conditions.values())
 
 
 def test_vector_flow_rejects_wrong_event_shape():

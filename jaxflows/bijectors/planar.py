@@ -118,7 +118,12 @@ class Planar(RootFindingBijector):
     Inverse: α = wᵀz solves α + wᵀû tanh(α + b) = wᵀz' (one monotone scalar equation per example,
     `solve_scalar`), then z = z' − û tanh(α + b). `inverse_residual` reports the achieved residual.
 
-    Attributes: as `RootFindingBijector`; d is taken from the input at init.
+    d is taken from the input at init.
+
+    Attributes:
+      tolerance, max_iterations: of the inverse's root finding (`RootFindingBijector`).
+      dtype: computation dtype (None: promoted from the input and parameters, at least float32).
+      param_dtype: dtype of u, w and b at init.
     """
 
     @nn.compact

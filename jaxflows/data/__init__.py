@@ -4,7 +4,8 @@ Offline: scikit-learn's 8x8 digits and Fashion-MNIST from local idx files. Onlin
 tensorflow-datasets (cifar10, mnist, downsampled_imagenet/32x32 and /64x64) read through
 `tfds.data_source`, which needs no TensorFlow. Every loader returns a `Dataset`, as does
 `array_dataset` for a user's own uint8 arrays; `BatchIterator` serves deterministic,
-per-host-sharded, prefetched batches of it.
+per-host-sharded, prefetched batches of it. `two_moons` and `ring_of_gaussians` generate 2D toy
+points for flows on vectors (the ring with its exact log-density).
 """
 
 from jaxflows.data.arrays import array_dataset, describe_dataset
@@ -22,6 +23,7 @@ from jaxflows.data.datasets import (
 from jaxflows.data.iterator import BatchIterator, batch_indices
 from jaxflows.data.source import ArraySource, Dataset, Source, subset
 from jaxflows.data.tfds_source import TFDS_DATASETS, DatasetNotPreparedError, tfds_dataset
+from jaxflows.data.toy import ring_centres, ring_of_gaussians, ring_of_gaussians_log_prob, two_moons
 from jaxflows.data.validation import validate_batch
 
 __all__ = [
@@ -43,7 +45,11 @@ __all__ = [
     "fashion_mnist_available",
     "load_dataset",
     "reduce_bits",
+    "ring_centres",
+    "ring_of_gaussians",
+    "ring_of_gaussians_log_prob",
     "subset",
     "tfds_dataset",
+    "two_moons",
     "validate_batch",
 ]

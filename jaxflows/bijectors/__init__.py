@@ -13,6 +13,7 @@ from jaxflows.bijectors.coupling import (
     AdditiveCoupling,
     AffineCoupling,
     Coupling,
+    CouplingMLP,
     CouplingNetwork,
 )
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
@@ -28,6 +29,7 @@ from jaxflows.bijectors.matrix_exp import (
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
 from jaxflows.bijectors.planar import Planar, RootFindingBijector
+from jaxflows.bijectors.residual import InvertibleResidual
 from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpline
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
@@ -47,10 +49,12 @@ __all__ = [
     "Conv1x1LU",
     "Conv1x1QR",
     "Coupling",
+    "CouplingMLP",
     "CouplingNetwork",
     "ElementwiseBijector",
     "EmergingConv",
     "InvertibleConv1x1",
+    "InvertibleResidual",
     "LearnedPrior",
     "MatrixExpAffine",
     "MatrixExpConv1x1",

@@ -8,7 +8,8 @@ produces the parameters h of an invertible element-wise (or per-pixel) map T_h o
 
 with h = NN(x_b) = NN(y_b) in both directions. A conditional coupling's network also reads the
 context c: h = NN(x_b, c), the same in both directions. `Coupling` owns the mask and runs the
-network (its `conditioner`, by default Glow's `CouplingNetwork`); its `transformer`
+network (its `conditioner`, by default Glow's `CouplingNetwork` on NHWC images and the
+fully connected `CouplingMLP` on (batch, d) vectors); its `transformer`
 (`jaxflows.bijectors.transformers`) says how many channels h needs and builds T_h from it as an
 inner bijector (`jaxflows.bijectors.elementwise`) whose `forward_and_log_det` and
 `inverse_and_log_det` each return their own direction's log-det terms.
@@ -30,7 +31,7 @@ from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransform
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.context import add_context
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
-from jaxflows.core.validation import check_channels, check_image
+from jaxflows.core.validation import check_channels, check_image_or_vectors
 from jaxflows.ops import Conv, NetworkPolicy, Precision, bijection_dtype, network_policy, network_scope
 
 
@@ -76,10 +77,36 @@ class CouplingNetwork(nn.Module):
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:
         policy = dict(dtype=self.dtype, precision=self.precision)
-        conv = functools.partial(Conv, param_dtype=self.param_dtype, **policy)
-        h = add_context(self, conv(self.hidden, 3, name="conv_in")(x), x, context, **policy)
-        h = relu(conv(self.hidden, 1, name="conv_hidden")(relu(h)))
-        return conv(self.out_channels, 3, kernel_init=nn.initializers.zeros, name="conv_out")(h)
+        h = add_context(self, self.layer(self.hidden, 3, "in")(x), x, context, **policy)
+        h = relu(self.layer(self.hidden, 1, "hidden")(relu(h)))
+        return self.layer(self.out_channels, 3, "out", kernel_init=nn.initializers.zeros)(h)
+
+    def layer(self, features: int, kernel_size: int, role: str, **kwargs) -> nn.Module:
+        """The layer `role` ("in", "hidden" or "out"): a `kernel_size` convolution "conv_{role}"."""
+        policy = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        return Conv(features, kernel_size, name=f"conv_{role}", **policy, **kwargs)
+
+
+class CouplingMLP(CouplingNetwork):
+    """The coupling network of (batch, d) vectors (RealNVP's fully connected NN on 2D toy data,
+    Dinh et al. 2017, Sec. 5): `CouplingNetwork` with dense layers for its convolutions.
+
+    h = dense_out(relu(dense_hidden(relu(dense_in(x_b) + W c)))), x_b (batch, d_b) and h
+    (batch, out_channels). The last layer starts at zero, so each coupling starts as the identity.
+
+    The context c (batch, e) is added as W c (`ContextProjection`, zero-initialised, absent when c
+    is None) to the first hidden layer, as in `CouplingNetwork`: the same map as a first layer that
+    reads [x_b, c] concatenated, with the context's weights starting at zero.
+
+    Attributes:
+      hidden, out_channels, dtype, param_dtype, precision: as `CouplingNetwork` (hidden: width of
+        the two hidden layers).
+    """
+
+    def layer(self, features: int, kernel_size: int, role: str, **kwargs) -> nn.Module:
+        """The layer `role`: a dense layer "dense_{role}" (`kernel_size` is unused)."""
+        policy = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        return nn.Dense(features, name=f"dense_{role}", **policy, **kwargs)
 
 
 class Coupling(Bijector, NetworkPolicy):
@@ -88,6 +115,7 @@ class Coupling(Bijector, NetworkPolicy):
 
     Forward: y_a = T_h(x_a), log_det = Σ_active log|∂T_h/∂x_a|.
     Inverse: x_a = T_h⁻¹(y_a), log_det = Σ_active log|∂T_h⁻¹/∂y_a|.
+    Takes NHWC images or (batch, d) vectors with d ≥ 2, whose coordinates act as the channels.
     The transformer gives the channels of h (`num_params`) and builds T_h (`inner_bijector`); the
     conditioner is the network NN, built with that many output channels; this class splits and
     merges with the mask, runs the network and lets the mask sum T_h's log-det terms over the
@@ -95,17 +123,19 @@ class Coupling(Bijector, NetworkPolicy):
     layer with their transformer.
 
     Attributes:
-      hidden: channels of the default network's hidden layers (Glow: 512).
-      mask: "channel" (`ChannelMask`: halves of the channels) or "checkerboard"
-        (`CheckerboardMask`: a spatial checkerboard).
+      hidden: channels (units on vectors) of the default network's hidden layers (Glow: 512).
+      mask: "channel" (`ChannelMask`: halves of the channels, or of a vector's coordinates) or
+        "checkerboard" (`CheckerboardMask`: a spatial checkerboard; alternate coordinates of a
+        vector).
       parity: 0 or 1, which half is active; alternate it between successive couplings.
       transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
         `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
       conditioner: builds the network: called as conditioner(out_channels=, dtype=, param_dtype=,
         precision=, name=) with out_channels = the transformer's `num_params` and the network
         policy, it returns a Flax module called as module(x_b) (module(x_b, c) with a context)
-        that returns h, (batch, height, width, out_channels). A module class with those fields
-        fits, e.g. `functools.partial(MyNet, width=64)`. None: `CouplingNetwork` with `hidden`.
+        that returns h, x_b's shape with out_channels on the last axis. A module class with those
+        fields fits, e.g. `functools.partial(MyNet, width=64)`. None: with `hidden`,
+        `CouplingNetwork` on images and `CouplingMLP` on vectors.
       dtype: the map's computation dtype (None: promoted from the input and parameters; at least
         float32, `jaxflows.ops.precision`). Keyword-only, as the three below (`NetworkPolicy`).
       param_dtype: dtype of the network's parameters at init.
@@ -165,7 +195,8 @@ class Coupling(Bijector, NetworkPolicy):
     def network_output(self, cond: Array, out_channels: int, context: Array | None = None) -> Array:
         """h = NN(x_b, c): the network output, `out_channels` channels, from the conditioning part,
         computed under the network policy and returned in the map's dtype."""
-        build = self.conditioner or functools.partial(CouplingNetwork, self.hidden)
+        default = CouplingNetwork if cond.ndim == 4 else CouplingMLP
+        build = self.conditioner or functools.partial(default, self.hidden)
         with network_scope():
             network = build(
                 out_channels=out_channels,
@@ -178,14 +209,19 @@ class Coupling(Bijector, NetworkPolicy):
         if h.shape != expected:
             raise ShapeError(
                 f"{type(self).__name__}: the conditioner must return h of shape {expected} (the "
-                f"transformer needs {out_channels} channels per pixel), got {h.shape}"
+                f"transformer needs {out_channels} channels per pixel or vector), got {h.shape}"
             )
         return h.astype(bijection_dtype(self.dtype, cond))
 
     def conditioned(self, x: Array, context: Array | None = None) -> tuple[Mask, Array, Array]:
         """(mask, active part of x, network output h computed from the conditioning part)."""
-        check_image(x)
+        check_image_or_vectors(x)
         mask = self.masking()
+        if x.ndim == 2 and x.shape[-1] < 2:
+            raise ShapeError(
+                f"{type(self).__name__}: cannot split a vector of {x.shape[-1]} coordinate(s); "
+                "expected (batch, d) with d ≥ 2"
+            )
         check_channels(x.shape[-1], mask.min_channels, type(self).__name__)
         active, cond = mask.split(x)
         return mask, active, self.network_output(cond, self.num_params(active.shape[-1]), context)

@@ -2,7 +2,8 @@
 
 A mask splits x into the active part x_a (transformed) and the conditioning part x_b (read by the
 network), merges a transformed active part back, says how many channels it needs, and sums the
-coupling's log|det| terms over the entries that were actually transformed.
+coupling's log|det| terms over the entries that were actually transformed. Masks take NHWC images
+or (batch, d) vectors, whose coordinates play the role of channels.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _batch_zeros(x: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class ChannelMask:
-    """Split along channels (RealNVP's channel-wise mask, Glow's split()).
+    """Split along channels (RealNVP's channel-wise mask, Glow's split()): the last axis, so on a
+    (batch, d) vector the two halves of the coordinates.
 
     With cut = ⌊c/2⌋: parity 0 transforms x[..., cut:] conditioned on x[..., :cut]; parity 1 the
     reverse. Every entry of the active part is transformed.
@@ -62,6 +64,8 @@ class ChannelMask:
 @dataclasses.dataclass(frozen=True)
 class CheckerboardMask:
     """RealNVP's spatial checkerboard: pixels with (i + j + parity) even condition the others.
+    On (batch, d) vectors the board alternates along the coordinates: those with (i + parity) even
+    condition the others.
 
     The network reads b ⊙ x (b the board); the map acts on every pixel and is kept only where
     b = 0, so only the terms there count in the log-det.
@@ -75,10 +79,12 @@ class CheckerboardMask:
     min_channels: ClassVar[int] = 1
 
     def board(self, x: Array) -> Array:
-        """1 on the conditioning pixels, 0 on the active ones; shape (1, h, w, 1)."""
-        i = jnp.arange(x.shape[1])[:, None]
-        j = jnp.arange(x.shape[2])[None, :]
-        return ((i + j + self.parity) % 2 == 0).astype(x.dtype)[None, :, :, None]
+        """1 on the conditioning pixels (coordinates), 0 on the active ones; shape (1, h, w, 1) for
+        images, (1, d) for vectors."""
+        image = x.ndim == 4
+        index = jnp.indices(x.shape[1:3] if image else x.shape[1:]).sum(axis=0)
+        board = ((index + self.parity) % 2 == 0).astype(x.dtype)[None]
+        return board[..., None] if image else board
 
     def active_channels(self, channels: int) -> int:
         return channels

@@ -1,4 +1,5 @@
 """Fixed channel permutations: NICE/RealNVP's alternatives to Glow's learned 1x1 convolution.
+They permute the last axis: the channels of NHWC images, or the coordinates of (batch, d) vectors.
 
 Glow (Kingma & Dhariwal 2018, Sec 3.2 and Fig. 3) compares three ways of mixing channels between
 couplings: reversing their order (RealNVP), a fixed random shuffle, and the invertible 1x1
@@ -19,7 +20,7 @@ import numpy as np
 from jaxflows.bijectors.conv1x1 import init_from_one_draw
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.errors import ShapeError
-from jaxflows.core.validation import check_image
+from jaxflows.core.validation import check_image_or_vectors
 
 
 def _gather(x: Array, order: Array) -> tuple[Array, Array]:
@@ -28,7 +29,8 @@ def _gather(x: Array, order: Array) -> tuple[Array, Array]:
 
 
 class ChannelPermutation(Bijector):
-    """Base class: a fixed permutation π of the channels; a subclass gives `permutation(channels)`.
+    """Base class: a fixed permutation π of the channels (the last axis of an NHWC image or of a
+    (batch, d) vector); a subclass gives `permutation(channels)`.
 
     Forward: y[..., k] = x[..., π(k)]. Inverse: x[..., π(k)] = y[..., k] (the gather by π⁻¹).
     log_det = 0 both ways.
@@ -42,11 +44,11 @@ class ChannelPermutation(Bijector):
         raise NotImplementedError
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
-        check_image(x)
+        check_image_or_vectors(x)
         return _gather(x, self.permutation(x.shape[-1]))
 
     def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
-        check_image(y)
+        check_image_or_vectors(y)
         return _gather(y, jnp.argsort(self.permutation(y.shape[-1])))
 
 

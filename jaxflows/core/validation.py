@@ -28,6 +28,22 @@ def check_image(x, name: str = "x") -> None:
         raise ShapeError(
             f"{name}: expected an NHWC batch of rank 4 (batch, height, width, channels), got shape {shape}"
         )
+    _check_floating(x, name)
+
+
+def check_image_or_vectors(x, name: str = "x") -> None:
+    """Require a floating batch of NHWC images (rank 4) or of vectors (batch, d), for layers that
+    act on the last axis of either."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) not in (2, 4):
+        raise ShapeError(
+            f"{name}: expected an NHWC batch of rank 4 (batch, height, width, channels) or a batch of "
+            f"vectors (batch, d), got shape {shape}"
+        )
+    _check_floating(x, name)
+
+
+def _check_floating(x, name: str) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise InputDtypeError(
             f"{name}: expected a floating dtype, got {x.dtype}; integer pixels must be "

@@ -98,8 +98,8 @@ def add_context(
 ) -> Array:
     """h + W c: the projection of the context (a `ContextProjection` named "context" of `module`,
     with `module.param_dtype` and the network policy's `dtype` and `precision`) added to h per
-    channel (per feature of a (batch, features) h); h unchanged without a context. Raises
-    `MissingContextError` if `module` has that projection but got no context."""
+    channel, broadcast over the pixels of an image x (none on a (batch, d) x); h unchanged without
+    a context. Raises `MissingContextError` if `module` has that projection but got no context."""
     owner = type(module).__name__
     require_context(module, "context", context, owner)
     if context is None:
@@ -107,7 +107,7 @@ def add_context(
     check_context(context, x, owner)
     projection = ContextProjection(h.shape[-1], dtype, module.param_dtype, precision, name="context")
     projected = projection(context)
-    return h + projected.reshape(projected.shape[0], *(1,) * (h.ndim - 2), projected.shape[-1])
+    return h + projected.reshape(projected.shape[0], *(1,) * (x.ndim - 2), projected.shape[-1])
 
 
 def require_context(module: nn.Module, name: str, context: Array | None, owner: str) -> None:

@@ -19,10 +19,12 @@ from jaxflows.core.context import (
 )
 from jaxflows.core.distributions import DiagonalGaussian, StandardNormal, gaussian_log_prob
 from jaxflows.core.errors import (
+    FixedPointError,
     InputDtypeError,
     InvalidArgumentError,
     InvalidInputError,
     JaxflowsError,
+    MissingRngError,
     ShapeError,
 )
 from jaxflows.core.flow import EventShapeError, Flow
@@ -44,6 +46,7 @@ __all__ = [
     "ContextShapeError",
     "DiagonalGaussian",
     "EventShapeError",
+    "FixedPointError",
     "Flow",
     "Functional",
     "InputDtypeError",
@@ -54,6 +57,7 @@ __all__ = [
     "LabelRangeError",
     "MissingCollectionError",
     "MissingContextError",
+    "MissingRngError",
     "Repeat",
     "ShapeError",
     "StandardNormal",

@@ -26,3 +26,13 @@ class InvalidInputError(JaxflowsError, ValueError):
 
 class InputDtypeError(JaxflowsError, TypeError):
     """An array has a dtype the function does not take (e.g. integer input to a bijector)."""
+
+
+class MissingRngError(JaxflowsError, ValueError):
+    """A layer needs an rng stream the caller did not pass to `apply` (e.g. the "log_det" stream
+    of a stochastic log-det estimate)."""
+
+
+class FixedPointError(JaxflowsError, RuntimeError):
+    """An iterative inverse (a fixed-point iteration) did not reach its tolerance within its
+    iteration cap."""

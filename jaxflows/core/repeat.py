@@ -32,7 +32,11 @@ class Repeat(Bijector):
     Inverse: x = f_0⁻¹(… f_{K−1}⁻¹(y)), the same scan in reverse, log_det = Σ_k of the inverses'.
     Every step receives the same context.
     `init` runs the steps in order on the data (`flax.linen.scan`), so data-dependent
-    initialisation (ActNorm) sees each step's real input.
+    initialisation (ActNorm) sees each step's real input. With gradient="standard" the same Flax
+    scan also runs whenever the call passes rng streams (each step gets its own split, e.g. the
+    "log_det" probes of `InvertibleResidual`) or makes a non-parameter collection mutable (each
+    step's updated slice is stacked back, e.g. spectral-norm vectors in a training step); the
+    "remat" and "invertible" modes apply the steps to their variables as they are, without rngs.
 
     Attributes:
       layer: the bijector repeated; step k's variables are the k-th slice of the stack.
@@ -63,7 +67,7 @@ class Repeat(Bijector):
         """Variables of step `index` from this module's (stacked) variables."""
         return select(variables, index)
 
-    def _initialize(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
+    def _lifted_scan(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
         def body(module, carry, c):
             h, total = carry
             h, log_det = module.step.inverse(h, c) if inverse else module.step.forward(h, c)
@@ -99,9 +103,19 @@ class Repeat(Bijector):
                 "variables from a shallower model?"
             )
 
-    def _run(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
+    def _needs_lifted_scan(self) -> bool:
+        """Flax's own scan carries rng streams (other than "params") and mutable non-parameter
+        collections (e.g. spectral-norm vectors in a training step) through the steps."""
         if self.is_initializing():
-            return self._initialize(x, context, inverse)
+            return True
+        if self.gradient != "standard":
+            return False
+        rngs = any(name != "params" for name in self.scope.rngs)
+        return rngs or any(c != "params" and self.is_mutable_collection(c) for c in self.variables)
+
+    def _run(self, x: Array, context: Array | None, inverse: bool) -> tuple[Array, Array]:
+        if self._needs_lifted_scan():
+            return self._lifted_scan(x, context, inverse)
         variables = dict(self.variables)
         self._check_depth(variables)
         template = self.template()

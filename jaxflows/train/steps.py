@@ -15,6 +15,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxflows.core import Flow
 from jaxflows.core.objective import discrete_bits_per_dim, example_keys, is_key_batch
+from jaxflows.ops import LOG_DET_RNG, SPECTRAL_NORM
 from jaxflows.train.errors import ConfigError
 from jaxflows.train.experiment import DATA_AXIS, Experiment, batch_sharding, replicated, split_batch
 from jaxflows.train.state import (
@@ -42,7 +43,9 @@ def importance_weighted_log_prob(
     else:
         draw_keys = jax.random.split(key, samples)
     draws = jax.lax.map(
-        lambda k: flow.apply(variables, pixels, k, bins, labels, method="discrete_log_prob"),
+        lambda k: flow.apply(
+            variables, pixels, k, bins, labels, method="discrete_log_prob", rngs={LOG_DET_RNG: log_det_key(k)}
+        ),
         draw_keys,
     )
     return jax.nn.logsumexp(draws, axis=0) - math.log(samples)
@@ -90,6 +93,12 @@ def batch_example_keys(key: jax.Array, batch) -> jax.Array:
     return example_keys(key, jnp.arange(pixels.shape[0]))
 
 
+def log_det_key(keys: jax.Array) -> jax.Array:
+    """The key of stochastic log-det estimates (`LOG_DET_RNG`) for a batch drawn with `keys` (one
+    key, or one per example: then the first example's), apart from its dequantisation noise."""
+    return jax.random.fold_in(keys[0] if is_key_batch(keys) else keys, 1)
+
+
 def make_train_step(
     flow: Flow,
     optimizer: optax.GradientTransformation,
@@ -100,6 +109,10 @@ def make_train_step(
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """jit(state, batch) -> (state, metrics); loss = mean bits/dim of the dequantised batch (pixels,
     or (pixels, labels) for a class-conditional flow: then of log P(x | y)).
+
+    Non-parameter collections the flow updates in training (`SPECTRAL_NORM`: the power-iteration
+    vectors of `InvertibleResidual`) are updated in `state.constants`; stochastic log-det estimates
+    draw from the `LOG_DET_RNG` stream (`log_det_key`).
 
     With `ema_decay` the step also updates `state.ema_params` (from `init_state(..., ema_decay)`).
     With `class_loss_weight` > 0 (a class-conditional glow built with `classifier=True`) the loss adds
@@ -118,21 +131,26 @@ def make_train_step(
             bins,
             labels,
             method="discrete_log_prob",
-            mutable=[INTERMEDIATES],
+            mutable=[INTERMEDIATES, SPECTRAL_NORM],
+            rngs={LOG_DET_RNG: log_det_key(keys)},
         )
+        updated = {k: v for k, v in sown.items() if k in constants}
         bpd = jnp.mean(_example_bits_per_dim(flow, log_prob))
         if not classify:
-            return bpd, (bpd, jnp.zeros(()))
+            return bpd, ((bpd, jnp.zeros(())), updated)
         logits = class_logits(sown[INTERMEDIATES])
         cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)) / math.log(
             2.0
         )
-        return bpd + class_loss_weight * cross_entropy, (bpd, cross_entropy)
+        return bpd + class_loss_weight * cross_entropy, ((bpd, cross_entropy), updated)
 
     def shard_gradient(params, constants, batch, keys):
-        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, constants, batch, keys)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (_, (losses, updated)), grads = grad_fn(params, constants, batch, keys)
         flat, unflatten = ravel_pytree((grads, losses))
-        return unflatten(jax.lax.pmean(flat, DATA_AXIS))
+        # The updated constants (power-iteration vectors) depend on the parameters only: every
+        # shard computes the same values.
+        return unflatten(jax.lax.pmean(flat, DATA_AXIS)), updated
 
     # Each device differentiates its shard's loss; the gradient tree and the losses, as one
     # vector, are averaged across the data axis once, after the whole flow (not once per scanned
@@ -141,13 +159,13 @@ def make_train_step(
         shard_gradient,
         mesh=mesh,
         in_specs=(PartitionSpec(), PartitionSpec(), PartitionSpec(DATA_AXIS), PartitionSpec(DATA_AXIS)),
-        out_specs=PartitionSpec(),
+        out_specs=(PartitionSpec(), PartitionSpec()),
         check_vma=False,
     )
 
     def train_step(state: TrainState, batch):
         keys = batch_example_keys(jax.random.fold_in(state.rng, state.step), batch)
-        grads, (loss, class_loss) = mean_gradient(state.params, state.constants, batch, keys)
+        (grads, (loss, class_loss)), updated = mean_gradient(state.params, state.constants, batch, keys)
         check_counts_skips(state.opt_state)  # at trace time
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -165,7 +183,11 @@ def make_train_step(
         if classify:
             metrics["class_loss"] = class_loss
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+            step=state.step + 1,
+            params=params,
+            constants={**state.constants, **updated},
+            opt_state=opt_state,
+            ema_params=ema_params,
         )
         return new_state, metrics
 

@@ -1,4 +1,4 @@
-"""Image layers on (batch, d) vectors: couplings (affine, additive, spline; channel and
+"""Image layers on (batch, d) vectors: couplings (affine, additive, spline, matrix exponential; channel and
 checkerboard masks; with a context), ActNorm and the fixed permutations through the harness, a
 vector Flow of them fitted to a 2D Gaussian, and image parameter paths unchanged."""
 
@@ -17,6 +17,7 @@ from jaxflows.bijectors import (
     AffineCoupling,
     Coupling,
     CouplingMLP,
+    MatrixExpCoupling,
     RationalQuadraticSpline,
     ReversePermutation,
     ShufflePermutation,
@@ -48,6 +49,7 @@ CASES = [
     BijectorCase("additive", lambda: AdditiveCoupling(hidden=16, parity=1), (3, D), perturb=0.2),
     BijectorCase("spline", _spline, (3, D), perturb=0.3),
     BijectorCase("spline_checkerboard", lambda: _spline(mask="checkerboard", parity=1), (3, 3), perturb=0.3),
+    BijectorCase("matrix_exp", lambda: MatrixExpCoupling(hidden=16), (3, D), perturb=0.2),
     BijectorCase("actnorm", ActNorm, (3, D), perturb=0.2),
     BijectorCase("reverse", ReversePermutation, (3, D)),
     BijectorCase("shuffle", ShufflePermutation, (3, D)),

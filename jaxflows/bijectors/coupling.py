@@ -88,8 +88,8 @@ class CouplingNetwork(nn.Module):
 
 
 class CouplingMLP(CouplingNetwork):
-    """The coupling network of (batch, d) vectors (RealNVP's fully connected NN on 2D toy data,
-    Dinh et al. 2017, Sec. 5): `CouplingNetwork` with dense layers for its convolutions.
+    """The coupling network of (batch, d) vectors, a fully connected ReLU network as NICE's coupling
+    functions (Dinh et al. 2014): `CouplingNetwork` with dense layers for its convolutions.
 
     h = dense_out(relu(dense_hidden(relu(dense_in(x_b) + W c)))), x_b (batch, d_b) and h
     (batch, out_channels). The last layer starts at zero, so each coupling starts as the identity.

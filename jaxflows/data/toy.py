@@ -33,13 +33,13 @@ def _check_positive(value: float, name: str, owner: str, allow_zero: bool = Fals
 
 def two_moons(key: Array, n: int, noise: float = 0.05) -> Array:
     """`n` points of two interleaved half circles (scikit-learn's make_moons geometry, centred at 0):
-    the upper moon (cos t, sin t), the lower (1 − cos t, 1/2 − sin t), t ~ U(0, π), each point plus
-    N(0, noise² I). The first ceil(n/2) points lie on the upper moon. No closed-form density."""
+    each point on the upper moon (cos t, sin t) or the lower (1 − cos t, 1/2 − sin t) with
+    probability 1/2, t ~ U(0, π), plus N(0, noise² I). No closed-form density."""
     n = check_count(n, "n", "two_moons")
     noise = _check_positive(noise, "noise", "two_moons", allow_zero=True)
-    angle_key, noise_key = jax.random.split(key)
+    moon_key, angle_key, noise_key = jax.random.split(key, 3)
     t = jax.random.uniform(angle_key, (n,), minval=0.0, maxval=math.pi)
-    upper = jnp.arange(n) < (n + 1) // 2
+    upper = jax.random.bernoulli(moon_key, 0.5, (n,))
     x = jnp.where(upper, jnp.cos(t), 1.0 - jnp.cos(t))
     y = jnp.where(upper, jnp.sin(t), 0.5 - jnp.sin(t))
     points = jnp.stack([x, y], axis=-1) - jnp.asarray(_MOONS_CENTRE)

@@ -76,15 +76,15 @@ class InvertibleResidual(Bijector):
     are the `jaxflows.ops.SPECTRAL_NORM` collection, updated only where it is mutable (the training
     step); `forward`, `inverse` and `log_det` are pure functions of the variables.
 
-    log|det(I + J_g)| = Σ_{k≥1} (−1)^{k+1} tr(J_g^k)/k (Eq. 6), truncated at `log_det_terms` = n
-    terms: the bias is at most D c^(n+1)/((n+1)(1 − c)) for D dimensions. The traces are exact
-    (`trace="exact"`: the full per-example Jacobian and its powers, for small inputs) or
+    Forward: y = x + g(x), log|det(I + J_g)| = Σ_{k≥1} (−1)^{k+1} tr(J_g^k)/k (Eq. 6), truncated
+    at `log_det_terms` = n terms: the bias is at most D c^(n+1)/((n+1)(1 − c)) for D dimensions.
+    The traces are exact (`trace="exact"`: the full per-example Jacobian and its powers, for small inputs) or
     Hutchinson's estimate vᵀJ_g^k v (`trace="hutchinson"`, Eq. 7: `num_probes` Rademacher probes,
     k Jacobian-vector products each), whose probes come from the rng stream
     `jaxflows.ops.LOG_DET_RNG`: `flow.apply(variables, x, rngs={"log_det": key})`
     (`init` falls back on the "params" key).
 
-    Inverse (Algorithm 1): the fixed point x = y − g(x), iterated from x = y until each example's
+    Inverse (Algorithm 1): x is the fixed point x = y − g(x), iterated from x = y until each example's
     step is ≤ tolerance·(1 + max|y|), at most `max_iterations` times; the error is then at most
     c/(1 − c) times the tolerance. An example that does not converge raises `FixedPointError`
     when called outside jit, and is NaN under jit (`inverse_iterates` shows the iteration).

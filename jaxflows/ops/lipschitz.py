@@ -28,6 +28,7 @@ from jax.typing import DTypeLike
 
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_count
+from jaxflows.ops.conv import conv2d
 from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 Array = jax.Array
@@ -38,13 +39,11 @@ LOG_DET_RNG = "log_det"  # rng stream of stochastic log-det estimates (Hutchinso
 
 def linear(kernel: Array, bias: Array, x: Array) -> Array:
     """x K + b: a dense layer (kernel (in, out), x (batch, in)) or a stride-1 SAME convolution
-    (kernel (k, k, in, out), x NHWC), at `BIJECTION_PRECISION`."""
+    (kernel (k, k, in, out), x NHWC, `conv2d`: its fast formulation per backend), at
+    `BIJECTION_PRECISION`."""
     if kernel.ndim == 2:
         return jnp.matmul(x, kernel, precision=BIJECTION_PRECISION) + bias
-    y = lax.conv_general_dilated(
-        x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=BIJECTION_PRECISION
-    )
-    return y + bias
+    return conv2d(x, kernel, precision=BIJECTION_PRECISION) + bias
 
 
 def _operator(kernel: Array, v: Array) -> Array:

@@ -460,13 +460,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--steps", type=int, default=4000, help="training steps of every 2D flow")
     parser.add_argument(
-        "--image-steps", type=int, default=300, help="training steps of the image flow (0: skip)"
+        "--image-steps", type=int, default=800, help="training steps of the image flow (0: skip)"
     )
     parser.add_argument("--images", default="auto", help='the image data set ("auto": the main job\'s)')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", help="comma-separated flow names (default: all four)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    start, commit = time.perf_counter(), _commit()
     flows = toy_flows()
     if args.only:
         flows = {name: flows[name] for name in args.only.split(",")}
@@ -481,7 +481,7 @@ def main(argv=None) -> dict:
         fig.savefig(args.out / "vector_flows_image_samples.png", dpi=110)
         plt.close(fig)
     wall = time.perf_counter() - start
-    facts = [*report.run_facts(MODULE, argv, wall), f"commit: {_commit()}"]
+    facts = [*report.run_facts(MODULE, argv, wall), f"commit: {commit}"]
     toy_notes = (
         f"Each flow: {args.steps} Adam steps of batch 256 on 20,000 training points (lr 0.01, cosine "
         "decay, gradient norm clipped at 10), scored on 10,000 held-out points from another key; ± is "

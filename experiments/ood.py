@@ -1,7 +1,7 @@
 """Out-of-distribution study with a shipped Fashion-MNIST flow (Nalisnick et al. 2019; Kirichenko
 et al. 2020; Serrà et al. 2020).
 
-    .venv/bin/python -m experiments.ood --pretrained fashion_mnist_glow --out experiments/results
+    .venv/bin/python -m experiments.ood --pretrained fashion_mnist_glow_long --out experiments/results
 
 Scores the Fashion-MNIST test set and five sets the model never saw, all 28x28x1 with 256 levels:
 scikit-learn's handwritten digits in MNIST's format, Fashion-MNIST flipped upside down, with
@@ -159,7 +159,7 @@ def run(name: str, count: int, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrained", default="fashion_mnist_glow", help="a shipped model or a card path")
+    parser.add_argument("--pretrained", default="fashion_mnist_glow_long", help="a shipped model or a card path")
     parser.add_argument("--count", type=int, default=1000, help="images per set")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args()

@@ -22,6 +22,7 @@ def x64():
     with jax.enable_x64(True):
         yield
 
+
 SMALL = functools.partial(InvertibleResidual, hidden=8, lipschitz=0.5, log_det_terms=40)
 
 CASES = [
@@ -29,6 +30,7 @@ CASES = [
     BijectorCase("vectors_lipswish", lambda: SMALL(activation="lipswish", num_layers=2), (3, 3)),
     BijectorCase("images", lambda: SMALL(hidden=4), (2, 3, 3, 2), round_trip_atol=1e-5),
     BijectorCase("defaults", InvertibleResidual, (2, 2), jacobian_rtol=2e-3),
+    BijectorCase("slogdet", lambda: InvertibleResidual(hidden=8, log_det_terms=None), (3, 3)),
 ]
 
 
@@ -71,6 +73,8 @@ def test_exact_series_converges_to_slogdet_within_the_truncation_bound(x64):
         assert bool(jnp.all(error <= bound * (1 + 1e-6) + 1e-13)), (n, error, bound)
         errors.append(float(jnp.max(error)))
     assert errors[-1] < 1e-8 and errors[0] > 1e3 * errors[-1]
+    no_series = block.clone(log_det_terms=None).apply(variables, x)[1]
+    np.testing.assert_allclose(no_series, exact, rtol=1e-12, atol=1e-13)
 
 
 def test_hutchinson_mean_approaches_the_exact_series(x64):
@@ -165,6 +169,8 @@ def test_vectors_change_only_where_the_collection_is_mutable():
 
 def test_block_checks_its_settings_and_inputs():
     for bad in (
+        dict(log_det_terms=None, trace="hutchinson"),
+        dict(log_det_terms=0),
         dict(lipschitz=1.0),
         dict(lipschitz=0.0),
         dict(trace="lanczos"),

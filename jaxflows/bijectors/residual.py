@@ -82,7 +82,10 @@ class InvertibleResidual(Bijector):
     Hutchinson's estimate vᵀJ_g^k v (`trace="hutchinson"`, Eq. 7: `num_probes` Rademacher probes,
     k Jacobian-vector products each), whose probes come from the rng stream
     `jaxflows.ops.LOG_DET_RNG`: `flow.apply(variables, x, rngs={"log_det": key})`
-    (`init` falls back on the "params" key).
+    (`init` falls back on the "params" key). Training can exploit the truncation (its error has no
+    fixed sign), so a flow trained on a short series may score worse under the exact log-det;
+    `trace="exact"` with `log_det_terms=None` computes log|det(I + J_g)| itself (slogdet of the
+    dense Jacobian), for small inputs.
 
     Inverse (Algorithm 1): x is the fixed point x = y − g(x), iterated from x = y until each example's
     step is ≤ tolerance·(1 + max|y|), at most `max_iterations` times; the error is then at most
@@ -96,7 +99,8 @@ class InvertibleResidual(Bijector):
       kernel_size: k of the first and last convolution on images (the middle ones are 1×1).
       lipschitz: c in (0, 1), the bound on Lip(g).
       activation: "elu" or "lipswish".
-      log_det_terms: terms of the log-det power series.
+      log_det_terms: terms of the log-det power series; None (with trace="exact"): no series,
+        log|det(I + J_g)| from the dense per-example Jacobian (exact; small inputs).
       trace: "exact" or "hutchinson".
       num_probes: Hutchinson probes per example.
       power_iterations: power-iteration steps per training step, per layer.
@@ -111,7 +115,7 @@ class InvertibleResidual(Bijector):
     kernel_size: int = 3
     lipschitz: float = 0.9
     activation: str = "elu"
-    log_det_terms: int = 10
+    log_det_terms: int | None = 10
     trace: str = "exact"
     num_probes: int = 1
     power_iterations: int = 1
@@ -121,8 +125,15 @@ class InvertibleResidual(Bijector):
     param_dtype: DTypeLike = dataclasses.field(default=jnp.float32, kw_only=True)
 
     def __post_init__(self) -> None:
-        for field in ("hidden", "kernel_size", "log_det_terms", "num_probes", "max_iterations"):
+        for field in ("hidden", "kernel_size", "num_probes", "max_iterations"):
             check_count(getattr(self, field), field, "InvertibleResidual")
+        if self.log_det_terms is not None:
+            check_count(self.log_det_terms, "log_det_terms", "InvertibleResidual")
+        elif self.trace != "exact":
+            raise InvalidArgumentError(
+                "InvertibleResidual: log_det_terms=None (no series: slogdet of the dense Jacobian) "
+                'needs trace="exact"'
+            )
         if check_count(self.num_layers, "num_layers", "InvertibleResidual") < 2:
             raise InvalidArgumentError(f"InvertibleResidual: num_layers must be ≥ 2, got {self.num_layers}")
         if not (isinstance(self.lipschitz, int | float) and 0 < self.lipschitz < 1):
@@ -175,31 +186,40 @@ class InvertibleResidual(Bijector):
         return lambda h: residual_map(weights, self.activation, h)
 
     def _log_det(self, weights, x: Array) -> Array:
-        """Σ_{k=1..n} (−1)^{k+1} tr(J_g(x)^k)/k per example."""
+        """Σ_{k=1..n} (−1)^{k+1} tr(J_g(x)^k)/k per example, or log|det(I + J_g(x))| itself."""
         g = self._g(weights)
-        n = self.log_det_terms
-        signs = jnp.array([(-1.0) ** (k + 1) / k for k in range(1, n + 1)], x.dtype)
-        if self.trace == "exact":
-            size = math.prod(x.shape[1:])
-            jac = jax.vmap(jax.jacfwd(lambda e: g(e[None])[0]))(x).reshape(x.shape[0], size, size)
+        if self.trace == "hutchinson":
+            return self._hutchinson_series(g, x)
+        size = math.prod(x.shape[1:])
+        jac = jax.vmap(jax.jacfwd(lambda e: g(e[None])[0]))(x).reshape(x.shape[0], size, size)
+        if self.log_det_terms is None:
+            return jnp.linalg.slogdet(jnp.eye(size, dtype=x.dtype) + jac)[1]
 
-            def power(p, _):
-                p = jnp.matmul(p, jac, precision=BIJECTION_PRECISION)
-                return p, jnp.trace(p, axis1=-2, axis2=-1)
+        def power(p, _):
+            p = jnp.matmul(p, jac, precision=BIJECTION_PRECISION)
+            return p, jnp.trace(p, axis1=-2, axis2=-1)
 
-            _, traces = lax.scan(
-                power, jnp.broadcast_to(jnp.eye(size, dtype=x.dtype), jac.shape), None, length=n
-            )
-        else:
-            _, jvp = jax.linearize(g, x)
-            probes = jax.random.rademacher(self._probe_key(), (self.num_probes, *x.shape), x.dtype)
+        identity = jnp.broadcast_to(jnp.eye(size, dtype=x.dtype), jac.shape)
+        _, traces = lax.scan(power, identity, None, length=self.log_det_terms)
+        return self._series(traces)
 
-            def power(w, _):
-                w = jax.vmap(jvp)(w)
-                return w, jnp.mean(jax.vmap(sum_except_batch)(probes * w), axis=0)
+    def _hutchinson_series(self, g, x: Array) -> Array:
+        """The series with tr(J_g^k) ≈ mean over probes v of vᵀ J_g^k v (k Jacobian-vector products)."""
+        _, jvp = jax.linearize(g, x)
+        probes = jax.random.rademacher(self._probe_key(), (self.num_probes, *x.shape), x.dtype)
 
-            _, traces = lax.scan(power, probes, None, length=n)
-        return jnp.tensordot(signs, traces, axes=1)
+        def power(w, _):
+            w = jax.vmap(jvp)(w)
+            return w, jnp.mean(jax.vmap(sum_except_batch)(probes * w), axis=0)
+
+        _, traces = lax.scan(power, probes, None, length=self.log_det_terms)
+        return self._series(traces)
+
+    @staticmethod
+    def _series(traces: Array) -> Array:
+        """Σ_k (−1)^{k+1} t_k / k for traces t_k stacked on the leading axis (k = 1, 2, …)."""
+        k = jnp.arange(1, traces.shape[0] + 1, dtype=traces.dtype)
+        return jnp.tensordot(jnp.where(k % 2 == 1, 1.0, -1.0) / k, traces, axes=1)
 
     def _probe_key(self) -> Array:
         if self.has_rng(LOG_DET_RNG):

@@ -503,7 +503,7 @@ def image_lines(result: dict) -> list[str]:
         f"- held-out bits/dim ≈ **{bpd:.3f} ± {se:.3f}** with the log-det series truncated at n = {n} terms "
         f"as in training, {bpd_m:.3f} ± {se_m:.3f} at n = {m} (same parameters)."
         + (
-            f" The same images score {gap:+.3f} ± {gap_se:.3f} bits/dim higher with n = {m}: training "
+            f" The same images score {gap:+.3f} ± {gap_se:.4f} bits/dim higher with n = {m}: training "
             "exploited the truncation (as the 2D flow trained on a series did), so the larger n is the "
             "better estimate."
             if gap > max(3 * gap_se, 0.005)

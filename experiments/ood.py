@@ -159,7 +159,9 @@ def run(name: str, count: int, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pretrained", default="fashion_mnist_glow_long", help="a shipped model or a card path")
+    parser.add_argument(
+        "--pretrained", default="fashion_mnist_glow_long", help="a shipped model or a card path"
+    )
     parser.add_argument("--count", type=int, default=1000, help="images per set")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args()

@@ -7,7 +7,7 @@
     python -m experiments.train --workdir runs/default --mode sample       # sample grid PNG
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
     python -m experiments.train --workdir runs/cond --set model.num_classes=10  # class-conditional Glow
-    python -m experiments.train --pretrained fashion_mnist_glow_long --mode eval   # a shipped model, no workdir
+    python -m experiments.train --pretrained fashion_mnist_glow_long --mode eval  # a shipped model
 
 `--set FIELD=VALUE ...` overrides any TrainConfig field (`model.hidden=64` one key of a dict field).
 A class-conditional model (`model.num_classes`) is evaluated given each image's label, as a mixture

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxflows.bijectors.planar import (
-    MIN_MARGIN,
     RootFindingBijector,
     check_vectors,
+    slope_margin,
     solve_scalar,
     tanh_log_det_factor,
 )
@@ -32,7 +32,8 @@ class Sylvester(RootFindingBijector):
 
     Forward: log|det| = log det(I_M + diag(h'(a)) R̃ R) = Σ_i log(1 + h'(a_i) r̃_ii r_ii), a = R̃ Qᵀz + b
     (Sylvester's determinant identity, Eq. 14). Invertibility: r_ii = exp(ρ_i) and
-    r̃_ii = m(σ_i)/r_ii with m(σ) = −1 + softplus(σ) (+1e-6), so r_ii r̃_ii > −1 = −1/sup tanh'.
+    r̃_ii = m(σ_i)/r_ii with m(σ) = −1 + softplus(σ + log(e − 1)) (+1e-6, `slope_margin`), so
+    r_ii r̃_ii > −1 = −1/sup tanh', and ≈ 0 at initialisation (σ_i ≈ 0): unit slope.
     Inverse: the component of z orthogonal to Q is unchanged; v = Qᵀz solves the upper triangular
     system v + R tanh(R̃ v + b) = Qᵀz', one monotone scalar equation per coordinate from the last to
     the first (`solve_scalar`), then z = z' − Q R tanh(R̃ v + b). `inverse_residual` reports the
@@ -70,7 +71,7 @@ class Sylvester(RootFindingBijector):
         p = {k: v.astype(dtype) for k, v in raw.items()}
         q, upper = jnp.linalg.qr(p["q"])
         q = q * jnp.where(jnp.diag(upper) < 0, -1, 1).astype(dtype)  # continuous in the free matrix
-        margin = jax.nn.softplus(p["product_diag"]) + MIN_MARGIN  # 1 + r_ii r̃_ii
+        margin = slope_margin(p["product_diag"])  # 1 + r_ii r̃_ii
         r = jnp.triu(p["r"], 1) + jnp.diag(jnp.exp(p["log_r_diag"]))
         r_tilde = jnp.triu(p["r_tilde"], 1) + jnp.diag((margin - 1) * jnp.exp(-p["log_r_diag"]))
         return q, r, r_tilde, p["b"], margin, dtype

@@ -67,8 +67,10 @@ def _normalise(v: Array) -> Array:
     return v / jnp.maximum(jnp.linalg.norm(v.ravel()), jnp.finfo(v.dtype).tiny)
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def power_iteration(kernel: Array, v: Array, iterations: int) -> Array:
-    """`iterations` steps of v ← KᵀK v/‖KᵀK v‖ for the operator K of `kernel` on inputs shaped like v."""
+    """`iterations` steps of v ← KᵀK v/‖KᵀK v‖ for the operator K of `kernel` on inputs shaped like v.
+    Jitted: called outside jit (an eager training loop) it compiles once per shape, not per kernel."""
     op = functools.partial(_operator, kernel)
     transpose = jax.linear_transpose(op, v)
 

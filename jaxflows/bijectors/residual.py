@@ -219,7 +219,9 @@ class InvertibleResidual(Bijector):
     def _series(traces: Array) -> Array:
         """Σ_k (−1)^{k+1} t_k / k for traces t_k stacked on the leading axis (k = 1, 2, …)."""
         k = jnp.arange(1, traces.shape[0] + 1, dtype=traces.dtype)
-        return jnp.tensordot(jnp.where(k % 2 == 1, 1.0, -1.0) / k, traces, axes=1)
+        return jnp.tensordot(
+            jnp.where(k % 2 == 1, 1.0, -1.0) / k, traces, axes=1, precision=BIJECTION_PRECISION
+        )
 
     def _probe_key(self) -> Array:
         if self.has_rng(LOG_DET_RNG):

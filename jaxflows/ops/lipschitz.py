@@ -47,20 +47,8 @@ def linear(kernel: Array, bias: Array, x: Array) -> Array:
 
 
 def _operator(kernel: Array, v: Array) -> Array:
-    """The linear operator K of one example (no bias): v has the example's shape. Convolutions use
-    XLA's own (the map `linear` applies, in the formulation `jax.linear_transpose` and the
-    compiler handle best for one example)."""
-    if kernel.ndim == 2:
-        return jnp.matmul(v, kernel, precision=BIJECTION_PRECISION)
-    y = lax.conv_general_dilated(
-        v[None],
-        kernel,
-        (1, 1),
-        "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=BIJECTION_PRECISION,
-    )
-    return y[0]
+    """The linear operator K of one example (no bias): v has the example's shape."""
+    return linear(kernel, jnp.zeros((), kernel.dtype), v[None])[0]
 
 
 def _normalise(v: Array) -> Array:

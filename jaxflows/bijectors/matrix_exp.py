@@ -218,6 +218,7 @@ class MatrixExpTransformer:
     """
 
     masks: ClassVar[tuple[str, ...]] = ("channel",)
+    entrywise: ClassVar[bool] = False  # exp(S) mixes the channels of a pixel
     form: str = "auto"
     rank: int = 3
     max_full_channels: int = 24

@@ -181,6 +181,7 @@ class RationalQuadraticSpline:
     """
 
     masks: ClassVar[tuple[str, ...]] = ("channel", "checkerboard")
+    entrywise: ClassVar[bool] = True
     bins: int = 8
     bound: float = 3.0
     min_bin_width: float = 1e-3

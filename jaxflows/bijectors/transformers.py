@@ -5,6 +5,9 @@ inner `bijector` of distrax's `MaskedCoupling`).
 A transformer is a small frozen dataclass with
 
     masks                           the coupling masks it works with ("channel", "checkerboard")
+    entrywise                       True when T_h maps each entry alone, from that entry's own
+                                    num_params(1) values of h (grouped by entry, contiguous);
+                                    `MaskedAutoregressive` takes only such transformers
     num_params(channels) -> int     channels of h it needs for `channels` active channels
     __call__(h, channels, *, param_dtype) -> ElementwiseBijector   T_h (`jaxflows.bijectors.elementwise`)
 
@@ -25,12 +28,14 @@ from jax.typing import DTypeLike
 
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
 from jaxflows.core.bijector import Array
+from jaxflows.core.errors import InvalidArgumentError
 
 
 class Transformer(Protocol):
     """The element-wise map of a coupling, built from the network output h (see the module doc)."""
 
     masks: ClassVar[tuple[str, ...]]
+    entrywise: ClassVar[bool]
 
     def num_params(self, channels: int) -> int: ...
 
@@ -39,20 +44,57 @@ class Transformer(Protocol):
     ) -> ElementwiseBijector: ...
 
 
+SCALE_LAWS = ("sigmoid", "exp", "jet")
+
+
+def affine_law(shift_raw: Array, scale_raw: Array, scale: str) -> ScalarAffine:
+    """The map y = x·e^{log s} + t of one scale law, from the raw network outputs (h_t, h_s):
+
+    - "sigmoid" (Glow, Kingma & Dhariwal 2018 Table 1): s = sigmoid(h_s + 2), y = s·x + h_t.
+    - "exp" (MAF, Papamakarios et al. 2017 Eq. 5; TarFlow): z = (x − μ)·exp(−α) with μ = h_t,
+      α = h_s: log s = −α, t = −μ·e^{−α}. The identity at h = 0.
+    - "jet" (Kolesnikov et al. 2024): s = 2·sigmoid(h_s), y = (x + b)·s with b = h_t: t = b·s.
+      The identity at h = 0.
+    """
+    if scale == "sigmoid":
+        return ScalarAffine(shift_raw, jax.nn.log_sigmoid(scale_raw + 2.0))
+    if scale == "exp":
+        return ScalarAffine(-shift_raw * jnp.exp(-scale_raw), -scale_raw)
+    log_scale = jnp.log(2.0) + jax.nn.log_sigmoid(scale_raw)
+    return ScalarAffine(shift_raw * jnp.exp(log_scale), log_scale)
+
+
 @dataclasses.dataclass(frozen=True)
 class AffineTransformer:
-    """Glow's affine law (Kingma & Dhariwal 2018, Table 1; RealNVP Eq. 6): (t, h_s) from h with
-    interleaved channels, s = sigmoid(h_s + 2), y = s ⊙ x + t (`ScalarAffine`, log|det| = Σ log s).
-    The sigmoid keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable."""
+    """The affine law y = s ⊙ x + t, (h_t, h_s) from h with interleaved channels (each entry's two
+    values contiguous), s by one of three scale laws (`affine_law`), log|det| = Σ log s:
+
+    - "sigmoid" (default; Glow, Kingma & Dhariwal 2018 Table 1; RealNVP Eq. 6): s = sigmoid(h_s + 2),
+      t = h_t. Keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable.
+    - "exp" (MAF, Papamakarios et al. 2017 Eq. 5; TarFlow, Zhai et al. 2024): z = (x − μ)·exp(−α),
+      (μ, α) = (h_t, h_s); the identity when the network outputs zeros.
+    - "jet" (Jet, Kolesnikov et al. 2024): s = 2·sigmoid(h_s), y = (x + b)·s, b = h_t; the identity
+      at h = 0, 0 < s < 2.
+
+    Attributes:
+      scale: "sigmoid" | "exp" | "jet".
+    """
 
     masks: ClassVar[tuple[str, ...]] = ("channel", "checkerboard")
+    entrywise: ClassVar[bool] = True
+    scale: str = "sigmoid"
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALE_LAWS:
+            raise InvalidArgumentError(
+                f"AffineTransformer: scale must be one of {SCALE_LAWS}, got {self.scale!r}"
+            )
 
     def num_params(self, channels: int) -> int:
         return 2 * channels
 
     def __call__(self, h: Array, channels: int, *, param_dtype: DTypeLike = jnp.float32) -> ScalarAffine:
-        shift, raw_scale = h[..., 0::2], h[..., 1::2]
-        return ScalarAffine(shift, jax.nn.log_sigmoid(raw_scale + 2.0))
+        return affine_law(h[..., 0::2], h[..., 1::2], self.scale)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +102,7 @@ class AdditiveTransformer:
     """NICE's additive law (Dinh et al. 2014, Eq. 6): t = h, y = x + t (`Shift`); volume preserving."""
 
     masks: ClassVar[tuple[str, ...]] = ("channel", "checkerboard")
+    entrywise: ClassVar[bool] = True
 
     def num_params(self, channels: int) -> int:
         return channels

@@ -1,10 +1,12 @@
 """Bijectors, one family per file (Glow, RealNVP/NICE, Emerging, Matrix Exponential, planar and Sylvester)."""
 
 from jaxflows.bijectors.actnorm import ActNorm
+from jaxflows.bijectors.autoregressive import MaskedAutoregressive
 from jaxflows.bijectors.conv1x1 import (
     Conv1x1,
     Conv1x1LU,
     InvertibleConv1x1,
+    LULinear,
     apply_1x1,
     random_rotation,
 )
@@ -17,7 +19,9 @@ from jaxflows.bijectors.coupling import (
     CouplingNetwork,
 )
 from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Shift
+from jaxflows.bijectors.elementwise_layers import ElementwiseAffine, Logit, Sigmoid, Tanh
 from jaxflows.bijectors.emerging import EmergingConv
+from jaxflows.bijectors.made import MADE, MaskedDense
 from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
 from jaxflows.bijectors.matrix_exp import (
     MatrixExpAffine,
@@ -37,6 +41,7 @@ from jaxflows.bijectors.sylvester import Sylvester
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 
 __all__ = [
+    "MADE",
     "ActNorm",
     "AdditiveCoupling",
     "AdditiveTransformer",
@@ -51,11 +56,16 @@ __all__ = [
     "Coupling",
     "CouplingMLP",
     "CouplingNetwork",
+    "ElementwiseAffine",
     "ElementwiseBijector",
     "EmergingConv",
     "InvertibleConv1x1",
     "InvertibleResidual",
+    "LULinear",
     "LearnedPrior",
+    "Logit",
+    "MaskedAutoregressive",
+    "MaskedDense",
     "MatrixExpAffine",
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
@@ -70,9 +80,11 @@ __all__ = [
     "ScalarAffine",
     "Shift",
     "ShufflePermutation",
+    "Sigmoid",
     "Split",
     "Squeeze",
     "Sylvester",
+    "Tanh",
     "Transformer",
     "apply_1x1",
     "random_rotation",

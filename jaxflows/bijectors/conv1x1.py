@@ -8,10 +8,15 @@ Every 1x1 convolution applies one c×c matrix W at each pixel:
 Subclasses say only how W and W⁻¹ (with their log|det|) are built from their parameters, each
 in its own method over one shared helper that reads the parameters; applying the matrix and
 scaling the log-det is shared in `InvertibleConv1x1`.
+
+On a batch of vectors (batch, d) the same layers are invertible linear maps y = W x of each vector
+(one "pixel"): `Conv1x1LU` is then the LU-parameterised linear layer of vector flows (`LULinear` is
+its name there), with the same maths and parameters.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -21,7 +26,7 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxflows.core.bijector import Array, Bijector, per_example
-from jaxflows.core.validation import check_image
+from jaxflows.core.validation import check_image_or_vectors
 from jaxflows.ops.precision import BIJECTION_PRECISION, bijection_dtype
 
 
@@ -78,7 +83,8 @@ def random_rotation(key: Array, channels: int, dtype: DTypeLike = jnp.float32) -
 
 
 class InvertibleConv1x1(Bijector):
-    """Base class: y_ij = W x_ij at every pixel; log_det = h·w·log|det W| (Glow Table 1).
+    """Base class: y_ij = W x_ij at every pixel; log_det = h·w·log|det W| (Glow Table 1). On
+    vectors (batch, d): y = W x, log_det = log|det W|.
 
     A subclass implements `matrix(x)` → (W, log|det W|) and `inverse_matrix(y)` →
     (W⁻¹, log|det W⁻¹|), both in the computation dtype for inputs like x; `forward` applies the
@@ -102,15 +108,15 @@ class InvertibleConv1x1(Bijector):
         raise NotImplementedError
 
     def _multiply(self, x: Array, matrix: Array, log_abs_det: Array) -> tuple[Array, Array]:
-        pixels = x.shape[1] * x.shape[2]
+        pixels = math.prod(x.shape[1:-1])  # h·w for images, 1 for vectors
         return apply_1x1(x.astype(matrix.dtype), matrix), per_example(pixels * log_abs_det, x)
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:
-        check_image(x)
+        check_image_or_vectors(x)
         return self._multiply(x, *self.matrix(x))
 
     def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
-        check_image(y)
+        check_image_or_vectors(y)
         return self._multiply(y, *self.inverse_matrix(y))
 
 
@@ -181,6 +187,16 @@ class Conv1x1LU(InvertibleConv1x1):
         l_inv = jax.scipy.linalg.solve_triangular(lower, eye, lower=True, unit_diagonal=True)
         lu_inv = jax.scipy.linalg.solve_triangular(upper, l_inv, lower=False)
         return lu_inv[:, perm], -log_abs_det  # m Pᵀ = m[:, perm]
+
+
+class LULinear(Conv1x1LU):
+    """An invertible linear map of vectors (batch, d), W = P L (U + diag(sign · exp(log_s))): the
+    maths and parameters of `Conv1x1LU` (Glow Sec 3.2) under the name vector flows use for it
+    (between couplings as in Durkan et al. 2019's RQ-NSF). log|det W| = Σ log_s.
+
+    Attributes:
+      dtype, param_dtype: as `InvertibleConv1x1`.
+    """
 
 
 def _lu_of_random_rotation(key: Array, channels: int, dtype: DTypeLike) -> dict[str, Array]:

@@ -157,13 +157,31 @@ class Invert(Bijector):
         return self.bijector.forward(y, context)
 
 
-class Functional(NamedTuple):
-    """Three pure functions of arrays, closed over a module's variables; each takes an optional
-    context (a conditional flow's labels or context array) as its second argument."""
-
+class _Directions(NamedTuple):
     forward: Callable[..., tuple[Array, Array]]
     inverse: Callable[..., tuple[Array, Array]]
     log_det: Callable[..., Array]
+
+
+class Functional(_Directions):
+    """Pure functions of arrays, closed over a module's variables; each takes an optional context
+    (a conditional flow's labels or context array) as its second argument.
+
+    It unpacks as the three directions, `forward, inverse, log_det = functional(...)`; a `Flow`
+    also gets `log_prob(x, context=None)` and `sample(key, n, context=None, temperature=1.0)`
+    (None for other modules)."""
+
+    def __new__(
+        cls,
+        forward: Callable[..., tuple[Array, Array]],
+        inverse: Callable[..., tuple[Array, Array]],
+        log_det: Callable[..., Array],
+        log_prob: Callable[..., Array] | None = None,
+        sample: Callable[..., Array] | None = None,
+    ) -> Functional:
+        self = super().__new__(cls, forward, inverse, log_det)
+        self.log_prob, self.sample = log_prob, sample
+        return self
 
 
 def functional(module: nn.Module, variables: Any) -> Functional:
@@ -176,7 +194,9 @@ def functional(module: nn.Module, variables: Any) -> Functional:
     >>> f = functional(flow, variables)
     >>> z, ld = jax.jit(f.forward)(x)
     >>> z, ld = f.forward(x, labels)  # a conditional flow
-    >>> loss = lambda p: -functional(flow, {**variables, "params": p}).log_det(x).mean()
+    >>> log_p = f.log_prob(x)  # a Flow: log p(x), nats per example
+    >>> x = f.sample(jax.random.key(0), 16)  # a Flow: 16 draws
+    >>> loss = lambda p: -functional(flow, {**variables, "params": p}).log_prob(x).mean()
     >>> grads = jax.grad(loss)(variables["params"])
     """
     checked: set = set()
@@ -194,4 +214,10 @@ def functional(module: nn.Module, variables: Any) -> Functional:
 
         return call
 
-    return Functional(method("forward"), method("inverse"), method("log_det"))
+    if not (callable(getattr(module, "log_prob", None)) and callable(getattr(module, "sample", None))):
+        return Functional(method("forward"), method("inverse"), method("log_det"))
+
+    def sample(key: Array, n: int, context=None, temperature: float = 1.0) -> Array:
+        return module.apply(variables, key, n, temperature, context, method="sample")
+
+    return Functional(method("forward"), method("inverse"), method("log_det"), method("log_prob"), sample)

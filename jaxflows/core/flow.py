@@ -50,6 +50,8 @@ class Flow(Bijector):
       event_shape: the shape of one example: (height, width, channels) for images, (d,) for vectors.
       data_range: the documented domain of `log_prob`'s input (dequantised pixels lie in [0, 1));
         concrete inputs outside it are rejected, None turns the check off (unbounded data).
+        "auto" (the default): [0, 1] for examples of rank ≥ 2 (images), unbounded for vectors
+        (event shape (d,)); `domain` gives the resolved range.
       dequantizer: q(u | x), called as dequantizer(key, pixels, bins) -> (u, log q), for
         `discrete_log_prob`; None: uniform dequantisation.
       num_classes: N for a class-conditional flow p(x | y): every method then takes `context`,
@@ -63,7 +65,7 @@ class Flow(Bijector):
     bijector: Bijector
     base: nn.Module
     event_shape: tuple[int, ...]
-    data_range: tuple[float, float] | None = (0.0, 1.0)
+    data_range: tuple[float, float] | str | None = "auto"
     dequantizer: nn.Module | None = None
     num_classes: int | None = None
     context_features: int | None = None
@@ -73,11 +75,22 @@ class Flow(Bijector):
             value = getattr(self, name)
             if value is not None:
                 check_count(value, name, "Flow")
+        if isinstance(self.data_range, str) and self.data_range != "auto":
+            raise InvalidArgumentError(
+                f'Flow: data_range must be (low, high), None (unbounded) or "auto", got {self.data_range!r}'
+            )
         if self.num_classes is not None and self.context_features is not None:
             raise InvalidArgumentError(
                 "Flow: set num_classes (class labels) or context_features (vectors), not both"
             )
         super().__post_init__()
+
+    @property
+    def domain(self) -> tuple[float, float] | None:
+        """The range `log_prob` checks its input against (`data_range` with "auto" resolved)."""
+        if isinstance(self.data_range, str):
+            return (0.0, 1.0) if len(self.event_shape) >= 2 else None
+        return None if self.data_range is None else tuple(self.data_range)
 
     @property
     def conditional(self) -> bool:
@@ -198,6 +211,14 @@ class Flow(Bijector):
                 f"expected examples of shape {tuple(self.event_shape)}, got {tuple(x.shape[1:])}"
             )
 
+    @nn.nowrap
+    def range_hint(self) -> str:
+        return (
+            "; this flow's data_range is "
+            f"{self.domain}: build it with data_range=None for unbounded data (e.g. Flow(..., "
+            "data_range=None) or a builder's data_range=None), or rescale the data"
+        )
+
     def _check_output(self, out: Array, direction: str) -> None:
         """The bijector must map `event_shape` to `event_shape`: the base distribution is over it."""
         if tuple(out.shape[1:]) != tuple(self.event_shape):
@@ -226,8 +247,8 @@ class Flow(Bijector):
     def log_prob(self, x: Array, context=None) -> Array:
         """log p(x) (log p(x | context) for a conditional flow), nats per example (a scalar for one
         example of rank len(event_shape))."""
-        if self.data_range is not None:
-            check_range(x, *self.data_range)
+        if self.domain is not None:
+            check_range(x, *self.domain, hint=self.range_hint())
         x, context, single = self._as_batch(x, context)
         z, log_det = self.forward(x, context)
         log_p = self.base.log_prob(z) + log_det

@@ -74,14 +74,16 @@ def check_finite(x, name: str = "x") -> None:
         raise InvalidInputError(f"{name}: expected finite values, found NaN or infinity")
 
 
-def check_range(x, low: float, high: float, name: str = "x") -> None:
-    """Raise if a concrete array has values outside [low, high]."""
+def check_range(x, low: float, high: float, name: str = "x", hint: str = "") -> None:
+    """Raise if a concrete array has values outside [low, high] (`hint` ends the message)."""
     if not is_concrete(x):
         return
     arr = np.asarray(x)
     lo, hi = arr.min(initial=low), arr.max(initial=high)
     if lo < low or hi > high:
-        raise InvalidInputError(f"{name}: expected values in [{low}, {high}], got min {lo} and max {hi}")
+        raise InvalidInputError(
+            f"{name}: expected values in [{low}, {high}], got min {lo} and max {hi}{hint}"
+        )
 
 
 def check_channels(channels: int, minimum: int, layer: str) -> None:

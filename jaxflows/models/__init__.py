@@ -1,5 +1,6 @@
-"""Model builders: multi-scale architectures assembled from `jaxflows.bijectors`, and the registry
-of the layers they are built from."""
+"""Model builders, each registered by name in `MODELS` (`register_model`): multi-scale image flows
+assembled from `jaxflows.bijectors` ("glow"), flows on vectors ("coupling_flow", "planar_flow",
+"sylvester_flow", "residual_flow"), and the registry of the layers they are built from."""
 
 from jaxflows.models.dequantizer import VariationalDequantizer
 from jaxflows.models.glow import glow
@@ -7,20 +8,33 @@ from jaxflows.models.multiscale import MultiScaleFlow
 from jaxflows.models.registry import (
     CONVS,
     COUPLINGS,
+    MODELS,
     LayerRegistry,
+    build_model,
+    check_model_arguments,
     register_conv,
     register_coupling,
+    register_model,
     transformer_coupling,
 )
+from jaxflows.models.vector import coupling_flow, planar_flow, residual_flow, sylvester_flow
 
 __all__ = [
     "CONVS",
     "COUPLINGS",
+    "MODELS",
     "LayerRegistry",
     "MultiScaleFlow",
     "VariationalDequantizer",
+    "build_model",
+    "check_model_arguments",
+    "coupling_flow",
     "glow",
+    "planar_flow",
     "register_conv",
     "register_coupling",
+    "register_model",
+    "residual_flow",
+    "sylvester_flow",
     "transformer_coupling",
 ]

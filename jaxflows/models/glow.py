@@ -18,7 +18,7 @@ from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.core.validation import check_count
 from jaxflows.models.multiscale import MultiScaleFlow
-from jaxflows.models.registry import CONVS, COUPLINGS
+from jaxflows.models.registry import CONVS, COUPLINGS, register_model
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
 
 
@@ -49,6 +49,7 @@ def glow(
     param_dtype: DTypeLike = jnp.float32,
     network_dtype: DTypeLike | None = None,
     network_precision: str = DEFAULT_NETWORK_PRECISION,
+    data_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Flow:
     """A multi-scale Glow-style flow (Kingma & Dhariwal 2018, Fig. 2) with a standard normal base.
 
@@ -95,6 +96,8 @@ def glow(
         `param_dtype` and network outputs are cast to the maps' dtype.
       network_precision: matmul precision of those networks: "highest" (default; exact on every
         accelerator), "high", or "default" (JAX's global setting: TF32 on NVIDIA GPUs).
+      data_range: the domain `log_prob` checks (dequantised pixels: [0, 1]); None for unbounded
+        data.
 
     Returns:
       A `Flow` with a standard normal base over a latent of `image_shape`.
@@ -153,7 +156,11 @@ def glow(
         bijector=MultiScaleFlow(level_list),
         base=StandardNormal(),
         event_shape=tuple(image_shape),
+        data_range=data_range,
         dequantizer=dequantizer,
         num_classes=num_classes,
         context_features=context_features,
     )
+
+
+register_model("glow", glow)

@@ -1,5 +1,13 @@
-"""The one registry of the layers `glow()` builds from: channel mixers (`CONVS`) and couplings
-(`COUPLINGS`), each a name -> factory table with the label tables and plots print.
+"""The one registry of model builders (`MODELS`: "glow", the vector flows, ...) and of the layers
+`glow()` builds from: channel mixers (`CONVS`) and couplings (`COUPLINGS`), each a name -> factory
+table with the label tables and plots print.
+
+A model builder is called as builder(event_shape, **model_kwargs) and returns a `Flow`; its first
+positional argument is the shape of one example (a tuple; vector builders also take an int d).
+Training (`TrainConfig.model = {"name": ..., **kwargs}`), saving and loading
+(`jaxflows.pretrained`) build every model by its registered name:
+
+    register_model("my_flow", my_flow)   # my_flow(event_shape, *, ..., data_range=None) -> Flow
 
 `glow(conv=..., coupling=...)`, the experiments and the benchmarks all read these two tables, so a
 layer registered here (built-in or the user's) is usable everywhere by its name:
@@ -15,6 +23,7 @@ parity=, dtype=, param_dtype=, network_dtype=, network_precision=, **coupling_kw
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +42,7 @@ from jaxflows.bijectors import (
     ReversePermutation,
     ShufflePermutation,
 )
-from jaxflows.core import Bijector
+from jaxflows.core import Bijector, Flow
 from jaxflows.core.errors import InvalidArgumentError
 
 Factory = Callable[..., Bijector]
@@ -82,6 +91,69 @@ class LayerRegistry(dict[str, Factory]):
 
 CONVS = LayerRegistry("conv")
 COUPLINGS = LayerRegistry("coupling")
+MODELS = LayerRegistry("model")
+
+# Keyword arguments the training pipeline and the model loader pass to a builder that names them
+# (never set in a config's `model`): the data's range, the network policy, the dequantizer.
+PIPELINE_ARGUMENTS = frozenset({"data_range", "network_dtype", "network_precision", "dequantizer"})
+
+
+def register_model(
+    name: str, builder: Callable[..., Flow], *, label: str | None = None, replace: bool = False
+) -> Callable[..., Flow]:
+    """Registers a model builder under `name` for `TrainConfig.model={"name": name, ...}`,
+    `jaxflows.pretrained.save/load` and the CLI: builder(event_shape, **kwargs) -> Flow."""
+    return MODELS.register(name, builder, label=label, replace=replace)
+
+
+def builder_arguments(name: str) -> frozenset[str]:
+    """The named arguments of model `name`'s builder after the event shape."""
+    parameters = list(inspect.signature(MODELS.lookup(name)).parameters.values())[1:]
+    return frozenset(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
+def _takes_any_keyword(builder: Callable[..., Flow]) -> bool:
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values())
+
+
+def check_model_arguments(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise InvalidArgumentError naming the builder when `kwargs` has keys builder `name` does not
+    take (or keys the pipeline sets itself: data range, network policy, dequantizer)."""
+    builder = MODELS.lookup(name)
+    pipeline = sorted(PIPELINE_ARGUMENTS & set(kwargs))
+    if pipeline:
+        raise InvalidArgumentError(
+            f"model {name!r}: {pipeline} are set by the pipeline (the data's kind, the network policy, "
+            "the dequantizer field), not in the model's keyword arguments"
+        )
+    if _takes_any_keyword(builder):
+        return
+    known = builder_arguments(name) - PIPELINE_ARGUMENTS
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise InvalidArgumentError(
+            f"model {name!r} ({builder.__module__}.{builder.__qualname__}) takes no argument(s) "
+            f"{unknown}; it takes {sorted(known)}"
+        )
+
+
+def build_model(name: str, event_shape: tuple[int, ...], kwargs: dict[str, Any], **pipeline: Any) -> Flow:
+    """Model `name` for examples of `event_shape` with `kwargs`, plus the `pipeline` arguments
+    (data_range, network_dtype, network_precision, dequantizer) its builder names; a pipeline
+    argument it does not take must be None or its default (else InvalidArgumentError)."""
+    check_model_arguments(name, kwargs)
+    builder = MODELS.lookup(name)
+    parameters = inspect.signature(builder).parameters
+    passed = {}
+    for key, value in pipeline.items():
+        if key in parameters or _takes_any_keyword(builder):
+            passed[key] = value
+        elif value is not None and key not in ("network_dtype", "network_precision"):
+            raise InvalidArgumentError(f"model {name!r} takes no {key!r}, but this run needs {key}={value!r}")
+    flow = builder(tuple(event_shape), **kwargs, **passed)
+    if not isinstance(flow, Flow):
+        raise InvalidArgumentError(f"model {name!r}: the builder returned {type(flow).__name__}, not a Flow")
+    return flow
 
 
 def register_conv(name: str, factory: Factory, *, label: str | None = None, replace: bool = False) -> Factory:

@@ -2,6 +2,7 @@
 single checks in `PROPERTIES` applied to a `BijectorCase`."""
 
 from jaxflows.testing.assertions import PropertyCheckError, assert_close
+from jaxflows.testing.autoregressive import check_autoregressive
 from jaxflows.testing.properties import (
     PROPERTIES,
     BijectorCase,
@@ -24,6 +25,7 @@ __all__ = [
     "PropertyCheckError",
     "assert_close",
     "case_context",
+    "check_autoregressive",
     "check_bijector",
     "check_float64_inputs_with_float32_params",
     "check_gradients_finite",

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     image = attribute_grid(
         exp.flow,
         state.variables(averaged=True),
-        of_class(data.test, args.without, args.rows),
+        of_class(data.held_out, args.without, args.rows),
         of_class(data.train, args.with_, args.examples),
         of_class(data.train, args.without, args.examples),
         alphas,

@@ -88,7 +88,7 @@ def _param_count(exp) -> int:
 
 
 def _baseline(data, config: TrainConfig) -> float:
-    return pixel_baseline_bits_per_dim(data.train, data.test, data.num_bins, config.baseline_smoothing)
+    return pixel_baseline_bits_per_dim(data.train, data.held_out, data.num_bins, config.baseline_smoothing)
 
 
 def sampling_time(exp, variables, batch: int = 64, repeats: int = 3) -> float:
@@ -132,7 +132,7 @@ def run_one(
     losses = np.asarray([row["loss"] for row in result.history], np.float64)
     out = {
         "bpd": evaluate_bits_per_dim(
-            exp.flow, variables, data.test, data.num_bins, exp.mesh, config.eval_batch_size, 1, config.seed
+            exp.flow, variables, data.held_out, data.num_bins, exp.mesh, config.eval_batch_size, 1, config.seed
         ),
         "baseline_bpd": _baseline(data, config),
         "params": count_params(state.params),

@@ -74,7 +74,7 @@ def main(argv=None) -> Path:
         "per-pixel histogram",
     ]
     data = (
-        f"data: {dataset.name} {dataset.image_shape}, {len(dataset.test)} held-out images; model "
+        f"data: {dataset.name} {dataset.image_shape}, {len(dataset.held_out)} held-out images; model "
         f"{base.model}; {base.num_steps} steps of batch {base.batch_size}, lr {base.learning_rate} "
         f"({base.lr_decay}); EMA decay {args.ema}; variational q: `VariationalDequantizer"
         f"({VARIANTS['variational']})`"

@@ -41,7 +41,7 @@ IN_DISTRIBUTION = "fashion_mnist_test"
 def datasets(count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """The in-distribution test images and the five out-of-distribution sets, `count` each."""
     rng = np.random.default_rng(seed)
-    test = fashion_mnist().test.all()[:count]
+    test = fashion_mnist().held_out.all()[:count]
     digit_pixels, _ = digits_in_mnist_format()
     levels = rng.integers(0, 256, (count, 1, 1, 1))
     return {

@@ -97,7 +97,7 @@ def main(argv=None) -> Path:
             return
         if "fn" not in state_of:
             exp = state_of["exp"]
-            pixels = exp.dataset.test[np.arange(batch)]
+            pixels = exp.dataset.held_out[np.arange(batch)]
             state_of["x"] = dequantize(jax.random.key(0), jax.numpy.asarray(pixels), exp.dataset.num_bins)
             state_of["fn"] = series_terms_fn(exp.flow)
         for path, m in jax.device_get(state_of["fn"](state.variables(), state_of["x"])).items():

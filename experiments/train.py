@@ -172,7 +172,7 @@ def report(args, config, exp, state, say, lead: bool) -> None:
 
     from jaxflows import train as jft
 
-    say(f"dataset: {exp.dataset.name} ({len(exp.dataset.train)} train / {len(exp.dataset.test)} held-out, "
+    say(f"dataset: {exp.dataset.name} ({len(exp.dataset.train)} train / {len(exp.dataset.held_out)} held-out, "
         f"{exp.dataset.image_shape}, {exp.dataset.num_bins} levels); step {int(state.step)}; "
         f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
     if args.mode in ("train", "eval"):

@@ -396,7 +396,7 @@ def run_images(
     loss = bits_loss(flow, data.num_bins)
     variables, losses = fit(loss, variables, data.train, order, learning_rate, jax.random.fold_in(key, 1))
     seconds = time.perf_counter() - start
-    test = np.asarray(data.test[np.arange(min(num_test, len(data.test)))])
+    test = np.asarray(data.held_out[np.arange(min(num_test, len(data.held_out)))])
     longer = image_flow(data.image_shape, depth, hidden, eval_terms)
     eval_key = jax.random.fold_in(key, 2)
     values = {

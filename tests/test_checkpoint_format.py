@@ -105,7 +105,7 @@ def test_a_converted_workdir_evaluates_and_resumes_as_the_old_code_did(old_workd
 def _bits_per_dim_with_one_key_per_batch(exp, variables, batch_size: int) -> float:
     """Held-out bits/dim drawn as the code that wrote the fixture drew it: one key per batch of
     `batch_size` (zero-padded), `fold_in(fold_in(key(0), draw 0), batch)`, rather than one per example."""
-    test, bins = exp.dataset.test, exp.dataset.num_bins
+    test, bins = exp.dataset.held_out, exp.dataset.num_bins
     total = 0.0
     for b, start in enumerate(range(0, len(test), batch_size)):
         idx = np.arange(start, min(start + batch_size, len(test)))

@@ -12,28 +12,28 @@ from jaxflows.data import (
     batch_indices,
     digits,
     fashion_mnist,
-    fashion_mnist_available,
     load_dataset,
     reduce_bits,
     tfds_dataset,
     validate_batch,
 )
 from jaxflows.data import datasets as datasets_module
+from tests.fashion_mnist import require_fashion_mnist
 
 
 def test_digits_split_is_deterministic_and_covers_the_data():
     a, b = digits(), digits()
     assert a.num_bins == 17 and a.image_shape == (8, 8, 1)
     assert a.train.all().dtype == np.uint8 and a.train.all().shape[1:] == (8, 8, 1)
-    assert len(a.train) + len(a.test) == 1797 and len(a.test) == 359
-    np.testing.assert_array_equal(a.test.all(), b.test.all())
+    assert len(a.train) + len(a.held_out) == 1797 and len(a.held_out) == 359
+    np.testing.assert_array_equal(a.held_out.all(), b.held_out.all())
     assert a.train.all().max() == 16 and a.train.all().min() == 0
 
 
-@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST idx files not installed")
 def test_fashion_mnist_idx_files():
+    require_fashion_mnist()  # a failure where CI is meant to have it (tests/fashion_mnist.py)
     data = fashion_mnist()
-    assert (len(data.train), len(data.test)) == (60000, 10000)
+    assert (len(data.train), len(data.held_out)) == (60000, 10000)
     assert data.train[np.arange(3)].shape == (3, 28, 28, 1) and data.num_bins == 256
     assert data.train.all().max() == 255
     assert load_dataset("auto").name == "fashion_mnist"
@@ -80,7 +80,8 @@ def test_iterator_surfaces_invalid_data():
 @pytest.mark.parametrize(
     "pixels, error",
     [
-        (np.zeros((2, 4, 4), np.uint8), "rank 4"),
+        (np.zeros((2, 4, 4), np.uint8), r"expected examples of shape \(4, 4, 1\)"),
+        (np.zeros(2, np.uint8), "rank ≥ 2"),
         (np.full((2, 4, 4, 1), 17, np.uint8), r"\[0, 16\]"),
         (np.full((2, 4, 4, 1), np.inf, np.float32), "finite"),
         (np.full((2, 4, 4, 1), 0.5, np.float32), "integer"),

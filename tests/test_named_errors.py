@@ -44,7 +44,7 @@ def write_fashion(directory, train: bytes | None = None, test: bytes | None = No
 
 def test_small_valid_idx_files_load(tmp_path):
     data = fashion_mnist(write_fashion(tmp_path))
-    assert (len(data.train), len(data.test)) == (3, 3)
+    assert (len(data.train), len(data.held_out)) == (3, 3)
     assert data.train.all().shape == (3, 28, 28, 1) and data.train.all().dtype == np.uint8
 
 

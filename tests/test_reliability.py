@@ -37,7 +37,7 @@ def _steps(workdir: Path) -> list[int]:
 
 def _held_out(workdir: Path, config: TrainConfig) -> tuple[int, float]:
     exp, state = restore_for_inference(config, workdir)
-    bpd = evaluate_bits_per_dim(exp.flow, state.variables(), exp.dataset.test, 17, exp.mesh, 128)
+    bpd = evaluate_bits_per_dim(exp.flow, state.variables(), exp.dataset.held_out, 17, exp.mesh, 128)
     return int(state.step), bpd
 
 

@@ -29,7 +29,7 @@ from jaxflows.train import (
 from tests.test_train import TINY
 
 DIGITS = digits()
-TRAIN, HELD_OUT = DIGITS.train.all(), DIGITS.test.all()
+TRAIN, HELD_OUT = DIGITS.train.all(), DIGITS.held_out.all()
 
 
 def test_train_on_arrays_then_resume_only_with_the_same_arrays(tmp_path):
@@ -71,14 +71,16 @@ def test_a_dataset_an_array_source_and_arrays_are_one_description():
 @pytest.mark.parametrize(
     ("dataset", "error", "message"),
     [
-        ((TRAIN[..., 0], HELD_OUT, 17), ShapeError, "train: expected an NHWC batch of rank 4"),
+        ((TRAIN[..., 0], HELD_OUT, 17), ShapeError, r"held_out: expected examples of shape \(8, 8\)"),
+        ((TRAIN[:, 0, 0, 0], HELD_OUT, 17), ShapeError, "train: expected a batch .* of rank ≥ 2"),
         ((TRAIN, HELD_OUT[:, :4], 17), ShapeError, r"held_out: expected examples of shape \(8, 8, 1\)"),
         ((TRAIN, HELD_OUT, 16), InvalidInputError, "train"),
         ((TRAIN + 0.5, HELD_OUT, 17), InvalidInputError, "non-integer"),
         ((TRAIN.astype(bool), HELD_OUT, 17), InputDtypeError, "dtype bool"),
         ((TRAIN[:0], HELD_OUT, 17), ShapeError, "at least one example"),
         ((TRAIN, HELD_OUT, 300), InvalidArgumentError, "num_bins must be an integer in 2..256"),
-        ((TRAIN, HELD_OUT), ConfigError, r"must be \(train, held_out, num_bins\), got 2 items"),
+        ((TRAIN, HELD_OUT), InvalidArgumentError, r"integer arrays \(uint8\) are discrete data: pass their"),
+        ((TRAIN, HELD_OUT, 17, 1), ConfigError, r"must be \(train, held_out\) .* got 4 items"),
         (
             ArraySource(TRAIN),
             ConfigError,

@@ -1,4 +1,5 @@
-"""Datasets as uint8 NHWC pixels plus their number of intensity levels, and batch iteration.
+"""Datasets, discrete (integer pixels plus their number of intensity levels) or continuous (float
+arrays), a registry of named ones (`DATASETS`, `register_dataset`), and batch iteration.
 
 Offline: scikit-learn's 8x8 digits and Fashion-MNIST from local idx files. Online-prepared:
 tensorflow-datasets (cifar10, mnist, downsampled_imagenet/32x32 and /64x64) read through
@@ -10,6 +11,7 @@ points for flows on vectors (the ring with its exact log-density).
 
 from jaxflows.data.arrays import array_dataset, describe_dataset
 from jaxflows.data.datasets import (
+    DATASETS,
     FASHION_MNIST_DIR,
     CorruptDatasetError,
     DatasetNotFoundError,
@@ -19,6 +21,8 @@ from jaxflows.data.datasets import (
     fashion_mnist_available,
     load_dataset,
     reduce_bits,
+    register_dataset,
+    toy_dataset,
 )
 from jaxflows.data.iterator import BatchIterator, batch_indices
 from jaxflows.data.source import ArraySource, Dataset, Source, subset
@@ -27,6 +31,7 @@ from jaxflows.data.toy import ring_centres, ring_of_gaussians, ring_of_gaussians
 from jaxflows.data.validation import validate_batch
 
 __all__ = [
+    "DATASETS",
     "FASHION_MNIST_DIR",
     "TFDS_DATASETS",
     "ArraySource",
@@ -45,11 +50,13 @@ __all__ = [
     "fashion_mnist_available",
     "load_dataset",
     "reduce_bits",
+    "register_dataset",
     "ring_centres",
     "ring_of_gaussians",
     "ring_of_gaussians_log_prob",
     "subset",
     "tfds_dataset",
+    "toy_dataset",
     "two_moons",
     "validate_batch",
 ]

@@ -1,17 +1,21 @@
-"""Offline datasets (sklearn digits, Fashion-MNIST idx files) and the `load_dataset` dispatcher."""
+"""Offline datasets (sklearn digits, Fashion-MNIST idx files, the 2-D toy densities), the registry
+of named datasets (`DATASETS`, `register_dataset`) and `load_dataset`."""
 
 from __future__ import annotations
 
 import gzip
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 from jaxflows.data.source import ArraySource, Dataset, Source
 from jaxflows.data.tfds_source import tfds_dataset
+from jaxflows.data.toy import ring_of_gaussians, two_moons
 
 FASHION_MNIST_DIR = Path(os.environ.get("JAXFLOWS_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 _FASHION_FILES = {
@@ -212,19 +216,69 @@ def fashion_mnist(directory: Path | None = None) -> Dataset:
     )
 
 
+DatasetLoader = Callable[[str | None], Dataset]
+DATASETS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str, loader: DatasetLoader, *, replace: bool = False) -> DatasetLoader:
+    """Registers a named dataset for `TrainConfig(dataset=name)` and `load_dataset(name)`:
+    loader(data_dir) -> Dataset (data_dir: `TrainConfig.data_dir`, which a loader may ignore). A
+    name already taken is an error unless `replace`."""
+    if not isinstance(name, str) or not name or name == "auto":
+        raise InvalidArgumentError(
+            f'a dataset name must be a non-empty string other than "auto", got {name!r}'
+        )
+    if not callable(loader):
+        raise InvalidArgumentError(f"register_dataset({name!r}, ...): the loader must be callable")
+    if name in DATASETS and not replace:
+        raise InvalidArgumentError(f"dataset {name!r} is already registered; pass replace=True to replace it")
+    DATASETS[name] = loader
+    return loader
+
+
+TOY_TRAIN_EXAMPLES, TOY_HELD_OUT_EXAMPLES = 10_000, 10_000
+
+
+def toy_dataset(name: str, sample: Callable, train: int = TOY_TRAIN_EXAMPLES,
+                held_out: int = TOY_HELD_OUT_EXAMPLES) -> Dataset:  # fmt: skip
+    """A continuous dataset of points from `sample(key, n)`: `train` points from key 0 and
+    `held_out` points from key 1 (fixed: every run sees the same points)."""
+    points = lambda seed, n: np.asarray(sample(jax.random.key(seed), n), np.float32)
+    event_shape = points(0, 1).shape[1:]
+    return Dataset(name, ArraySource(points(0, train)), ArraySource(points(1, held_out)), None, event_shape)
+
+
+def _two_moons(data_dir: str | None = None) -> Dataset:
+    return toy_dataset("two_moons", two_moons)
+
+
+def _ring_of_gaussians(data_dir: str | None = None) -> Dataset:
+    return toy_dataset("ring_of_gaussians", ring_of_gaussians)
+
+
+register_dataset("digits", lambda data_dir=None: digits())
+register_dataset("fashion_mnist", lambda data_dir=None: fashion_mnist())
+register_dataset("two_moons", _two_moons)  # continuous (n, 2) points, 10,000 + 10,000
+register_dataset("ring_of_gaussians", _ring_of_gaussians)  # exact density: data.ring_of_gaussians_log_prob
+
+
 def load_dataset(name: str | Dataset, data_dir: str | None = None, n_bits: int | None = None) -> Dataset:
-    """ "digits" | "fashion_mnist" | "auto" (Fashion-MNIST if its files exist, else digits) | a tfds
-    name, or a `Dataset` (e.g. `array_dataset(...)`) taken as it is; either reduced to `n_bits`."""
+    """A registered name (`DATASETS`: "digits", "fashion_mnist", "two_moons", "ring_of_gaussians",
+    yours), "auto" (Fashion-MNIST if its files exist, else digits), any other name from
+    tensorflow-datasets, or a `Dataset` (e.g. `array_dataset(...)`) taken as it is; a discrete
+    one reduced to `n_bits` (an error for continuous data)."""
     if name == "auto":
         name = "fashion_mnist" if fashion_mnist_available() else "digits"
     if isinstance(name, Dataset):
         dataset = name
-    elif name == "digits":
-        dataset = digits()
-    elif name == "fashion_mnist":
-        dataset = fashion_mnist()
+    elif name in DATASETS:
+        dataset = DATASETS[name](data_dir)
     else:
         dataset = tfds_dataset(name, data_dir=data_dir)
+    if n_bits is not None and not dataset.discrete:
+        raise InvalidArgumentError(
+            f"n_bits={n_bits} reduces pixel levels, but {dataset.name!r} is continuous"
+        )
     if n_bits is not None and 2**n_bits != dataset.num_bins:
         dataset = _reduced(dataset, n_bits)
     return dataset
@@ -250,6 +304,6 @@ def _reduced(dataset: Dataset, n_bits: int) -> Dataset:
     return dataset._replace(
         name=f"{dataset.name}@{n_bits}bit",
         train=split(dataset.train),
-        test=split(dataset.test),
+        held_out=split(dataset.held_out),
         num_bins=2**n_bits,
     )

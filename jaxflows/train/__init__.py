@@ -1,9 +1,10 @@
-"""Training, read in this order: a config (`config`, its fields' rules in `rules`) describes an
-experiment (`experiment`: data, flow, mesh); its train state (`state`: variables, optimiser, moving
-average) is advanced by pure jit-compiled steps (`steps`) inside the loop (`loop`), which keeps
-checkpoints (`checkpoint`, `workdir`) and metrics (`metrics`, with the throughput timer). After
-training: evaluation (`evaluate`), the workdir commands (`commands`, `sampling`) and the checkpoint
-format converter (`convert`). Process-wide settings live in `host`, named errors in `errors`.
+"""Training: `fit` fits a flow to arrays in one call; `train` runs a config. Read in this order:
+a config (`config`, its fields' rules in `rules`) describes an experiment (`experiment`: data,
+flow, mesh); its train state (`state`: variables, optimiser, moving average) is advanced by pure
+jit-compiled steps (`steps`) inside the loop (`loop`), which keeps checkpoints (`checkpoint`,
+`workdir`) and metrics (`metrics`, with the throughput timer). After training: evaluation
+(`evaluate`), the workdir commands (`commands`, `sampling`) and the checkpoint format converter
+(`convert`). Process-wide settings live in `host`, named errors in `errors`; `fit` is in `fit`.
 """
 
 from jaxflows.train.commands import (
@@ -37,10 +38,12 @@ from jaxflows.train.errors import (
 )
 from jaxflows.train.evaluate import (
     evaluate_bits_per_dim,
+    evaluate_held_out,
     pixel_baseline_bits_per_dim,
     reconstruction_warnings,
 )
 from jaxflows.train.experiment import Experiment, global_batch, make_mesh, replicated, setup
+from jaxflows.train.fit import fit
 from jaxflows.train.host import (
     apply_process_settings,
     initialize_distributed,
@@ -88,6 +91,8 @@ __all__ = [
     "convert_workdir",
     "evaluate",
     "evaluate_bits_per_dim",
+    "evaluate_held_out",
+    "fit",
     "global_batch",
     "importance_weighted_log_prob",
     "init_fn",

@@ -49,14 +49,31 @@ def restore_for_inference(config: TrainConfig, workdir: str | Path) -> tuple[Exp
         store.close()
 
 
-def restore_pretrained(name: str | Path) -> tuple[TrainConfig, Experiment, TrainState]:
-    """A shipped model (`jaxflows.pretrained`, or a card's path) as the config it was trained with,
-    its experiment (data set, flow, mesh) and a state holding its variables, for the same
-    evaluation and sampling commands as a workdir."""
+def restore_pretrained(
+    name: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[TrainConfig, Experiment, TrainState]:
+    """A shipped model (`jaxflows.pretrained`, or a card's path) as the config it was trained with
+    plus `overrides` (`--set`'s FIELD=VALUE strings: the network policy, evaluation settings), its
+    experiment (data set, flow, mesh) and a state holding its variables, for the same evaluation
+    and sampling commands as a workdir. The flow is the card's under the config's network policy
+    (`--set network_precision=default` applies); `model` and `dequantizer` are the card's."""
+    from jaxflows.train.config import apply_overrides
+    from jaxflows.train.errors import ConfigError
+
     card = pretrained.card(name)
-    config = config_from_dict(card.training["config"], f"the card of {card.name}")
-    exp = setup(config)
-    _, variables = pretrained.load(name)
+    if "config" not in card.training:
+        raise ConfigError(
+            f"{card.name}: the card records no training config (no data set to evaluate on); "
+            "use (flow, variables) = jaxflows.pretrained.load(...) instead"
+        )
+    recorded = config_from_dict(card.training["config"], f"the card of {card.name}")
+    config = apply_overrides(recorded, list(overrides))
+    fixed = [f for f in ("model", "dequantizer") if getattr(config, f) != getattr(recorded, f)]
+    if fixed:
+        raise ConfigError(f"{card.name}: {fixed} come from the card (its weights fit no other model)")
+    policy = {"network_dtype": config.network_dtype, "network_precision": config.network_precision}
+    flow, variables = pretrained.load(name, **policy)
+    exp = setup(config)._replace(flow=flow)
     variables = jax.device_put(variables, replicated(exp.mesh))
     state = TrainState(
         step=jnp.asarray(card.training.get("steps", 0), jnp.int32),
@@ -79,7 +96,7 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
         variables = state.variables(averaged)
         return evaluate_bits_per_dim(
-            exp.flow, variables, d.test, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed,
+            exp.flow, variables, d.held_out, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed,
             importance_samples=samples,
         )  # fmt: skip
 
@@ -95,7 +112,7 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
             class_conditional_scores(
                 exp.flow,
                 state.variables(True),
-                d.test,
+                d.held_out,
                 d.num_bins,
                 exp.mesh,
                 prior,
@@ -103,11 +120,11 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
                 c.seed,
             )
         )
-    baseline = pixel_baseline_bits_per_dim(d.train, d.test, d.num_bins, c.baseline_smoothing)
+    baseline = pixel_baseline_bits_per_dim(d.train, d.held_out, d.num_bins, c.baseline_smoothing)
     return {
         **scores,
         "baseline_bits_per_dim": baseline,
-        "held_out_examples": len(d.test),
+        "held_out_examples": len(d.held_out),
         **diagnostics(exp, state),
     }
 
@@ -144,7 +161,7 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
 
 
 def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
-    test = exp.dataset.test
+    test = exp.dataset.held_out
     a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
     label = int(test.labels(np.array([pair[0]]))[0]) if exp.conditional else None
     image = interpolate(

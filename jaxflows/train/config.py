@@ -39,6 +39,7 @@ from jaxflows.train.rules import (
     Rule,
     is_int,
     is_number,
+    model_name,
     one_of,
     setting,
     validate_config,
@@ -51,14 +52,23 @@ class TrainConfig:
     Fields marked (resumable) may change when a run resumes; the others must equal the workdir's.
 
     Data and model:
-      dataset: "digits", "fashion_mnist", "auto" (Fashion-MNIST if its files exist, else digits) or
-          a tfds name ("cifar10", ...); or your own data: a `jaxflows.data.Dataset` (e.g.
-          `array_dataset(train, held_out, num_bins)`) or the tuple (train, held_out, num_bins) of
-          uint8 NHWC arrays or `ArraySource`s, checked like the named datasets' batches. config.json
-          records such data by its description (shape, levels, counts, SHA-256), and a resumed run
-          must pass the same arrays (else ConfigMismatchError).
-      model: keyword arguments of `models.glow` (the image shape comes from the data).
+      dataset: a registered name (`jaxflows.data.DATASETS`): "digits", "fashion_mnist" (discrete
+          images), "two_moons", "ring_of_gaussians" (continuous 2-D points), yours
+          (`register_dataset`); "auto" (Fashion-MNIST if its files exist, else digits); a tfds name
+          ("cifar10", ...); or your own arrays: a `jaxflows.data.Dataset` (`array_dataset(...)`),
+          (train, held_out) of float arrays of any event shape (continuous: the objective is
+          −log p(x) in nats, no dequantisation), or (train, held_out, levels) of integer arrays or
+          `ArraySource`s (discrete: dequantised, bits/dim), checked like the named datasets'
+          batches. config.json records such data by its description (shape, levels, counts,
+          SHA-256), and a resumed run must pass the same arrays (else ConfigMismatchError).
+      model: {"name": a registered model (`jaxflows.models.MODELS`; default "glow"), **its
+          builder's keyword arguments}; the event shape comes from the data, the network policy
+          from the fields below. Another name starts from that builder's defaults (`--set
+          model.name=coupling_flow` drops the other keys); a key the builder does not take is a
+          ConfigError naming the builder.
       n_bits: reduce the pixels to 2^n_bits levels (Glow's 5-bit CelebA); None keeps the data's own.
+          Image-only fields (n_bits, dequantizer, eval_dequant_draws, eval_importance_samples,
+          baseline_smoothing, class_loss_weight) set with continuous data are a ConfigError.
       dequantizer: keyword arguments of `models.VariationalDequantizer` (Flow++'s variational
           dequantisation, e.g. {"hidden": 32, "depth": 2}); None dequantises uniformly.
       network_dtype, network_precision (resumable): the conditioner networks' compute dtype and
@@ -113,7 +123,7 @@ class TrainConfig:
           (None turns it off).
     """
 
-    dataset: str | Dataset | tuple[Any, Any, int] | dict[str, Any] = setting("digits", DATASET)  # noqa: RUF009
+    dataset: str | Dataset | tuple[Any, ...] | dict[str, Any] = setting("digits", DATASET)  # noqa: RUF009
     model: dict[str, Any] = setting(rule=KWARGS, factory=DEFAULT_MODEL.copy)  # noqa: RUF009
     n_bits: int | None = setting(None, BITS.or_none())
     batch_size: int = setting(64, POSITIVE)
@@ -157,10 +167,10 @@ class TrainConfig:
     def __post_init__(self):
         self.sample_temperatures = tuple(self.sample_temperatures)  # JSON gives a list
         if isinstance(self.dataset, tuple) and not isinstance(self.dataset, Dataset):
-            if len(self.dataset) != 3:
+            if len(self.dataset) not in (2, 3):
                 raise ConfigError(
-                    f"TrainConfig.dataset as a tuple must be (train, held_out, num_bins), got "
-                    f"{len(self.dataset)} items"
+                    "TrainConfig.dataset as a tuple must be (train, held_out) of float arrays or (train, "
+                    f"held_out, levels) of integer arrays, got {len(self.dataset)} items"
                 )
             self.dataset = array_dataset(*self.dataset)
         validate_config(self)
@@ -244,6 +254,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...])
             current = changes.get(field, getattr(config, field))
             if not isinstance(current, dict):
                 raise ConfigError(f"--set {item}: {field} is {current!r}, not a dict with keys")
+            if field == "model" and key == "name" and value != model_name(current):
+                current = {}  # another model starts from its builder's defaults
             changes[field] = {**current, key: value}
         else:
             changes[field] = _coerce(field, raw, value, hints[field])

@@ -1,5 +1,6 @@
-"""Held-out bits/dim of a flow (the evaluation steps over a whole split), the pixel-independent
-histogram baseline on the same split, and per-level diagnostics."""
+"""Held-out scores of a flow (the evaluation steps over a whole split): bits/dim of discrete data,
+nats of continuous data; the pixel-independent histogram baseline on the same split, and per-level
+diagnostics."""
 
 from __future__ import annotations
 
@@ -26,48 +27,58 @@ def _chunks(n: int, size: int):
         yield np.arange(start, min(start + size, n))
 
 
-def evaluate_bits_per_dim(flow: Flow, variables, source: Source, bins: int, mesh: Mesh, batch_size: int = 256,
-                          draws: int = 1, seed: int = 0, *, importance_samples: int = 1,
-                          report_nonfinite: bool = True) -> float:  # fmt: skip
-    """Mean bits/dim over every example of `source`, averaged over `draws` dequantisation draws;
-    each example's value is the importance-weighted estimate over `importance_samples` draws
-    (1: the one-draw bound, as in training).
+def evaluate_held_out(flow: Flow, variables, source: Source, bins: int | None, mesh: Mesh,
+                      batch_size: int = 256, draws: int = 1, seed: int = 0, *, importance_samples: int = 1,
+                      report_nonfinite: bool = True) -> float:  # fmt: skip
+    """Mean score over every example of `source`: bits/dim of discrete data (`bins` levels),
+    averaged over `draws` dequantisation draws, each example's value the importance-weighted
+    estimate over `importance_samples` draws (1: the one-draw bound, as in training); or, with
+    `bins` None (continuous data), the negative log-likelihood in nats.
 
-    The split is cut into global batches (rounded up to a multiple of the device count) and each
-    host evaluates its share; the last batch is padded with zero-weight examples. Non-finite
-    per-example values are not dropped: they make the result NaN, with a warning unless
-    `report_nonfinite` is False. A class-conditional
-    flow is evaluated on log P(x | y) with each example's own label (`source.labels`).
+    Example i of the split draws its randomness (dequantisation noise) from
+    `fold_in(fold_in(PRNGKey(seed), draw), i)`, so the result is the same for any `batch_size`,
+    device count and process count. The split is cut into global batches (rounded up to a
+    multiple of the device count) and each host evaluates its share; the last batch is padded
+    with zero-weight examples. Non-finite per-example values are not dropped: they make the result
+    NaN, with a warning unless `report_nonfinite` is False. A conditional flow is evaluated on
+    log P(x | y) with each example's own label or context row (`source.labels`).
     """
-    conditional = flow.num_classes is not None
+    conditional = flow.conditional
     devices = mesh.devices.size
     hosts, host = jax.process_count(), jax.process_index()
     global_size = math.ceil(batch_size / devices) * devices
     local = global_size // hosts
     eval_step = make_eval_step(flow, bins, mesh, importance_samples)
+    first_context = source.labels(np.arange(1)) if conditional else np.zeros(1, np.int32)
     key = jax.random.PRNGKey(seed)
+    dtype = np.uint8 if bins is not None else np.float32
     total, count, bad = 0.0, 0.0, 0
     n = len(source)
     for draw in range(draws):
-        for b, idx in enumerate(_chunks(n, global_size)):
+        for idx in _chunks(n, global_size):
             mine = idx[host * local : (host + 1) * local]
-            pixels = validate_batch(source[mine], bins, name="held-out batch") if len(mine) else None
-            padded = np.zeros((local, *flow.event_shape), np.uint8)
+            examples = validate_batch(source[mine], bins, name="held-out batch") if len(mine) else None
+            padded = np.zeros((local, *flow.event_shape), dtype)
             weights = np.zeros(local, np.float32)
-            labels = np.zeros(local, np.int32)
-            if pixels is not None:
-                padded[: len(mine)], weights[: len(mine)] = pixels, 1.0
+            indices = np.zeros(local, np.int32)
+            labels = np.zeros((local, *first_context.shape[1:]), first_context.dtype)
+            if examples is not None:
+                padded[: len(mine)], weights[: len(mine)], indices[: len(mine)] = examples, 1.0, mine
                 if conditional:
                     labels[: len(mine)] = source.labels(mine)
             batch = (padded, labels) if conditional else padded
-            step_key = jax.random.fold_in(jax.random.fold_in(key, draw), b)
             s, c, nonfinite = eval_step(
-                variables, global_batch(batch, mesh), global_batch(weights, mesh), step_key
-            )
+                variables, global_batch(batch, mesh), global_batch(weights, mesh),
+                global_batch(indices, mesh), jax.random.fold_in(key, draw),
+            )  # fmt: skip
             total, count, bad = total + float(s), count + float(c), bad + int(nonfinite)
     if bad and report_nonfinite:
-        warn(f"warning: {bad} held-out example(s) had non-finite bits/dim; the mean is NaN")
+        unit = "bits/dim" if bins is not None else "negative log-likelihood"
+        warn(f"warning: {bad} held-out example(s) had a non-finite {unit}; the mean is NaN")
     return total / count
+
+
+evaluate_bits_per_dim = evaluate_held_out  # its name for discrete data
 
 
 def class_conditional_scores(
@@ -149,12 +160,15 @@ def pixel_baseline_bits_per_dim(train: Source, test: Source, bins: int, smoothin
     return histogram_bits_per_dim(fit_pixel_histogram(train, bins, smoothing), test, bins)
 
 
-def _level_diagnostics(flow: Flow, bins: int, variables, pixels, key, labels) -> dict[str, jax.Array]:
-    x = dequantize(key, pixels, bins)
+def _level_diagnostics(flow: Flow, bins: int | None, variables, pixels, key, labels) -> dict[str, jax.Array]:
+    x = pixels if bins is None else dequantize(key, pixels, bins)
     dims = math.prod(flow.event_shape)
     out: dict[str, jax.Array] = defaultdict(float)
     for path, term in log_det_breakdown(flow, variables, x, labels).items():
-        out[f"bpd_term/{path.split('/')[0]}"] += discrete_bits_per_dim(term.mean(), dims)
+        if bins is None:
+            out[f"nats_term/{path.split('/')[0]}"] -= term.mean()
+        else:
+            out[f"bpd_term/{path.split('/')[0]}"] += discrete_bits_per_dim(term.mean(), dims)
     for path, error in reconstruction_errors(flow, variables, x, labels).items():
         name = f"reconstruction_error/{path.split('/')[0]}"
         out[name] = error.max() if name not in out else jax.numpy.maximum(out[name], error.max())
@@ -170,11 +184,18 @@ def _compiled_diagnostics(flow: Flow, bins: int):
 
 
 def level_diagnostics(
-    flow: Flow, variables, pixels: np.ndarray, bins: int, seed: int = 0, labels: np.ndarray | None = None
+    flow: Flow,
+    variables,
+    pixels: np.ndarray,
+    bins: int | None,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Per level of a multi-scale flow, on a batch of integer pixels: `bpd_term/<level>` is minus the
-    level's log-det in bits/dim (`bpd_term/base` is the base log-density's share; all terms plus
-    log2(bins) give the batch's bits/dim) and `reconstruction_error/<level>` the worst
+    """Per level of a multi-scale flow (per top-level layer of any flow), on a batch of integer
+    pixels: `bpd_term/<level>` is minus the level's log-det in bits/dim (`bpd_term/base` is the base
+    log-density's share; all terms plus log2(bins) give the batch's bits/dim; for continuous data,
+    `bins` None, `nats_term/<level>` in nats, summing to the batch's NLL) and
+    `reconstruction_error/<level>` the worst
     |inverse(forward(h)) − h| of any of its layers (`jaxflows.analysis`);
     `reconstruction_error/model` is the whole flow's worst |inverse(forward(x)) − x| on the
     dequantised images. All run compiled on the default backend in the precision the model runs in
@@ -189,16 +210,18 @@ DIAGNOSTIC_EXAMPLES = 64
 
 def diagnostics(exp: Experiment, state: TrainState) -> dict[str, float]:
     """`level_diagnostics` of the state's (averaged) parameters on the first held-out examples."""
-    idx = np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.test)))
-    pixels, labels = exp.dataset.test[idx], exp.dataset.test.labels(idx) if exp.conditional else None
+    idx = np.arange(min(DIAGNOSTIC_EXAMPLES, len(exp.dataset.held_out)))
+    pixels, labels = exp.dataset.held_out[idx], exp.dataset.held_out.labels(idx) if exp.conditional else None
     variables = state.variables(averaged=True)
     return level_diagnostics(exp.flow, variables, pixels, exp.dataset.num_bins, exp.config.seed, labels)
 
 
-def reconstruction_warnings(scores: dict[str, float], bins: int) -> list[str]:
+def reconstruction_warnings(scores: dict[str, float], bins: int | None) -> list[str]:
     """A message for every `reconstruction_error/*` of `scores` above half an intensity level
     (0.5 / bins on the [0, 1) scale of the dequantised images): there, `inverse` and sampling no
     longer invert `forward` to the pixel."""
+    if bins is None:  # continuous data: no intensity level to measure against
+        return []
     limit = 0.5 / bins
     return [
         f"warning: {name.split('/', 1)[1]} reconstruction error {error:.2e} exceeds half an intensity "

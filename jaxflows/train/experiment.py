@@ -16,10 +16,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxflows.core import Flow
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.data import Dataset, batch_indices, load_dataset, validate_batch
-from jaxflows.models import VariationalDequantizer, glow
+from jaxflows.models import VariationalDequantizer, build_model
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import ConfigError
+from jaxflows.train.rules import model_kwargs, model_name
 
 DATA_AXIS = "batch"
 
@@ -29,19 +31,57 @@ class Experiment(NamedTuple):
     dataset: Dataset
     flow: Flow
     mesh: Mesh
-    init_batch: np.ndarray | tuple[np.ndarray, np.ndarray]  # pixels, or (pixels, labels) if conditional
+    init_batch: np.ndarray | tuple[np.ndarray, np.ndarray]  # examples, or (examples, labels) if conditional
 
     @property
     def conditional(self) -> bool:
         """Whether the flow is class-conditional (batches then carry labels)."""
         return self.flow.num_classes is not None
 
+    @property
+    def bins(self) -> int | None:
+        """The data's number of levels (discrete: dequantised, bits/dim), None for continuous data."""
+        return self.dataset.num_bins
 
-def build_flow(config: TrainConfig, image_shape: tuple[int, int, int]) -> Flow:
-    """The config's Glow (and variational dequantizer), with its network policy."""
+
+# Fields that only mean something for discrete data (dequantisation, bits/dim, pixel histograms,
+# Glow's classifier), with the value that leaves them unset.
+DISCRETE_ONLY_FIELDS = {
+    "n_bits": None,
+    "dequantizer": None,
+    "eval_dequant_draws": 1,
+    "eval_importance_samples": 1,
+    "baseline_smoothing": 1.0,
+    "class_loss_weight": 0.0,
+}
+
+
+def check_data_kind(config: TrainConfig, dataset: Dataset) -> None:
+    """ConfigError for a discrete-data field set while training on continuous data."""
+    if dataset.discrete:
+        return
+    set_fields = sorted(k for k, unset in DISCRETE_ONLY_FIELDS.items() if getattr(config, k) != unset)
+    if set_fields:
+        raise ConfigError(
+            f"dataset {dataset.name!r} is continuous (float arrays: the objective is -log p(x) in nats), "
+            f"but {set_fields} only apply to discrete data (dequantised pixels); leave them unset"
+        )
+
+
+def build_flow(config: TrainConfig, event_shape: tuple[int, ...], discrete: bool = True) -> Flow:
+    """The config's model (`MODELS[config.model["name"]]`, default "glow"), with its network policy,
+    the data's range (dequantised pixels in [0, 1], continuous data unbounded) and the variational
+    dequantizer where the config has one."""
     policy = {"network_dtype": jnp.dtype(config.network_dtype), "network_precision": config.network_precision}
     deq = None if config.dequantizer is None else VariationalDequantizer(**config.dequantizer, **policy)
-    return glow(tuple(image_shape), **config.model, dequantizer=deq, **policy)
+    name = model_name(config.model)
+    try:
+        return build_model(
+            name, tuple(event_shape), model_kwargs(config.model),
+            data_range=(0.0, 1.0) if discrete else None, dequantizer=deq, **policy,
+        )  # fmt: skip
+    except InvalidArgumentError as error:
+        raise ConfigError(f"TrainConfig.model: {error}") from None
 
 
 def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
@@ -53,7 +93,8 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
             "num_bins))"
         )
     dataset = load_dataset(config.dataset, config.data_dir, config.n_bits)
-    flow = build_flow(config, dataset.image_shape)
+    check_data_kind(config, dataset)
+    flow = build_flow(config, dataset.event_shape, dataset.discrete)
     if flow.num_classes is not None and flow.num_classes != dataset.num_classes:
         have = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"
         raise ConfigError(
@@ -65,7 +106,7 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {mesh.devices.size} devices")
     n_init = min(config.init_batch_size, len(dataset.train))
     idx = batch_indices(len(dataset.train), n_init, 0, config.seed + 1)
-    init_pixels = validate_batch(dataset.train[idx], dataset.num_bins, dataset.image_shape, "init batch")
+    init_pixels = validate_batch(dataset.train[idx], dataset.num_bins, dataset.event_shape, "init batch")
     init_batch = (init_pixels, dataset.train.labels(idx)) if flow.num_classes is not None else init_pixels
     return Experiment(config, dataset, flow, mesh, init_batch)
 
@@ -89,6 +130,17 @@ def global_batch(local_batch, mesh: Mesh):
     (pixels, labels) batch)."""
     sharding = batch_sharding(mesh)
     return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_batch)
+
+
+def likelihood_call(batch, keys: jax.Array, bins: int | None) -> tuple[tuple, str]:
+    """The `Flow` method and its positional arguments that give the per-example log-likelihood
+    (nats) of `batch`: `discrete_log_prob(pixels, keys, bins, labels)` (one dequantisation draw)
+    for discrete data, `log_prob(x, labels)` for continuous data (`bins` None). For
+    `flow.init(key, *args, method=...)` and `flow.apply(variables, *args, method=...)`."""
+    x, labels = split_batch(batch)
+    if bins is None:
+        return (x, labels), "log_prob"
+    return (x, keys, bins, labels), "discrete_log_prob"
 
 
 def split_batch(batch) -> tuple[jax.Array, jax.Array | None]:

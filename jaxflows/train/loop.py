@@ -9,6 +9,7 @@ and an uninterrupted one produce identical losses.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from jaxflows.data import BatchIterator, subset
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import DivergenceError, warn
-from jaxflows.train.evaluate import diagnostics, evaluate_bits_per_dim
+from jaxflows.train.evaluate import diagnostics, evaluate_held_out
 from jaxflows.train.experiment import Experiment, global_batch, replicated, setup
 from jaxflows.train.metrics import MetricsWriter, StepTimer
 from jaxflows.train.state import TrainState, init_fn, learning_rate_schedule, set_hyperparameters
@@ -37,10 +38,12 @@ class TrainResult(NamedTuple):
 
     state: the final `TrainState` (`state.variables()` are the flow's variables for `apply`).
     experiment: the `Experiment` trained: config, dataset, flow and mesh.
-    history: one dict per logged row, as in metrics.csv: step, loss (the last step's bits/dim),
-        bits_per_dim (mean over the row's steps), images_per_sec, learning_rate, grad_norm,
-        skipped_updates, and eval_bits_per_dim (with the level diagnostics) every `eval_every`
-        steps and at the final step.
+    history: one dict per logged row, as in metrics.csv: step, loss (the last step's objective),
+        the train step's metrics (bits_per_dim for discrete data, nats and nats_per_dim for
+        continuous data: means over the row's steps), images_per_sec, learning_rate, grad_norm,
+        skipped_updates, and the held-out score (eval_bits_per_dim, or eval_nats and
+        eval_nats_per_dim; with the level diagnostics) every `eval_every` steps and at the final
+        step.
     preempted: whether a signal stopped the run early (it was checkpointed).
     signal: "SIGTERM" or "SIGINT" when preempted, else None.
     first_step_s: wall time of the first step, compilation included.
@@ -131,7 +134,7 @@ def initial_state(exp: Experiment, store: CheckpointStore | None = None) -> Trai
 def _train(
     exp: Experiment, workdir: Path | None, store: CheckpointStore | None, changes, progress, on_step
 ) -> TrainResult:
-    config, bins, lead = exp.config, exp.dataset.num_bins, jax.process_index() == 0
+    config, bins, lead = exp.config, exp.bins, jax.process_index() == 0
     state = initial_state(exp, store)
     start = int(state.step)
     if lead and workdir is not None:
@@ -139,7 +142,7 @@ def _train(
         save_config(config, workdir)
     train_step = compiled_train_step(exp)
     schedule = learning_rate_schedule(config)
-    writer = MetricsWriter(workdir, enabled=lead, start_step=start)
+    writer = MetricsWriter(workdir, enabled=lead, start_step=start, discrete=bins is not None)
     timer = StepTimer(config.batch_size)
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
@@ -199,33 +202,58 @@ def _train(
 
 
 def _show(bar, row: dict) -> None:
-    postfix = {"loss": f"{row['loss']:.3f}", "bpd": f"{row['bits_per_dim']:.3f}"}
+    score = {"bpd": f"{row['bits_per_dim']:.3f}"} if "bits_per_dim" in row else {"nats": f"{row['nats']:.3f}"}
+    postfix = {"loss": f"{row['loss']:.3f}", **score}
     bar.set_postfix(**postfix, img_s=f"{row['images_per_sec']:.0f}", skipped=row["skipped_updates"])
+
+
+# How the loop reduces a train-step metric over a logged row's steps: the last value for these,
+# the mean for every other one; the step's internal counters are not logged.
+LAST_VALUE_METRICS = frozenset({"loss", "grad_norm", "skipped_updates"})
+UNLOGGED_METRICS = frozenset({"skipped_in_a_row"})
+
+
+def reduce_metrics(window: list[dict[str, Any]]) -> dict[str, float]:
+    """One row from the train step's metrics of a window of steps (fetched to the host): each
+    metric's last value (`LAST_VALUE_METRICS`) or its mean over the window."""
+    row: dict[str, float] = {}
+    for name, last in window[-1].items():
+        if name in UNLOGGED_METRICS:
+            continue
+        value = last if name in LAST_VALUE_METRICS else np.mean([m[name] for m in window])
+        row[name] = int(value) if name == "skipped_updates" else float(value)
+    return row
+
+
+def held_out_row(exp: Experiment, state: TrainState) -> dict[str, float]:
+    """The held-out score of the state's (averaged) parameters under its metric names:
+    eval_bits_per_dim, or eval_nats and eval_nats_per_dim for continuous data."""
+    c = exp.config
+    score = evaluate_held_out(
+        exp.flow, state.variables(averaged=True), exp.dataset.held_out, exp.bins, exp.mesh,
+        c.eval_batch_size, c.eval_dequant_draws, c.seed,
+    )  # fmt: skip
+    if exp.bins is not None:
+        return {"eval_bits_per_dim": score}
+    return {"eval_nats": score, "eval_nats_per_dim": score / math.prod(exp.flow.event_shape)}
 
 
 def _log_row(
     exp: Experiment, state: TrainState, window, images_per_sec: float, lr, done: int, last: bool
 ) -> dict:
-    """One row of metrics.csv: the window's training numbers, and held-out bits/dim every
+    """One row of metrics.csv: the window's training numbers, and the held-out score every
     `eval_every` steps and at the final step (not when a signal or the time limit stops the run)."""
     config = exp.config
-    fetched = jax.device_get(window)
+    metrics = reduce_metrics(jax.device_get(window))
     row = {
-        "loss": float(fetched[-1]["loss"]),
-        "bits_per_dim": float(np.mean([m["loss"] for m in fetched])),
+        "loss": metrics.pop("loss"),
+        **metrics,
         "images_per_sec": images_per_sec,
         "learning_rate": float(lr),
-        "grad_norm": float(fetched[-1]["grad_norm"]),
-        "skipped_updates": int(fetched[-1]["skipped_updates"]),
     }
-    if "class_loss" in fetched[-1]:
-        row["class_loss_bits"] = float(np.mean([m["class_loss"] for m in fetched]))
     final = done == config.num_steps
     if config.eval_every and (final or (done % config.eval_every == 0 and not last)):
-        row["eval_bits_per_dim"] = evaluate_bits_per_dim(
-            exp.flow, state.variables(averaged=True), exp.dataset.test, exp.dataset.num_bins, exp.mesh,
-            config.eval_batch_size, config.eval_dequant_draws, config.seed,
-        )  # fmt: skip
+        row.update(held_out_row(exp, state))
         row.update(diagnostics(exp, state))
     return row
 
@@ -250,12 +278,12 @@ def _check_divergence(config: TrainConfig, store: CheckpointStore | None, done: 
 def _save_if_healthy(exp: Experiment, store: CheckpointStore, state: TrainState) -> bool:
     """Save `state` unless its bits/dim on the first held-out batch are non-finite (a checkpoint of a
     broken state would rotate the good ones out)."""
-    c, test = exp.config, exp.dataset.test
+    c, test = exp.config, exp.dataset.held_out
     check = subset(test, np.arange(min(c.eval_batch_size, len(test))), exp.conditional)
-    bpd = evaluate_bits_per_dim(exp.flow, state.variables(averaged=True), check, exp.dataset.num_bins,
-                                exp.mesh, c.eval_batch_size, 1, c.seed, report_nonfinite=False)  # fmt: skip
-    if not np.isfinite(bpd):
-        warn(f"warning: step {int(state.step)}: held-out bits/dim is {bpd}; not checkpointed "
+    score = evaluate_held_out(exp.flow, state.variables(averaged=True), check, exp.bins,
+                              exp.mesh, c.eval_batch_size, 1, c.seed, report_nonfinite=False)  # fmt: skip
+    if not np.isfinite(score):
+        warn(f"warning: step {int(state.step)}: held-out score is {score}; not checkpointed "
               f"(last good checkpoint: step {store.latest_step()})")  # fmt: skip
         return False
     store.save(state, force=True)

@@ -22,25 +22,37 @@ from jaxflows.train.workdir import write_text_atomically, writing
 
 FIELDS = ["step", "loss", "bits_per_dim", "images_per_sec", "learning_rate", "grad_norm", "skipped_updates",
           "eval_bits_per_dim"]  # fmt: skip
+# metrics.csv of a run on continuous data: the objective in nats (and per dimension)
+CONTINUOUS_FIELDS = ["step", "loss", "nats", "nats_per_dim", "images_per_sec", "learning_rate", "grad_norm",
+                     "skipped_updates", "eval_nats", "eval_nats_per_dim"]  # fmt: skip
 
 
-def _parse_rows(text: str) -> list[dict[str, str]]:
+def _fields_of(text: str, default: list[str]) -> list[str]:
+    """The columns a metrics CSV was written with (from its header), else `default`."""
+    header = text.split("\n", 1)[0].strip()
+    for fields in (FIELDS, CONTINUOUS_FIELDS):
+        if header == ",".join(fields):
+            return fields
+    return default
+
+
+def _parse_rows(text: str, fields: list[str] = FIELDS) -> list[dict[str, str]]:
     """Complete rows of a metrics CSV (with or without its header; a cut-off last row is dropped)."""
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines = lines[:-1]  # a row cut off by a crash
-    if lines and lines[0].strip() == ",".join(FIELDS):
+    if lines and lines[0].strip() == ",".join(fields):
         lines = lines[1:]
     rows = []
     for row in csv.reader(lines):
-        if len(row) == len(FIELDS) and row[0].isdigit():
-            rows.append(dict(zip(FIELDS, row, strict=True)))
+        if len(row) == len(fields) and row[0].isdigit():
+            rows.append(dict(zip(fields, row, strict=True)))
     return rows
 
 
-def _csv_text(rows: list[dict[str, str]]) -> str:
+def _csv_text(rows: list[dict[str, str]], fields: list[str] = FIELDS) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -122,20 +134,23 @@ class MetricsWriter:
     restores a missing header and drops a row cut off by a crash.
     """
 
-    def __init__(self, workdir: Path | None, enabled: bool = True, start_step: int = 0):
+    def __init__(
+        self, workdir: Path | None, enabled: bool = True, start_step: int = 0, discrete: bool = True
+    ):
         self.enabled = enabled and workdir is not None
         if not self.enabled:
             return
+        self.fields = FIELDS if discrete else CONTINUOUS_FIELDS
         self.csv_path = Path(workdir) / "metrics.csv"
         old = self.csv_path.read_text() if self.csv_path.exists() else ""
-        rows = [r for r in _parse_rows(old) if int(r["step"]) <= start_step]
-        text = _csv_text(rows)
+        rows = [r for r in _parse_rows(old, self.fields) if int(r["step"]) <= start_step]
+        text = _csv_text(rows, self.fields)
         if text != old:
             write_text_atomically(self.csv_path, text)
         with writing(self.csv_path):
             self.csv_file = self.csv_path.open("a", newline="")
         self.csv = csv.DictWriter(
-            self.csv_file, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n"
+            self.csv_file, fieldnames=self.fields, extrasaction="ignore", lineterminator="\n"
         )
         tensorboard = Path(workdir) / "tensorboard"
         with writing(tensorboard):
@@ -161,11 +176,14 @@ def read_metrics(workdir: Path) -> list[dict[str, float]]:
     path = Path(workdir) / "metrics.csv"
     if not path.exists():
         return []
-    return [{k: float(v) for k, v in row.items() if v != ""} for row in _parse_rows(path.read_text())]
+    text = path.read_text()
+    rows = _parse_rows(text, _fields_of(text, FIELDS))
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in rows]
 
 
 def plot_training_curve(workdir: Path, baseline_bits_per_dim: float | None = None) -> Path:
-    """PNG of training bits/dim (and held-out bits/dim, baseline) against step."""
+    """PNG of the training objective (bits/dim, or nats for continuous data), the held-out score
+    and the baseline against step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,16 +191,18 @@ def plot_training_curve(workdir: Path, baseline_bits_per_dim: float | None = Non
 
     rows = read_metrics(workdir)
     fig, ax = plt.subplots(figsize=(6, 4))
-    train = [(r["step"], r["bits_per_dim"]) for r in rows if "bits_per_dim" in r]
-    held_out = [(r["step"], r["eval_bits_per_dim"]) for r in rows if "eval_bits_per_dim" in r]
+    continuous = any("nats" in r for r in rows)
+    score, unit = ("nats", "negative log-likelihood (nats)") if continuous else ("bits_per_dim", "bits/dim")
+    train = [(r["step"], r[score]) for r in rows if score in r]
+    held_out = [(r["step"], r[f"eval_{score}"]) for r in rows if f"eval_{score}" in r]
     if train:
-        ax.plot(*zip(*train, strict=True), label="train (dequantised batches)")
+        ax.plot(*zip(*train, strict=True), label="train" if continuous else "train (dequantised batches)")
     if held_out:
         ax.plot(*zip(*held_out, strict=True), "o-", label="held-out")
     if baseline_bits_per_dim is not None:
         ax.axhline(baseline_bits_per_dim, color="grey", ls="--", label="per-pixel histogram baseline")
     ax.set_xlabel("step")
-    ax.set_ylabel("bits/dim")
+    ax.set_ylabel(unit)
     ax.legend()
     ax.grid(alpha=0.3)
     path = Path(workdir) / "training_curve.png"

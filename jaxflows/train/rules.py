@@ -5,14 +5,14 @@ and its test), `setting` (the dataclass field that carries the rule and its resu
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.data import Dataset
 from jaxflows.data.arrays import is_description
-from jaxflows.models import glow
+from jaxflows.models import MODELS, check_model_arguments
 from jaxflows.train.errors import ConfigError
 
 
@@ -42,7 +42,10 @@ POSITIVE = Rule("a positive integer", lambda v: is_int(v) and v > 0)
 NON_NEGATIVE = Rule("an integer >= 0", lambda v: is_int(v) and v >= 0)
 POSITIVE_NUMBER = Rule("a finite number > 0", lambda v: is_number(v) and v > 0)
 PATH = Rule("a directory path", lambda v: isinstance(v, str) and bool(v))
-KWARGS = Rule("a dict of models.glow keyword arguments", lambda v: isinstance(v, dict))
+KWARGS = Rule(
+    'a dict {"name": a registered model (default "glow"), **its builder\'s keyword arguments}',
+    lambda v: isinstance(v, dict),
+)
 DEQUANTIZER = Rule("a dict of VariationalDequantizer keyword arguments", lambda v: isinstance(v, dict))
 BITS = Rule("an integer in 1..16", lambda v: is_int(v) and 1 <= v <= 16)
 DECAY = Rule("a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1)
@@ -54,22 +57,36 @@ DEVICES = Rule('None, "cores" or an integer >= 1', lambda v: v is None or v == "
 FLAG = Rule("True or False", lambda v: isinstance(v, bool))
 
 
-# models.glow's keyword arguments a config's `model` may set (the image shape comes from the data;
-# the network policy from TrainConfig.network_dtype / network_precision)
+# The network policy comes from TrainConfig.network_dtype / network_precision, never from `model`.
 NETWORK_POLICY = ("network_dtype", "network_precision")
-GLOW_ARGUMENTS = frozenset(inspect.signature(glow).parameters) - {
-    "image_shape",
-    "dequantizer",
-    *NETWORK_POLICY,
-}
+DEFAULT_MODEL_NAME = "glow"
+
+
+def model_name(model: dict[str, Any]) -> str:
+    """The registered builder a config's `model` names ("glow" when it names none)."""
+    return model.get("name", DEFAULT_MODEL_NAME)
+
+
+def model_kwargs(model: dict[str, Any]) -> dict[str, Any]:
+    """A config's `model` without its name: the builder's keyword arguments."""
+    return {key: value for key, value in model.items() if key != "name"}
+
+
+def normalized_model(model: Any) -> Any:
+    """`model` with its name filled in, so {"levels": 2} and {"name": "glow", "levels": 2} compare
+    equal (workdirs written before the registry record no name)."""
+    return {"name": model_name(model), **model} if isinstance(model, dict) else model
+
+
 NETWORK_DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adam", "adamax")
 LR_DECAYS = ("constant", "cosine")
 PRNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 DEFAULT_MODEL = {"levels": 2, "depth": 4, "hidden": 64, "conv": "lu"}
 DATASET = Rule(
-    "a dataset name, a jaxflows.data.Dataset, (train, held_out, num_bins) of uint8 NHWC arrays or "
-    "ArraySources, or the dataset description a workdir's config.json records",
+    "a dataset name, a jaxflows.data.Dataset, (train, held_out) of float arrays (continuous), "
+    "(train, held_out, levels) of integer arrays or ArraySources (discrete), or the dataset "
+    "description a workdir's config.json records",
     lambda v: (isinstance(v, str) and bool(v)) or isinstance(v, Dataset) or is_description(v),
 )
 
@@ -109,11 +126,13 @@ def validate_config(config: Any) -> None:
             raise ConfigError(
                 f"set the network policy with TrainConfig.{name} (--set {name}=...), not in model"
             )
-    unknown = sorted(set(config.model) - GLOW_ARGUMENTS)
-    if unknown:
-        raise ConfigError(
-            f"TrainConfig.model has unknown key(s) {unknown}; models.glow takes {sorted(GLOW_ARGUMENTS)}"
-        )
+    name = model_name(config.model)
+    if not isinstance(name, str) or name not in MODELS:
+        raise ConfigError(f"TrainConfig.model names model {name!r}; registered models: {sorted(MODELS)}")
+    try:
+        check_model_arguments(name, model_kwargs(config.model))
+    except InvalidArgumentError as error:
+        raise ConfigError(f"TrainConfig.model: {error}") from None
     if config.class_loss_weight > 0 and not (
         config.model.get("classifier") and config.model.get("num_classes")
     ):

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.sharding import Mesh
@@ -34,7 +35,7 @@ from jax.sharding import Mesh
 from jaxflows.core import Flow
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import ConfigError
-from jaxflows.train.experiment import Experiment, batch_sharding, replicated, split_batch
+from jaxflows.train.experiment import Experiment, batch_sharding, likelihood_call, replicated
 
 # The compiled functions of the train package are cached on their arguments (hashable: flows are
 # frozen modules of tuples, optimisers an `OptimizerSpec`, meshes hash), so a process that trains,
@@ -75,22 +76,29 @@ def init_state(
     flow: Flow,
     optimizer: optax.GradientTransformation,
     init_batch,
-    bins: int,
+    bins: int | None,
     seed: int,
     ema_decay: float | None = None,
+    *,
+    key: jax.Array | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Variables from ActNorm's data-dependent init on `init_batch` (pixels, or (pixels, labels)
-    for a class-conditional flow), a fresh optimiser state, and (with `ema_decay`) a moving average
-    of the parameters.
+    """Variables from ActNorm's data-dependent init on `init_batch` (examples, or (examples, labels)
+    for a conditional flow; integer pixels with `bins` levels, or floats with `bins` None), a
+    fresh optimiser state, and (with `ema_decay`) a moving average of the parameters.
+
+    `key` (raw uint32 key data) replaces `PRNGKey(seed)`; `variables` are used as they are instead
+    of initialising (a warm start: `init_batch` is then unused).
 
     `optimizer` must count skipped updates, as `make_train_step` reads them: `make_optimizer(config)`,
     or any optax optimiser wrapped as `skip_nonfinite(optax.adam(2e-3))`; pass the same one to
     `make_train_step`. A plain optax optimiser is a ConfigError saying so.
     """
     check_decay(ema_decay)
-    k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed), 3)
-    pixels, labels = split_batch(init_batch)
-    variables = flow.init(k_init, jnp.asarray(pixels), k_dequant, bins, labels, method="discrete_log_prob")
+    k_init, k_dequant, k_train = jax.random.split(jax.random.PRNGKey(seed) if key is None else key, 3)
+    if variables is None:
+        args, method = likelihood_call(jax.tree_util.tree_map(jnp.asarray, init_batch), k_dequant, bins)
+        variables = flow.init(k_init, *args, method=method)
     variables = {k: v for k, v in variables.items() if k != INTERMEDIATES}
     params = variables["params"]
     constants = {k: v for k, v in variables.items() if k != "params"}
@@ -120,7 +128,8 @@ def abstract_inputs(
     Nothing is computed: use it to compile ahead of time, or to read a step's cost or memory
     analysis without initialising the model.
     """
-    pixels = jax.ShapeDtypeStruct((batch_size, *flow.event_shape), jnp.uint8, sharding=batch_sharding(mesh))
+    dtype = jnp.float32 if bins is None else jnp.uint8  # continuous data (bins None) is float
+    pixels = jax.ShapeDtypeStruct((batch_size, *flow.event_shape), dtype, sharding=batch_sharding(mesh))
     if flow.num_classes is not None:
         pixels = (pixels, jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding(mesh)))
     state = jax.eval_shape(lambda p: init_state(flow, optimizer, p, bins, 0, ema_decay), pixels)
@@ -222,22 +231,23 @@ def hyperparameters(config: TrainConfig) -> dict[str, float]:
     }
 
 
-def _learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine) -> jax.Array:
+def _learning_rate_at(count, learning_rate, warmup_steps, decay_steps, cosine, xp=jnp) -> jax.Array:
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps` updates, then constant, or (when
-    `cosine` is 1) a cosine decay to 0 at `decay_steps` (optax's warmup_cosine_decay_schedule)."""
-    count = jnp.asarray(count, jnp.float32)
-    warm = count / jnp.maximum(warmup_steps, 1.0)
-    progress = jnp.clip((count - warmup_steps) / jnp.maximum(decay_steps - warmup_steps, 1.0), 0.0, 1.0)
-    decay = jnp.where(cosine > 0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)), 1.0)
-    return learning_rate * jnp.where(count < warmup_steps, warm, decay)
+    `cosine` is 1) a cosine decay to 0 at `decay_steps` (optax's warmup_cosine_decay_schedule).
+    `xp`: jax.numpy inside the optimiser, numpy on the host (no device programs)."""
+    count = xp.asarray(count, xp.float32)
+    warm = count / xp.maximum(warmup_steps, 1.0)
+    progress = xp.clip((count - warmup_steps) / xp.maximum(decay_steps - warmup_steps, 1.0), 0.0, 1.0)
+    decay = xp.where(cosine > 0, 0.5 * (1.0 + xp.cos(xp.pi * progress)), 1.0)
+    return learning_rate * xp.where(count < warmup_steps, warm, decay)
 
 
-def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
-    """`_learning_rate_at` with `config`'s hyperparameters: step -> learning rate."""
+def learning_rate_schedule(config: TrainConfig) -> Callable[[int], float]:
+    """`_learning_rate_at` with `config`'s hyperparameters: step -> learning rate, computed on the
+    host with NumPy (the loop logs it: eager jnp ops would compile a program per operation)."""
     h = hyperparameters(config)
-    return lambda count: _learning_rate_at(
-        count, h["learning_rate"], h["warmup_steps"], h["decay_steps"], h["cosine"]
-    )
+    args = (h["learning_rate"], h["warmup_steps"], h["decay_steps"], h["cosine"])
+    return lambda count: float(_learning_rate_at(count, *args, xp=np))
 
 
 def build_optimizer(spec: OptimizerSpec, **values: float) -> optax.GradientTransformation:

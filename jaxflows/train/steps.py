@@ -1,5 +1,6 @@
-"""The pure, jit-compiled steps: the training step (loss = bits/dim of the dequantised batch) and
-the held-out evaluation steps, data-parallel over an experiment's mesh (`experiment.make_mesh`)."""
+"""The pure, jit-compiled steps: the training step (loss = bits/dim of the dequantised batch for
+discrete data, −log p(x) in nats for continuous data) and the held-out evaluation steps,
+data-parallel over an experiment's mesh (`experiment.make_mesh`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from jaxflows.core import Flow
 from jaxflows.core.objective import discrete_bits_per_dim, example_keys, is_key_batch
 from jaxflows.ops import LOG_DET_RNG, SPECTRAL_NORM
 from jaxflows.train.errors import ConfigError
-from jaxflows.train.experiment import DATA_AXIS, Experiment, batch_sharding, replicated, split_batch
+from jaxflows.train.experiment import (
+    DATA_AXIS,
+    Experiment,
+    batch_sharding,
+    likelihood_call,
+    replicated,
+    split_batch,
+)
 from jaxflows.train.state import (
     COMPILED_FUNCTIONS,
     INTERMEDIATES,
@@ -85,6 +93,19 @@ def _example_bits_per_dim(flow: Flow, log_prob: jax.Array) -> jax.Array:
     return discrete_bits_per_dim(log_prob, math.prod(flow.event_shape))
 
 
+def example_scores(flow: Flow, log_prob: jax.Array, bins: int | None) -> jax.Array:
+    """The per-example number training minimises and evaluation reports: bits/dim of a discrete
+    log-probability, or the negative log-likelihood in nats for continuous data (`bins` None)."""
+    return -log_prob if bins is None else _example_bits_per_dim(flow, log_prob)
+
+
+def score_metrics(flow: Flow, score: jax.Array, bins: int | None) -> dict[str, jax.Array]:
+    """A batch's mean score under its metric names: bits_per_dim, or nats and nats_per_dim."""
+    if bins is not None:
+        return {"bits_per_dim": score}
+    return {"nats": score, "nats_per_dim": score / math.prod(flow.event_shape)}
+
+
 def batch_example_keys(key: jax.Array, batch) -> jax.Array:
     """One key per example of a global batch, `fold_in(key, position)`: an example's randomness
     (dequantisation noise) depends on its position in the global batch, not on how the batch is
@@ -102,13 +123,19 @@ def log_det_key(keys: jax.Array) -> jax.Array:
 def make_train_step(
     flow: Flow,
     optimizer: optax.GradientTransformation,
-    bins: int,
+    bins: int | None,
     mesh: Mesh,
     ema_decay: float | None = None,
     class_loss_weight: float = 0.0,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """jit(state, batch) -> (state, metrics); loss = mean bits/dim of the dequantised batch (pixels,
-    or (pixels, labels) for a class-conditional flow: then of log P(x | y)).
+    or (pixels, labels) for a class-conditional flow: then of log P(x | y)), or with `bins` None
+    (continuous data) the mean −log p(x) in nats of the float batch.
+
+    `metrics` holds "loss", the score's metrics (`score_metrics`: "bits_per_dim", or "nats" and
+    "nats_per_dim"), "class_loss_bits" with a classifier, "grad_norm", "skipped_updates" and
+    "skipped_in_a_row"; a new metric is one more key (the loop reduces them by name,
+    `jaxflows.train.loop.LAST_VALUE_METRICS`).
 
     Non-parameter collections the flow updates in training (`SPECTRAL_NORM`: the power-iteration
     vectors of `InvertibleResidual`) are updated in `state.constants`; stochastic log-det estimates
@@ -123,31 +150,33 @@ def make_train_step(
     classify = class_loss_weight > 0
 
     def loss_fn(params, constants, batch, keys):
-        pixels, labels = split_batch(batch)
+        args, method = likelihood_call(batch, keys, bins)
         log_prob, sown = flow.apply(
             {"params": params, **constants},
-            pixels,
-            keys,
-            bins,
-            labels,
-            method="discrete_log_prob",
+            *args,
+            method=method,
             mutable=[INTERMEDIATES, SPECTRAL_NORM],
             rngs={LOG_DET_RNG: log_det_key(keys)},
         )
         updated = {k: v for k, v in sown.items() if k in constants}
-        bpd = jnp.mean(_example_bits_per_dim(flow, log_prob))
+        score = jnp.mean(example_scores(flow, log_prob, bins))
+        metrics = score_metrics(flow, score, bins)
         if not classify:
-            return bpd, ((bpd, jnp.zeros(())), updated)
+            return score, (metrics, updated)
+        labels = split_batch(batch)[1]
         logits = class_logits(sown[INTERMEDIATES])
         cross_entropy = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)) / math.log(
             2.0
         )
-        return bpd + class_loss_weight * cross_entropy, ((bpd, cross_entropy), updated)
+        return score + class_loss_weight * cross_entropy, (
+            {**metrics, "class_loss_bits": cross_entropy},
+            updated,
+        )
 
     def shard_gradient(params, constants, batch, keys):
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, (losses, updated)), grads = grad_fn(params, constants, batch, keys)
-        flat, unflatten = ravel_pytree((grads, losses))
+        (_, (metrics, updated)), grads = grad_fn(params, constants, batch, keys)
+        flat, unflatten = ravel_pytree((grads, metrics))
         # The updated constants (power-iteration vectors) depend on the parameters only: every
         # shard computes the same values.
         return unflatten(jax.lax.pmean(flat, DATA_AXIS)), updated
@@ -165,7 +194,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch):
         keys = batch_example_keys(jax.random.fold_in(state.rng, state.step), batch)
-        (grads, (loss, class_loss)), updated = mean_gradient(state.params, state.constants, batch, keys)
+        (grads, score_and_losses), updated = mean_gradient(state.params, state.constants, batch, keys)
         check_counts_skips(state.opt_state)  # at trace time
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -174,14 +203,14 @@ def make_train_step(
             if ema_params is None:
                 raise ConfigError("make_train_step(ema_decay=...) needs init_state(..., ema_decay=...)")
             ema_params = update_ema(ema_params, params, ema_decay, state.step + 1)
+        score = score_and_losses["bits_per_dim" if bins is not None else "nats"]
         metrics = {
-            "loss": loss,
+            "loss": score,
+            **score_and_losses,
             "grad_norm": optax.tree.norm(grads),
             "skipped_updates": opt_state.skipped,
             "skipped_in_a_row": opt_state.skipped_in_a_row,
         }
-        if classify:
-            metrics["class_loss"] = class_loss
         new_state = state.replace(
             step=state.step + 1,
             params=params,
@@ -212,26 +241,45 @@ def _jit_train_step(flow, bins, optimizer: OptimizerSpec, ema_decay, mesh, class
     return make_train_step(flow, build_optimizer(optimizer), bins, mesh, ema_decay, class_loss_weight)
 
 
-@functools.lru_cache(COMPILED_FUNCTIONS)
-def make_eval_step(flow: Flow, bins: int, mesh: Mesh, samples: int = 1):
-    """jit(variables, batch, weights, key) -> (Σ weight·bits/dim, Σ weight, # non-finite); with
-    `samples` > 1 the bits/dim are the importance-weighted estimate over that many draws. `batch` is
-    pixels, or (pixels, labels) for a class-conditional flow."""
+def held_out_log_prob(
+    flow: Flow, variables, batch, keys: jax.Array, bins: int | None, samples: int = 1
+) -> jax.Array:
+    """Per-example log-likelihood (nats) for evaluation: the importance-weighted bound over
+    `samples` dequantisation draws for discrete data, log p(x) for continuous data (`bins` None);
+    `keys` one per example."""
+    if bins is not None:
+        return importance_weighted_log_prob(flow, variables, batch, keys, bins, samples)
+    args, method = likelihood_call(batch, keys, bins)
+    return flow.apply(variables, *args, method=method, rngs={LOG_DET_RNG: log_det_key(keys)})
 
-    def eval_step(variables, batch, weights, key):
-        keys = batch_example_keys(key, batch)
-        log_prob = importance_weighted_log_prob(flow, variables, batch, keys, bins, samples)
-        bpd = _example_bits_per_dim(flow, log_prob)
-        finite = jnp.isfinite(bpd)
+
+@functools.lru_cache(COMPILED_FUNCTIONS)
+def make_eval_step(flow: Flow, bins: int | None, mesh: Mesh, samples: int = 1):
+    """jit(variables, batch, weights, indices, key) -> (Σ weight·score, Σ weight, # non-finite), the
+    score bits/dim (discrete data; with `samples` > 1 the importance-weighted estimate over that
+    many draws) or nats (continuous data, `bins` None). Example i's randomness is keyed by
+    `fold_in(key, indices[i])`, its index in the split, so the result does not depend on the batch
+    size or layout. `batch` is examples, or (examples, labels) for a class-conditional flow."""
+
+    def eval_step(variables, batch, weights, indices, key):
+        keys = example_keys(key, indices)
+        score = example_scores(flow, held_out_log_prob(flow, variables, batch, keys, bins, samples), bins)
+        finite = jnp.isfinite(score)
         return (
-            jnp.sum(jnp.where(weights > 0, bpd, 0.0) * weights),
+            jnp.sum(jnp.where(weights > 0, score, 0.0) * weights),
             jnp.sum(weights),
             jnp.sum(jnp.where(weights > 0, ~finite, False)),
         )
 
     return jax.jit(
         eval_step,
-        in_shardings=(replicated(mesh), batch_sharding(mesh), batch_sharding(mesh), replicated(mesh)),
+        in_shardings=(
+            replicated(mesh),
+            batch_sharding(mesh),
+            batch_sharding(mesh),
+            batch_sharding(mesh),
+            replicated(mesh),
+        ),
         out_shardings=replicated(mesh),
     )
 

@@ -21,6 +21,7 @@ from jaxflows.train.errors import (
     WorkdirLockedError,
     WorkdirWriteError,
 )
+from jaxflows.train.rules import normalized_model
 
 LOCK = ".lock"
 CONFIG = "config.json"
@@ -160,7 +161,8 @@ def check_format(workdir: Path) -> None:
 def _config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """{field: (saved value, new value)} for every field that differs (JSON-normalised)."""
     new = config_to_dict(config)
-    return {k: (saved.get(k), v) for k, v in new.items() if k not in saved or saved[k] != v}
+    same = lambda k, v: normalized_model(saved[k]) == normalized_model(v) if k == "model" else saved[k] == v
+    return {k: (saved.get(k), v) for k, v in new.items() if k not in saved or not same(k, v)}
 
 
 def check_resume(config: TrainConfig, workdir: Path) -> dict[str, tuple[Any, Any]]:

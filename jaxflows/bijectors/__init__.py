@@ -22,7 +22,13 @@ from jaxflows.bijectors.elementwise import ElementwiseBijector, ScalarAffine, Sh
 from jaxflows.bijectors.elementwise_layers import ElementwiseAffine, Logit, Sigmoid, Tanh
 from jaxflows.bijectors.emerging import EmergingConv
 from jaxflows.bijectors.made import MADE, MaskedDense
-from jaxflows.bijectors.masks import ChannelMask, CheckerboardMask
+from jaxflows.bijectors.masks import (
+    BoardMask,
+    ChannelMask,
+    CheckerboardMask,
+    HorizontalStripeMask,
+    VerticalStripeMask,
+)
 from jaxflows.bijectors.matrix_exp import (
     MatrixExpAffine,
     MatrixExpConv1x1,
@@ -30,15 +36,18 @@ from jaxflows.bijectors.matrix_exp import (
     MatrixExpTransformer,
     PixelExponential,
 )
+from jaxflows.bijectors.patchify import Patchify, patchify, unpatchify
 from jaxflows.bijectors.periodic import PeriodicConv
 from jaxflows.bijectors.permutation import ChannelPermutation, ReversePermutation, ShufflePermutation
 from jaxflows.bijectors.planar import Planar, RootFindingBijector
+from jaxflows.bijectors.rescale import Rescale
 from jaxflows.bijectors.residual import InvertibleResidual
 from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpline
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 from jaxflows.bijectors.sylvester import Sylvester
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
+from jaxflows.bijectors.vit import ViTBlock, ViTConditioner
 
 __all__ = [
     "MADE",
@@ -47,6 +56,7 @@ __all__ = [
     "AdditiveTransformer",
     "AffineCoupling",
     "AffineTransformer",
+    "BoardMask",
     "ChannelMask",
     "ChannelPermutation",
     "CheckerboardMask",
@@ -59,6 +69,7 @@ __all__ = [
     "ElementwiseAffine",
     "ElementwiseBijector",
     "EmergingConv",
+    "HorizontalStripeMask",
     "InvertibleConv1x1",
     "InvertibleResidual",
     "LULinear",
@@ -70,11 +81,13 @@ __all__ = [
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
     "MatrixExpTransformer",
+    "Patchify",
     "PeriodicConv",
     "PixelExponential",
     "Planar",
     "RationalQuadraticMap",
     "RationalQuadraticSpline",
+    "Rescale",
     "ReversePermutation",
     "RootFindingBijector",
     "ScalarAffine",
@@ -86,8 +99,13 @@ __all__ = [
     "Sylvester",
     "Tanh",
     "Transformer",
+    "VerticalStripeMask",
+    "ViTBlock",
+    "ViTConditioner",
     "apply_1x1",
+    "patchify",
     "random_rotation",
     "squeeze2d",
+    "unpatchify",
     "unsqueeze2d",
 ]

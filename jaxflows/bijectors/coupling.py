@@ -126,7 +126,7 @@ class Coupling(Bijector, NetworkPolicy):
       hidden: channels (units on vectors) of the default network's hidden layers (Glow: 512).
       mask: "channel" (`ChannelMask`: halves of the channels, or of a vector's coordinates) or
         "checkerboard" (`CheckerboardMask`: a spatial checkerboard; alternate coordinates of a
-        vector).
+        vector), or Jet's "vertical_stripes" / "horizontal_stripes" (images only).
       parity: 0 or 1, which half is active; alternate it between successive couplings.
       transformer: the element-wise law (`jaxflows.bijectors.transformers`), e.g.
         `AffineTransformer()`; a subclass may build it from its own fields (`elementwise`).
@@ -158,9 +158,9 @@ class Coupling(Bijector, NetworkPolicy):
                 f"function of out_channels=, dtype=, param_dtype=, precision=, name=), got "
                 f"{self.conditioner!r}"
             )
-        self.masking()
+        family = self.masking().family  # the stripe masks work wherever the checkerboard does
         transformer = self.elementwise()
-        if self.mask not in transformer.masks:
+        if family not in transformer.masks:
             raise InvalidArgumentError(
                 f"{type(self).__name__}: {type(transformer).__name__} works with mask in "
                 f"{transformer.masks}, got mask={self.mask!r}"

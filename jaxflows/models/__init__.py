@@ -4,6 +4,7 @@ assembled from `jaxflows.bijectors` ("glow"), flows on vectors ("coupling_flow",
 
 from jaxflows.models.dequantizer import VariationalDequantizer
 from jaxflows.models.glow import glow
+from jaxflows.models.jet import jet
 from jaxflows.models.multiscale import MultiScaleFlow
 from jaxflows.models.registry import (
     CONVS,
@@ -30,6 +31,7 @@ __all__ = [
     "check_model_arguments",
     "coupling_flow",
     "glow",
+    "jet",
     "planar_flow",
     "register_conv",
     "register_coupling",

@@ -2,6 +2,7 @@
 assembled from `jaxflows.bijectors` ("glow"), flows on vectors ("coupling_flow", "planar_flow",
 "sylvester_flow", "residual_flow"), and the registry of the layers they are built from."""
 
+from jaxflows.models.autoregressive import autoregressive_spline_flow, maf
 from jaxflows.models.dequantizer import VariationalDequantizer
 from jaxflows.models.glow import glow
 from jaxflows.models.jet import jet
@@ -27,11 +28,13 @@ __all__ = [
     "LayerRegistry",
     "MultiScaleFlow",
     "VariationalDequantizer",
+    "autoregressive_spline_flow",
     "build_model",
     "check_model_arguments",
     "coupling_flow",
     "glow",
     "jet",
+    "maf",
     "planar_flow",
     "register_conv",
     "register_coupling",

@@ -2,7 +2,14 @@
 
     python benchmarks/train_step.py --model glow --levels 3 --depth 8 --hidden 128 --batch 64 --image 32x32x3
 
---model glow | mef (conv="matrix_exp", coupling="matrix_exp") | emerging (conv="emerging").
+--model glow | mef (conv="matrix_exp", coupling="matrix_exp") | emerging (conv="emerging") builds
+glow() from --levels, --depth and --hidden; any other name is a model registered in
+`jaxflows.models.MODELS`, built with the keyword arguments of --model-kwargs (JSON), e.g.
+
+    python benchmarks/train_step.py --model jet --image 28x28x1 --batch 64 \
+        --model-kwargs '{"patch_size": 4, "couplings": 8, "depth": 1, "width": 64, "heads": 4}'
+
+(--gradient reaches a registered builder that takes `gradient`; --levels/--depth/--hidden do not).
 The step is the real one (jaxflows.train.make_train_step): jit, data-parallel over every device;
 `--cpu-devices N` splits the CPU into N devices (one batch shard per core, `jaxflows.train.host`).
 
@@ -23,6 +30,7 @@ and fraction_of_peak = achieved GFLOP/s / peak_gflops.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import sys
@@ -42,7 +50,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", choices=sorted(MODEL_LAYERS), default="glow")
+    parser.add_argument(
+        "--model",
+        default="glow",
+        help=f"a Glow preset {sorted(MODEL_LAYERS)} or any model registered in jaxflows.models.MODELS",
+    )
+    parser.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default=None,
+        help="JSON keyword arguments of a registered model's builder (not with the Glow presets)",
+    )
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--depth", type=int, default=8, help="flow steps per level (K)")
     parser.add_argument("--hidden", type=int, default=128)
@@ -94,6 +112,30 @@ def check_registered(layers: dict[str, str], model: str) -> None:
             f"--model {model} needs {' and '.join(missing)}, which jaxflows.models does not register "
             f"(registered convs: {sorted(CONVS)}; couplings: {sorted(COUPLINGS)})"
         )
+
+
+def build_flow(args: argparse.Namespace, shape: tuple[int, ...], policy: dict):
+    """A Glow preset from --levels/--depth/--hidden, or the registered model --model with
+    --model-kwargs (and --gradient where its builder takes it)."""
+    if args.model in MODEL_LAYERS:
+        if args.model_kwargs:
+            sys.exit(f"--model-kwargs is for registered models; the preset {args.model!r} takes --levels")
+        from jaxflows.models import glow
+
+        layers = MODEL_LAYERS[args.model]
+        check_registered(layers, args.model)
+        sizes = {"levels": args.levels, "depth": args.depth, "hidden": args.hidden}
+        return glow(shape, **sizes, gradient=args.gradient, **policy, **layers)
+    from jaxflows.models import MODELS, build_model
+
+    if args.model not in MODELS:
+        sys.exit(f"--model {args.model!r}: not a preset {sorted(MODEL_LAYERS)} or model {sorted(MODELS)}")
+    kwargs = dict(args.model_kwargs or {})
+    if "gradient" in inspect.signature(MODELS[args.model]).parameters:
+        kwargs.setdefault("gradient", args.gradient)
+    elif args.gradient != "standard":
+        sys.exit(f"--model {args.model} takes no gradient argument, got --gradient {args.gradient}")
+    return build_model(args.model, shape, kwargs, **policy)
 
 
 def matmul_peak_gflops(size: int, repeats: int = 10) -> float:
@@ -166,7 +208,6 @@ def main(argv=None) -> dict:
 
         split_cpu_into_devices(args.cpu_devices)
 
-    from jaxflows.models import glow
     from jaxflows.train import (
         TrainConfig,
         global_batch,
@@ -177,8 +218,6 @@ def main(argv=None) -> dict:
         replicated,
     )
 
-    layers = MODEL_LAYERS[args.model]
-    check_registered(layers, args.model)
     shape = tuple(int(s) for s in args.image.lower().split("x"))
     if len(shape) != 3:
         sys.exit(f"--image must be HxWxC, got {args.image!r}")
@@ -189,15 +228,7 @@ def main(argv=None) -> dict:
     policy = {}
     if args.src is None or (args.network_dtype, args.network_precision) != ("float32", "highest"):
         policy = {"network_dtype": jnp.dtype(args.network_dtype), "network_precision": args.network_precision}
-    flow = glow(
-        shape,
-        levels=args.levels,
-        depth=args.depth,
-        hidden=args.hidden,
-        gradient=args.gradient,
-        **policy,
-        **layers,
-    )
+    flow = build_flow(args, shape, policy)
     config = TrainConfig(optimizer="adamax", warmup_steps=10)
     optimizer = make_optimizer(config)
     rng = np.random.default_rng(0)
@@ -229,13 +260,15 @@ def main(argv=None) -> dict:
     result = {
         "src": str(args.src or "."),
         "model": args.model,
-        "levels": args.levels,
-        "depth": args.depth,
-        "hidden": args.hidden,
+        **(
+            {"levels": args.levels, "depth": args.depth, "hidden": args.hidden}
+            if args.model in MODEL_LAYERS
+            else {"model_kwargs": args.model_kwargs or {}}
+        ),
         "batch": args.batch,
         "image": list(shape),
         "gradient": args.gradient,
-        # as passed to glow(); "library default" where --src's library was given none (older code)
+        # as passed to the builder; "library default" where --src's library was given none (older code)
         "network_dtype": args.network_dtype if policy else "library default",
         "network_precision": args.network_precision if policy else "library default",
         "prng": args.prng,

@@ -2,12 +2,17 @@
 
     .venv/bin/python -m experiments.export_pretrained WORKDIR NAME --command "..." --commit SHA \\
         [--description "..."] [--wall-minutes M] [--out jaxflows/pretrained/weights]
+    .venv/bin/python -m experiments.export_pretrained --upgrade jaxflows/pretrained/weights/*.json
 
 Writes the variables (the parameters' moving average when the run kept one) and a model card: the
-architecture `jaxflows.pretrained.load` rebuilds, the training command, commit, date, machine and
-config, the parameter count, the weights' SHA-256, and held-out bits/dim with and without the
-average, measured here with a fixed threefry key and one key per test image (`fold_in(key, i)`),
-so the values do not depend on batching, devices or JAX's default PRNG.
+architecture `jaxflows.pretrained.load` rebuilds (the config's model through the model registry, the
+networks' dtype unset when it was float32, so `jax_enable_x64` gives float64 networks), the training
+command, commit, date, machine and config, the parameter count, the weights' SHA-256, and held-out
+bits/dim with and without the average, measured here with a fixed threefry key and one key per test
+image (`fold_in(key, i)`), so the values do not depend on batching, devices or JAX's default PRNG.
+
+`--upgrade CARD ...` rewrites cards in the current format with the networks' dtype unset (float32
+networks are what float32 maps give); the weights, their SHA-256 and the recorded scores stay.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 
 from experiments import report
 from jaxflows.analysis import bits_per_dim_per_example
-from jaxflows.pretrained import ModelCard, save
+from jaxflows.pretrained import ModelCard, card, load, save
 from jaxflows.train import apply_process_settings, load_workdir_config, restore_for_inference
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "jaxflows" / "pretrained" / "weights"
@@ -39,8 +44,8 @@ def export(workdir: Path, name: str, command: str, commit: str, description: str
     apply_process_settings(config)  # the PRNG the run used: its checkpointed key has that shape
     exp, state = restore_for_inference(config, workdir)
     dataset = exp.dataset
-    pixels = dataset.test.all()
-    labels = dataset.test.labels(np.arange(len(pixels))) if exp.conditional else None
+    pixels = dataset.held_out.all()
+    labels = dataset.held_out.labels(np.arange(len(pixels))) if exp.conditional else None
     averaged = state.ema_params is not None
     scores = {
         "averaged" if averaged else "final": held_out(
@@ -62,17 +67,6 @@ def export(workdir: Path, name: str, command: str, commit: str, description: str
             + ("; log P(x | y) under each image's own label" if exp.conditional else "")
         ),
     }
-    architecture = {
-        "builder": "glow",
-        "image_shape": list(dataset.image_shape),
-        "kwargs": {
-            **config.model,
-            "network_dtype": config.network_dtype,
-            "network_precision": config.network_precision,
-        },
-        "dequantizer": config.dequantizer,
-        "bins": int(dataset.num_bins),
-    }
     training = {
         "command": command,
         "commit": commit,
@@ -82,13 +76,79 @@ def export(workdir: Path, name: str, command: str, commit: str, description: str
         "wall_minutes": wall_minutes,
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
     }
-    blank = ModelCard(name, description, architecture, training, evaluation, 0, "", "")
-    written = save(out, blank, state.variables(averaged))
+    written = save(
+        out / name,
+        {"name": "glow", **config.model},  # a config without a name means glow
+        state.variables(averaged),
+        event_shape=tuple(dataset.image_shape),
+        bins=int(dataset.num_bins),
+        description=description,
+        training=training,
+        evaluation=evaluation,
+        **pipeline(config),
+    )
     print(written.to_json())
     return written
 
 
+def pipeline(config) -> dict:
+    """The pipeline arguments a card stores for a run of `config`: its network policy, the dtype unset
+    when it was float32 (what float32 maps give anyway; float64 under jax_enable_x64), and its
+    dequantizer's settings."""
+    dtype = getattr(config, "network_dtype", None)
+    return {
+        "network_dtype": None if dtype in (None, "float32") else dtype,
+        "network_precision": config.network_precision,
+        "dequantizer": config.dequantizer,
+    }
+
+
+def upgrade(path: Path) -> ModelCard:
+    """Rewrites the card at `path` in the current format, the networks' dtype unset when float32 (the
+    weights' bytes, SHA-256 and the recorded scores unchanged); returns the card written."""
+    old = card(path)
+    _, weights = load(path)  # checked against the card's SHA-256
+    stored = old.architecture["pipeline"]
+    dtype = stored.get("network_dtype")
+    note = (
+        f"{datetime.date.today().isoformat()}: card rewritten in format {written_version()} by "
+        "experiments/export_pretrained.py --upgrade (weights unchanged)"
+        + ("; networks' dtype unset (trained with float32 networks)" if dtype == "float32" else "")
+    )
+    training = {**old.training, "card_history": [*old.training.get("card_history", []), note]}
+    written = save(
+        path,
+        old.model,
+        weights,
+        event_shape=old.event_shape,
+        bins=old.bins,
+        description=old.description,
+        training=training,
+        evaluation=old.evaluation,
+        data_range=(0.0, 1.0) if len(old.event_shape) == 3 else None,
+        network_dtype=None if dtype in (None, "float32") else dtype,
+        network_precision=stored.get("network_precision", "highest"),
+        dequantizer=stored.get("dequantizer"),
+    )
+    if written.sha256 != old.sha256:
+        change = f"{old.sha256} -> {written.sha256}"
+        raise RuntimeError(f"{path}: rewriting changed the weights' SHA-256 ({change})")
+    return written
+
+
+def written_version() -> int:
+    return ModelCard("", "", {}, {}, {}, 0, "", "").format_version
+
+
 def main(argv=None) -> None:
+    if argv is None:
+        import sys
+
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--upgrade":
+        for path in argv[1:]:
+            print(f"{path}: {upgrade(Path(path)).architecture}")
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("name")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jaxflows.analysis.scores import bits_per_dim_per_example
+from jaxflows.ops import NetworkPolicy
 from jaxflows.pretrained import (
     ChecksumError,
-    ModelCard,
     UnknownModelError,
     WeightsFileError,
     available,
@@ -21,28 +21,33 @@ from jaxflows.pretrained import (
     load,
     save,
 )
+from jaxflows.pretrained.recipes import first_difference
 
-ARCH = {
-    "builder": "glow",
-    "image_shape": [8, 8, 1],
-    "kwargs": {"levels": 2, "depth": 1, "hidden": 8, "conv": "lu"},
-    "dequantizer": None,
-    "bins": 256,
-}
+MODEL = {"name": "glow", "levels": 2, "depth": 1, "hidden": 8, "conv": "lu"}
+SHAPE = (8, 8, 1)
 PIXELS = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1))
 X = jnp.asarray(PIXELS, jnp.float32) / 256.0
 
 
-def _identical(a, b) -> bool:
-    return a.dtype == b.dtype and bool(jnp.all(a == b))
+def _policies(flow) -> set[tuple]:
+    """(network_dtype, network_precision) of every layer with a network in `flow`."""
+    from jaxflows.pretrained.recipes import _modules
+
+    return {(m.network_dtype, m.network_precision) for m in _modules(flow) if isinstance(m, NetworkPolicy)}
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    flow = build(ARCH)
+    flow = build(MODEL, event_shape=SHAPE)
     variables = flow.init(jax.random.key(0), X)
-    blank = ModelCard("tiny", "a test model", ARCH, {"command": "test"}, {}, 0, "", "")
-    written = save(tmp_path_factory.mktemp("models"), blank, variables)
+    written = save(
+        tmp_path_factory.mktemp("models") / "tiny",
+        flow,
+        variables,
+        description="a test model",
+        training={"command": "test"},
+        bins=256,
+    )
     return written, variables
 
 
@@ -58,15 +63,39 @@ def test_save_then_load_gives_the_same_variables_and_dtypes(saved):
     assert written.parameter_count == sum(a.size for a in jax.tree_util.tree_leaves(variables["params"]))
     np.testing.assert_array_equal(
         flow.apply(loaded, X, method="log_prob"),
-        build(ARCH).apply(variables, X, method="log_prob"),
+        build(MODEL, event_shape=SHAPE).apply(variables, X, method="log_prob"),
     )
 
 
 def test_the_same_variables_always_give_the_same_bytes(saved, tmp_path):
     written, variables = saved
-    again = save(tmp_path, dataclasses.replace(written, path=None), variables)
+    again = save(tmp_path / "tiny", build(written), variables, bins=256)
     assert again.sha256 == written.sha256
     assert (tmp_path / "tiny.npz").read_bytes() == written.weights_path.read_bytes()
+
+
+def test_a_format_1_card_still_loads(saved, tmp_path):
+    """Cards written before the model registry (Glow only, the network policy among glow's
+    keyword arguments) load as they did."""
+    written, variables = saved
+    fields = json.loads(written.path.read_text())
+    fields["format_version"] = 1
+    fields["architecture"] = {
+        "builder": "glow",
+        "image_shape": list(SHAPE),
+        "kwargs": {**{k: v for k, v in MODEL.items() if k != "name"}, "network_dtype": "float32"}
+        | {"network_precision": "high"},
+        "dequantizer": None,
+        "bins": 256,
+    }
+    (tmp_path / "old.json").write_text(json.dumps(fields))
+    (tmp_path / "tiny.npz").write_bytes(written.weights_path.read_bytes())
+    flow, loaded = load(tmp_path / "old.json")
+    assert card(tmp_path / "old.json").model == MODEL and card(tmp_path / "old.json").bins == 256
+    assert _policies(flow) == {(jnp.dtype("float32"), "high")}
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), variables, loaded)
+    )
 
 
 def test_a_corrupted_weights_file_is_rejected_by_its_checksum(saved, tmp_path):
@@ -107,10 +136,11 @@ def test_an_unknown_name_lists_the_available_models():
 
 def test_save_refuses_variables_of_another_model(saved, tmp_path):
     written, _ = saved
-    other = build({**ARCH, "kwargs": {**ARCH["kwargs"], "hidden": 4}})
+    other = build({**MODEL, "hidden": 4}, event_shape=SHAPE)
     variables = other.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
     with pytest.raises(ValueError, match="variables do not fit"):
-        save(tmp_path, dataclasses.replace(written, path=None), variables)
+        save(tmp_path / "tiny", build(written), variables)
+    assert not list(tmp_path.iterdir())
 
 
 def test_per_example_scores_do_not_depend_on_the_batching(saved):
@@ -133,9 +163,21 @@ def test_shipped_models_load_and_sample(name):
         if flow.num_classes is None
         else (flow.apply(variables, jax.random.key(0), 4, 0.7, jnp.arange(4), method="sample"))
     )
-    assert samples.shape == (4, *model.image_shape) and bool(jnp.all(jnp.isfinite(samples)))
+    assert samples.shape == (4, *model.event_shape) and bool(jnp.all(jnp.isfinite(samples)))
     for field in ("command", "commit", "date", "machine", "config"):
         assert model.training.get(field), f"{name}'s card lacks training.{field}"
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_shipped_models_leave_the_network_dtype_to_the_user(name):
+    """The cards name no network dtype (networks follow the maps: float64 under jax_enable_x64),
+    and a loaded model takes the user's network policy."""
+    model = card(name)
+    assert model.format_version == 2 and model.architecture["pipeline"]["network_dtype"] is None
+    assert model.model["name"] == "glow" and model.bins == 256
+    assert _policies(build(name)) == {(None, "highest")}
+    flow = build(name, network_dtype=jnp.bfloat16, network_precision="default")
+    assert _policies(flow) == {(jnp.dtype("bfloat16"), "default")}
 
 
 @pytest.mark.parametrize("name", sorted(available()))
@@ -150,7 +192,7 @@ def test_shipped_models_score_the_value_on_their_card(name):
         pytest.skip(f"{name}'s card records no Fashion-MNIST check value")
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-    test = fashion_mnist().test
+    test = fashion_mnist().held_out
     pixels = test.all()[:1000]
     flow, variables = load(name)
     labels = test.labels(np.arange(1000)) if flow.num_classes is not None else None
@@ -158,35 +200,52 @@ def test_shipped_models_score_the_value_on_their_card(name):
     assert abs(float(scores.mean()) - check) < 1e-4
 
 
-@pytest.mark.slow
-def test_the_cli_evaluates_and_samples_a_model_card_without_a_workdir(tmp_path, capsys):
-    """`experiments.train --pretrained CARD --mode eval|sample`: the data set and flow come from the
-    card's training config, the variables from its weights."""
-    from experiments import train as cli
+def _digits_card(tmp_path: pathlib.Path):
+    """A card of a (untrained) Glow for the digits config, with that config as its training config."""
     from jaxflows.train import load_config
 
-    config = load_config(pathlib.Path(cli.__file__).parent / "configs" / "digits.py", smoke=True)
-    architecture = {
-        "builder": "glow",
-        "image_shape": [8, 8, 1],
-        "kwargs": {**config.model, "network_dtype": "float32", "network_precision": "highest"},
-        "dequantizer": None,
-        "bins": 17,
-    }
-    flow = build(architecture)
+    config = load_config(
+        pathlib.Path(__file__).parents[1] / "experiments" / "configs" / "digits.py", smoke=True
+    )
+    flow = build({"name": "glow", **config.model}, event_shape=SHAPE)
     variables = flow.init(
-        jax.random.key(0), jnp.asarray(np.random.default_rng(0).random((8, 8, 8, 1)), jnp.float32)
+        jax.random.key(0), jnp.asarray(np.random.default_rng(0).random((8, *SHAPE)), jnp.float32)
     )
     training = {
         "command": "test",
         "commit": "0" * 40,
         "steps": 0,
-        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
     }
     evaluation = {"held_out_bits_per_dim": 9.0, "protocol": "one uniform draw per image; test"}
-    written = save(
-        tmp_path, ModelCard("digits_test", "", architecture, training, evaluation, 0, "", ""), variables
+    return save(tmp_path / "digits_test", flow, variables, training=training, evaluation=evaluation, bins=17)
+
+
+def test_the_users_network_policy_applies_to_a_pretrained_model(tmp_path):
+    """`--pretrained NAME --set network_precision=default` (restore_pretrained's overrides): the
+    loaded flow runs the user's policy, not the card's; the card fixes the model."""
+    from jaxflows.train import ConfigError, restore_pretrained
+
+    written = _digits_card(tmp_path)
+    config, exp, _ = restore_pretrained(written.path, ["network_precision=default"])
+    assert config.network_precision == "default"
+    assert {precision for _, precision in _policies(exp.flow)} == {"default"}
+    assert (
+        first_difference(exp.flow, build(written, network_precision="default", network_dtype="float32"))
+        is None
     )
+    assert {precision for _, precision in _policies(build(written))} == {"highest"}  # the card's
+    with pytest.raises(ConfigError, match="model"):
+        restore_pretrained(written.path, ["model.hidden=4"])
+
+
+@pytest.mark.slow
+def test_the_cli_evaluates_and_samples_a_model_card_without_a_workdir(tmp_path, capsys):
+    """`experiments.train --pretrained CARD --mode eval|sample`: the data set and flow come from the
+    card's training config, the variables from its weights."""
+    from experiments import train as cli
+
+    written = _digits_card(tmp_path)
     cli.main(["--pretrained", str(written.path), "--mode", "eval", "--no_progress"])
     out = capsys.readouterr().out
     assert "pretrained model" in out and "held-out bits/dim (flow):" in out

@@ -1,24 +1,33 @@
 """The shipped weights format: one `.npz` archive of named arrays beside a JSON model card.
 
-Array names are variable paths ("params/bijector/level1/flow_steps/actnorm/bias"); each keeps its
-own dtype (parameters in float32, constants such as the LU permutation in int32). Reading needs
-NumPy only (`numpy.load(path, allow_pickle=False)`), not orbax or Flax.
+Array names are variable paths ("params/bijector/level1/flow_steps/actnorm/bias") of every
+collection ("params", "constants", "spectral_norm", ...); each keeps its own dtype (parameters in
+float32, constants such as the LU permutation in int32). Reading needs NumPy only
+(`numpy.load(path, allow_pickle=False)`), not orbax or Flax. Dtypes `.npy` cannot name (bfloat16 and
+the other ml_dtypes types) are stored as unsigned integers of their width, and the entry
+`__dtypes__.json` maps their paths to their dtype names (absent when there are none, so archives of
+ordinary dtypes keep the bytes of format 1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxflows.core.errors import JaxflowsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the card names any registered builder (`jaxflows.pretrained.recipes`)
+READABLE_VERSIONS = (1, 2)
 _SEPARATOR = "/"
+_DTYPES_ENTRY = "__dtypes__"  # {path: dtype name} of arrays stored as unsigned integers
 # Fixed zip entry time so that the same variables always give the same bytes (and checksum).
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -36,7 +45,7 @@ def flatten(variables: dict[str, Any]) -> dict[str, np.ndarray]:
     flat: dict[str, np.ndarray] = {}
 
     def walk(node: Any, prefix: tuple[str, ...]) -> None:
-        if isinstance(node, dict):
+        if isinstance(node, Mapping):
             for key, value in node.items():
                 walk(value, (*prefix, str(key)))
         else:
@@ -58,14 +67,29 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict[str, Any]:
     return tree
 
 
+def _storable(array: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """(array as `.npy` can hold it, the dtype name to restore or None): bfloat16 & co. travel as
+    unsigned integers of their width (`.npy` would write them as anonymous void bytes)."""
+    if array.dtype.kind != "V":
+        return array, None
+    return array.view(f"u{array.dtype.itemsize}"), array.dtype.name
+
+
 def to_bytes(variables: dict[str, Any]) -> bytes:
     """The archive's bytes: one `.npy` entry per variable, sorted by path, deflated."""
     buffer = io.BytesIO()
+    extended = {}
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path, array in sorted(flatten(variables).items()):
+            stored, dtype = _storable(np.ascontiguousarray(array))
+            if dtype is not None:
+                extended[path] = dtype
             entry = io.BytesIO()
-            np.lib.format.write_array(entry, np.ascontiguousarray(array), allow_pickle=False)
+            np.lib.format.write_array(entry, stored, allow_pickle=False)
             archive.writestr(zipfile.ZipInfo(path + ".npy", date_time=_ZIP_TIME), entry.getvalue())
+        if extended:
+            names = json.dumps(extended, sort_keys=True).encode()
+            archive.writestr(zipfile.ZipInfo(_DTYPES_ENTRY + ".json", date_time=_ZIP_TIME), names)
     return buffer.getvalue()
 
 
@@ -92,6 +116,12 @@ def read(path: str | Path, expected_sha256: str | None = None) -> dict[str, Any]
             )
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return unflatten({name: archive[name] for name in archive.files})
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+            extended = {}
+            if _DTYPES_ENTRY + ".json" in archive.files:
+                extended = json.loads(archive[_DTYPES_ENTRY + ".json"])
+            arrays = {name: archive[name] for name in archive.files if name != _DTYPES_ENTRY + ".json"}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as error:
         raise WeightsFileError(f"{path}: not a readable weights archive ({error})") from error
+    for name, dtype in extended.items():
+        arrays[name] = arrays[name].view(jnp.dtype(dtype))
+    return unflatten(arrays)

@@ -27,8 +27,6 @@ TINY = {
     "maf": ((2,), {"depth": 1, "hidden": [4]}),
     "autoregressive_spline_flow": ((2,), {"depth": 1, "hidden": [4], "bins": 3}),
     "jet": ((8, 8, 1), {"patch_size": 4, "couplings": 1, "depth": 1, "width": 8, "heads": 1}),
-    "maf": ((2,), {"depth": 1, "hidden": (4,)}),
-    "autoregressive_spline_flow": ((2,), {"depth": 1, "hidden": (4,), "bins": 3}),
 }
 
 

@@ -132,7 +132,14 @@ def run_one(
     losses = np.asarray([row["loss"] for row in result.history], np.float64)
     out = {
         "bpd": evaluate_bits_per_dim(
-            exp.flow, variables, data.held_out, data.num_bins, exp.mesh, config.eval_batch_size, 1, config.seed
+            exp.flow,
+            variables,
+            data.held_out,
+            data.num_bins,
+            exp.mesh,
+            config.eval_batch_size,
+            1,
+            config.seed,
         ),
         "baseline_bpd": _baseline(data, config),
         "params": count_params(state.params),

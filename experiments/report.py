@@ -156,7 +156,8 @@ def write_markdown(
 
 def dataset_description(base) -> str:
     d = load_dataset(base.dataset, base.data_dir, base.n_bits)
-    return f"{d.name} ({len(d.train)} train / {len(d.held_out)} held-out, {d.image_shape}, {d.num_bins} levels)"
+    split = f"{len(d.train)} train / {len(d.held_out)} held-out"
+    return f"{d.name} ({split}, {d.event_shape}, {d.num_bins} levels)"
 
 
 def bar_plot(

@@ -8,6 +8,7 @@
     python -m experiments.train --workdir runs/default --mode interpolate  # latent interpolation PNG
     python -m experiments.train --workdir runs/cond --set model.num_classes=10  # class-conditional Glow
     python -m experiments.train --pretrained fashion_mnist_glow_long --mode eval  # a shipped model
+    python -m experiments.train --config experiments/configs/two_moons.py  # a vector flow on 2-D points
 
 `--set FIELD=VALUE ...` overrides any TrainConfig field (`model.hidden=64` one key of a dict field).
 A class-conditional model (`model.num_classes`) is evaluated given each image's label, as a mixture
@@ -171,44 +172,77 @@ def report(args, config, exp, state, say, lead: bool) -> None:
     import jax
 
     from jaxflows import train as jft
+    from jaxflows.train.rules import model_name
 
-    say(f"dataset: {exp.dataset.name} ({len(exp.dataset.train)} train / {len(exp.dataset.held_out)} held-out, "
-        f"{exp.dataset.image_shape}, {exp.dataset.num_bins} levels); step {int(state.step)}; "
+    data = exp.dataset
+    kind = f"{data.num_bins} levels" if data.discrete else "continuous"
+    say(f"dataset: {data.name} ({len(data.train)} train / {len(data.held_out)} held-out, "
+        f"{data.event_shape}, {kind}); model: {model_name(config.model)}; step {int(state.step)}; "
         f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
     if args.mode in ("train", "eval"):
         scores = jft.evaluate(exp, state)
-        given = " given the label" if exp.conditional else ""
-        say(f"held-out bits/dim (flow{given}):{' ' * (29 - len(given))}{scores['flow_bits_per_dim']:.4f}")
-        if "marginal_bits_per_dim" in scores:
-            say(f"held-out bits/dim (flow, marginal over classes): {scores['marginal_bits_per_dim']:.4f}")
-            say(f"Bayes-rule accuracy (argmax_c log p(x|c) + log p(c)): {scores['bayes_accuracy']:.4f}")
-        if "flow_bits_per_dim_without_ema" in scores:
-            raw = scores["flow_bits_per_dim_without_ema"]
-            say(f"held-out bits/dim (flow, without EMA):        {raw:.4f}")
-        for name in [k for k in scores if k.startswith("flow_bits_per_dim_iw")]:
-            samples = name.removeprefix("flow_bits_per_dim_iw")
-            say(f"held-out bits/dim (flow, {samples} importance samples): {scores[name]:.4f}")
-        say(f"held-out bits/dim (per-pixel histogram base): {scores['baseline_bits_per_dim']:.4f}")
-        levels = sorted({k.split("/")[1] for k in scores if k.startswith("bpd_term/")})
-        say("per level (first held-out examples): " + "; ".join(
-            f"{lv} {scores['bpd_term/' + lv]:+.3f} bpd"
-            + (f", max reconstruction error {scores['reconstruction_error/' + lv]:.1e}"
-               if "reconstruction_error/" + lv in scores else "")
-            for lv in levels))  # fmt: skip
-        say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e} "
-            f"(networks {config.network_dtype} at {config.network_precision} precision; "
-            f"the maps float32 at highest)")  # fmt: skip
-        for warning in jft.reconstruction_warnings(scores, exp.dataset.num_bins):
-            say(warning)
+        if data.discrete:
+            report_bits_per_dim(exp, config, scores, say)
+        else:
+            report_nats(exp, scores, say)
         if args.mode == "train" and lead:
-            say(f"training curve: {jft.write_curve(args.workdir, scores['baseline_bits_per_dim'])}")
+            say(f"training curve: {jft.write_curve(args.workdir, scores.get('baseline_bits_per_dim'))}")
     if args.mode in ("train", "sample") and lead:
         temperatures = (
-            "0.7, one row per class" if exp.conditional else ", ".join(map(str, config.sample_temperatures))
+            "1.0, beside the held-out data"
+            if not exp.dataset.discrete
+            else "0.7, one row per class"
+            if exp.conditional
+            else ", ".join(map(str, config.sample_temperatures))
         )
         say(f"samples (T={temperatures}): {jft.write_samples(exp, state, args.workdir)}")
     if args.mode == "interpolate" and lead:
         say(f"interpolation: {jft.write_interpolation(exp, state, args.workdir)}")
+
+
+def report_bits_per_dim(exp, config, scores, say) -> None:
+    """The held-out report of discrete data: bits/dim of the flow and the baseline, per level."""
+    from jaxflows import train as jft
+
+    given = " given the label" if exp.conditional else ""
+    say(f"held-out bits/dim (flow{given}):{' ' * (29 - len(given))}{scores['flow_bits_per_dim']:.4f}")
+    if "marginal_bits_per_dim" in scores:
+        say(f"held-out bits/dim (flow, marginal over classes): {scores['marginal_bits_per_dim']:.4f}")
+        say(f"Bayes-rule accuracy (argmax_c log p(x|c) + log p(c)): {scores['bayes_accuracy']:.4f}")
+    if "flow_bits_per_dim_without_ema" in scores:
+        raw = scores["flow_bits_per_dim_without_ema"]
+        say(f"held-out bits/dim (flow, without EMA):        {raw:.4f}")
+    for name in [k for k in scores if k.startswith("flow_bits_per_dim_iw")]:
+        samples = name.removeprefix("flow_bits_per_dim_iw")
+        say(f"held-out bits/dim (flow, {samples} importance samples): {scores[name]:.4f}")
+    say(f"held-out bits/dim (per-pixel histogram base): {scores['baseline_bits_per_dim']:.4f}")
+    levels = sorted({k.split("/")[1] for k in scores if k.startswith("bpd_term/")})
+    say("per level (first held-out examples): " + "; ".join(
+        f"{lv} {scores['bpd_term/' + lv]:+.3f} bpd"
+        + (f", max reconstruction error {scores['reconstruction_error/' + lv]:.1e}"
+           if "reconstruction_error/" + lv in scores else "")
+        for lv in levels))  # fmt: skip
+    say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e} "
+        f"(networks {config.network_dtype} at {config.network_precision} precision; "
+        f"the maps float32 at highest)")  # fmt: skip
+    for warning in jft.reconstruction_warnings(scores, exp.dataset.num_bins):
+        say(warning)
+
+
+def report_nats(exp, scores, say) -> None:
+    """The held-out report of continuous data: −log p(x) in nats (per example and per dimension),
+    and the true density's where the data set has one (the ring of Gaussians)."""
+    say(f"held-out NLL (flow): {scores['flow_nats']:.4f} nats ({scores['flow_nats_per_dim']:.4f} per dim)")
+    if "flow_nats_without_ema" in scores:
+        say(f"held-out NLL (flow, without EMA): {scores['flow_nats_without_ema']:.4f} nats")
+    if exp.dataset.name == "ring_of_gaussians":
+        import numpy as np
+
+        from jaxflows.data import ring_of_gaussians_log_prob
+
+        held_out = exp.dataset.held_out[np.arange(len(exp.dataset.held_out))]
+        say(f"held-out NLL (true density):  {-float(np.mean(ring_of_gaussians_log_prob(held_out))):.4f} nats")
+    say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e}")
 
 
 if __name__ == "__main__":

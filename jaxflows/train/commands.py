@@ -3,6 +3,7 @@ interpolations and the training curve."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -12,11 +13,12 @@ import numpy as np
 from jaxflows import pretrained
 from jaxflows.train.checkpoint import CheckpointStore
 from jaxflows.train.config import TrainConfig, config_from_dict
+from jaxflows.train.errors import ConfigError
 from jaxflows.train.evaluate import (
     class_conditional_scores,
     class_log_prior,
     diagnostics,
-    evaluate_bits_per_dim,
+    evaluate_held_out,
     pixel_baseline_bits_per_dim,
 )
 from jaxflows.train.experiment import Experiment, replicated, setup
@@ -24,6 +26,7 @@ from jaxflows.train.loop import initial_state
 from jaxflows.train.metrics import plot_training_curve
 from jaxflows.train.sampling import (
     class_sample_grid,
+    density_and_samples_plot,
     interpolate,
     sample_grid,
     sample_grid_path,
@@ -90,15 +93,20 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     `flow_bits_per_dim_without_ema`) and of the per-pixel histogram baseline on the same split, and
     the per-level log-det terms and reconstruction errors (`level_diagnostics`). A class-conditional
     flow's `flow_bits_per_dim` is of log P(x | y); it adds `class_conditional_scores` (the marginal
-    bits/dim of Σ_c p(c) P(x | c) and the Bayes-rule accuracy, p(c) the training frequencies)."""
+    bits/dim of Σ_c p(c) P(x | c) and the Bayes-rule accuracy, p(c) the training frequencies).
+    On continuous data: `flow_nats` (held-out −log p(x)) and `flow_nats_per_dim` instead, with the
+    per-layer `nats_term/*` (`continuous_scores`)."""
     c, d = exp.config, exp.dataset
 
     def held_out(averaged: bool, draws: int = c.eval_dequant_draws, samples: int = 1) -> float:
         variables = state.variables(averaged)
-        return evaluate_bits_per_dim(
+        return evaluate_held_out(
             exp.flow, variables, d.held_out, d.num_bins, exp.mesh, c.eval_batch_size, draws, c.seed,
             importance_samples=samples,
         )  # fmt: skip
+
+    if not d.discrete:
+        return {**continuous_scores(exp, state, held_out), **diagnostics(exp, state)}
 
     scores = {"flow_bits_per_dim": held_out(averaged=True)}
     if state.ema_params is not None:
@@ -129,7 +137,19 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     }
 
 
+def continuous_scores(exp: Experiment, state: TrainState, held_out) -> dict[str, float]:
+    """Held-out negative log-likelihood of continuous data in nats (and per dimension), with and
+    without the parameters' moving average."""
+    dims = math.prod(exp.flow.event_shape)
+    scores = {"flow_nats": held_out(averaged=True)}
+    if state.ema_params is not None:
+        scores["flow_nats_without_ema"] = held_out(averaged=False)
+    scores.update({f"{name}_per_dim": value / dims for name, value in scores.items()})
+    return {**scores, "held_out_examples": len(exp.dataset.held_out)}
+
+
 CLASS_SAMPLE_TEMPERATURE = 0.7
+PLOT_EXAMPLES = 2000  # held-out points drawn beside the samples of continuous data
 
 
 def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Path:
@@ -137,6 +157,15 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
     class at T = 0.7 instead (`samples_by_class_T0.7.png`)."""
     c = exp.config
     key = sample_key(c.seed)
+    if not exp.dataset.discrete:
+        if exp.conditional:
+            raise ConfigError(
+                "samples of a conditional flow on continuous data need a context: use flow.sample"
+            )
+        held_out = exp.dataset.held_out[np.arange(min(PLOT_EXAMPLES, len(exp.dataset.held_out)))]
+        path = Path(workdir) / "samples.png"
+        with writing(path):
+            return density_and_samples_plot(exp.flow, state.variables(averaged=True), key, held_out, path)
     if exp.conditional:
         image, _ = class_sample_grid(
             exp.flow, state.variables(averaged=True), key, exp.dataset.num_bins,
@@ -161,6 +190,8 @@ def write_samples(exp: Experiment, state: TrainState, workdir: str | Path) -> Pa
 
 
 def write_interpolation(exp: Experiment, state: TrainState, workdir: str | Path, pair=(0, 1)) -> Path:
+    if not exp.dataset.discrete:
+        raise ConfigError("interpolation draws images: it needs discrete image data")
     test = exp.dataset.held_out
     a, b = test[np.array([pair[0]])][0], test[np.array([pair[1]])][0]
     label = int(test.labels(np.array([pair[0]]))[0]) if exp.conditional else None

@@ -92,8 +92,9 @@ def setup(config: TrainConfig, mesh: Mesh | None = None) -> Experiment:
             "to the same data, e.g. config.replace(dataset=jaxflows.data.array_dataset(train, held_out, "
             "num_bins))"
         )
-    dataset = load_dataset(config.dataset, config.data_dir, config.n_bits)
+    dataset = load_dataset(config.dataset, config.data_dir)
     check_data_kind(config, dataset)
+    dataset = load_dataset(dataset, n_bits=config.n_bits)
     flow = build_flow(config, dataset.event_shape, dataset.discrete)
     if flow.num_classes is not None and flow.num_classes != dataset.num_classes:
         have = "no labels" if dataset.num_classes is None else f"{dataset.num_classes} classes"

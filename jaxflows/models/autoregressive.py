@@ -118,22 +118,8 @@ def maf(
       param_dtype, network_dtype, network_precision: the parameters' dtype and the networks'
         policy (`jaxflows.ops.NetworkPolicy`).
     """
-    return autoregressive_flow(
-        event_shape,
-        AffineTransformer(scale="exp"),
-        builder="maf",
-        depth=depth,
-        hidden=hidden,
-        order=order,
-        actnorm=actnorm,
-        logit=logit,
-        logit_alpha=logit_alpha,
-        context_features=context_features,
-        data_range=data_range,
-        param_dtype=param_dtype,
-        network_dtype=network_dtype,
-        network_precision=network_precision,
-    )
+    settings = {name: value for name, value in locals().items() if name != "event_shape"}  # the keywords
+    return autoregressive_flow(event_shape, AffineTransformer(scale="exp"), builder="maf", **settings)
 
 
 def autoregressive_spline_flow(
@@ -162,22 +148,11 @@ def autoregressive_spline_flow(
       event_shape, depth, hidden, order, actnorm, logit, logit_alpha, context_features, data_range,
         param_dtype, network_dtype, network_precision: as `maf`.
     """
-    return autoregressive_flow(
-        event_shape,
-        RationalQuadraticSpline(bins=bins, bound=bound),
-        builder="autoregressive_spline_flow",
-        depth=depth,
-        hidden=hidden,
-        order=order,
-        actnorm=actnorm,
-        logit=logit,
-        logit_alpha=logit_alpha,
-        context_features=context_features,
-        data_range=data_range,
-        param_dtype=param_dtype,
-        network_dtype=network_dtype,
-        network_precision=network_precision,
-    )
+    settings = dict(locals())  # the keyword arguments shared with maf
+    for name in ("event_shape", "bins", "bound"):
+        del settings[name]
+    spline = RationalQuadraticSpline(bins=bins, bound=bound)
+    return autoregressive_flow(event_shape, spline, builder="autoregressive_spline_flow", **settings)
 
 
 register_model("maf", maf)

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 import jaxflows.pretrained.format as weights_format
+import jaxflows.pretrained.recipes as recipes
 from jaxflows.core import Flow, check_variables
 from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.models import MODELS
-from jaxflows.pretrained import recipes
 from jaxflows.pretrained.recipes import UNSET, UnregisteredFlowError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"

@@ -65,6 +65,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--process_id", type=int, default=None, help="this process, 0..N-1 (or JAX_PROCESS_ID)"
     )
+    parser.add_argument(
+        "--init_timeout_s",
+        type=int,
+        default=None,
+        help="seconds the processes wait for each other at start-up (default 120)",
+    )
+    parser.add_argument(
+        "--heartbeat_timeout_s",
+        type=int,
+        default=None,
+        help="seconds without a heartbeat after which a process is declared lost (default 30)",
+    )
     return parser.parse_args(argv)
 
 
@@ -110,13 +122,21 @@ def main(argv=None) -> None:
             Path("runs/pretrained") / Path(args.pretrained).stem if args.pretrained else Path("runs/default")
         )
     from jaxflows.train import DistributedInitError, maybe_initialize_distributed
+    from jaxflows.train.host import HEARTBEAT_TIMEOUT_S, INIT_TIMEOUT_S
 
     try:
         maybe_initialize_distributed(
-            args.multihost, args.coordinator_address, args.num_processes, args.process_id
+            args.multihost,
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            heartbeat_timeout_s=args.heartbeat_timeout_s or HEARTBEAT_TIMEOUT_S,
+            init_timeout_s=args.init_timeout_s or INIT_TIMEOUT_S,
         )
     except DistributedInitError as error:
-        sys.exit(f"error: {error}")
+        # JAX may have half-started its coordination service: end without its teardown
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)
 
     import jax
 

@@ -1,0 +1,141 @@
+"""Multi-process runs that fail: start-up (the rendezvous of `jaxflows.train.host`: a taken port,
+two processes with one id, a missing peer, each a DistributedInitError that says what to run),
+processes whose configs or data differ (ConfigMismatchError before compiling), and the command
+line's one-line errors. The rendezvous runs in threads of this process; the few tests that start
+real processes are short and share one xdist group, the longer ones are slow-marked."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxflows import JaxflowsError
+from jaxflows.train.errors import DistributedInitError
+from jaxflows.train.host import rendezvous
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _run_all(calls: list[tuple[int, int]], port: int, timeout_s: float, stagger_s: float = 0.0):
+    """rendezvous(localhost:port, n, id) for each (n, id) in its own thread; each one's error or None."""
+    results: list = [None] * len(calls)
+
+    def one(i, n, pid):
+        try:
+            rendezvous(f"localhost:{port}", n, pid, timeout_s=timeout_s)
+            results[i] = "joined"
+        except DistributedInitError as error:
+            results[i] = error
+
+    threads = []
+    for i, (n, pid) in enumerate(calls):
+        threads.append(threading.Thread(target=one, args=(i, n, pid)))
+        threads[-1].start()
+        time.sleep(stagger_s)
+    for t in threads:
+        t.join(timeout_s + 30)
+    return results
+
+
+def test_all_processes_join_in_any_order():
+    port = _free_port()
+    assert _run_all([(3, 2), (3, 1), (3, 0)], port, 20, stagger_s=0.3) == ["joined"] * 3
+
+
+def test_the_coordinators_port_in_use_is_named_at_once():
+    with socket.socket() as other:
+        other.bind(("", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(DistributedInitError, match=rf"port {port} .* already in use") as info:
+            rendezvous(f"localhost:{port}", 2, 0, timeout_s=60)
+    assert time.monotonic() - start < 5
+    assert "--coordinator_address" in str(info.value) and "--process_id" in str(info.value)
+    assert isinstance(info.value, JaxflowsError) and isinstance(info.value, RuntimeError)
+
+
+def test_two_processes_with_one_id_fail_fast_naming_it():
+    port = _free_port()
+    start = time.monotonic()
+    results = _run_all([(3, 0), (3, 1), (3, 1)], port, 60, stagger_s=0.3)
+    assert time.monotonic() - start < 20
+    assert all(isinstance(r, DistributedInitError) for r in results), results
+    for r in results:
+        assert "two processes were given --process_id 1" in str(r) and "own" in str(r)
+
+
+def test_two_processes_with_id_0_one_finds_the_port_taken_the_other_a_missing_peer():
+    port = _free_port()
+    first, second = _run_all([(2, 0), (2, 0)], port, 3, stagger_s=0.5)
+    assert "already in use" in str(second) and "--process_id 0" in str(second)
+    assert re.search(r"process\(es\) \[1\] of 2 did not join within --init_timeout_s=3 s", str(first))
+
+
+def test_a_peer_that_never_starts_is_named_within_the_timeout():
+    port = _free_port()
+    start = time.monotonic()
+    (coordinator,) = _run_all([(3, 0)], port, 2)
+    assert time.monotonic() - start < 6
+    assert "process(es) [1, 2] of 3 did not join" in str(coordinator)
+    assert f"--coordinator_address localhost:{port} --num_processes 3" in str(coordinator)
+
+
+def test_a_missing_process_0_and_a_wrong_count_are_named():
+    (peer,) = _run_all([(2, 1)], _free_port(), 1.5)
+    assert "could not reach process 0 at localhost:" in str(peer) and "--process_id (0..1)" in str(peer)
+    coordinator, peer = _run_all([(2, 0), (3, 2)], _free_port(), 20, stagger_s=0.3)
+    for r in (coordinator, peer):
+        assert "was started with --num_processes 3, process 0 with 2" in str(r)
+
+
+def test_a_peer_waiting_for_missing_ones_gets_process_0s_message():
+    coordinator, peer = _run_all([(3, 0), (3, 1)], _free_port(), 2, stagger_s=0.2)
+    assert "process(es) [2] of 3 did not join" in str(coordinator)
+    assert str(peer) == str(coordinator)
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=1".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _cli(workdir: Path, port: int, process_id: int, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "experiments.train", "--workdir", str(workdir), "--no_progress",
+               "--coordinator_address", f"localhost:{port}", "--num_processes", "2",
+               "--process_id", str(process_id), *extra]  # fmt: skip
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return subprocess.Popen(command, cwd=ROOT, env=_env(), text=True, **pipes)
+
+
+@pytest.mark.xdist_group("multiprocess")
+def test_the_command_line_ends_a_bad_start_with_one_line(tmp_path):
+    """Process 0 finds its port taken: one `error:` line, exit 1, at once; its peer, told by nobody,
+    names the coordinator it could not reach when --init_timeout_s runs out."""
+    with socket.socket() as other:
+        other.bind(("", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        start = time.monotonic()
+        procs = [_cli(tmp_path, port, 0), _cli(tmp_path, _free_port(), 1, "--init_timeout_s", "3")]
+        (_, err0), (_, err1) = (p.communicate(timeout=120) for p in procs)
+    assert time.monotonic() - start < 60
+    assert [p.returncode for p in procs] == [1, 1]
+    assert err0.strip().splitlines() == [err0.strip()] and err0.startswith("error: the coordinator's port")
+    assert err1.strip().splitlines() == [err1.strip()]
+    assert "process 1 could not reach process 0" in err1 and "--init_timeout_s=3 s" in err1

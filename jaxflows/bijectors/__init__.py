@@ -2,6 +2,7 @@
 
 from jaxflows.bijectors.actnorm import ActNorm
 from jaxflows.bijectors.autoregressive import MaskedAutoregressive
+from jaxflows.bijectors.continuous import ContinuousFlow
 from jaxflows.bijectors.conv1x1 import (
     Conv1x1,
     Conv1x1LU,
@@ -60,6 +61,7 @@ __all__ = [
     "ChannelMask",
     "ChannelPermutation",
     "CheckerboardMask",
+    "ContinuousFlow",
     "Conv1x1",
     "Conv1x1LU",
     "Conv1x1QR",

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxflows.analysis import lowered_products
 from jaxflows.bijectors import (
     MADE,
     AdditiveTransformer,
@@ -380,3 +381,18 @@ def test_a_small_maf_fits_a_correlated_gaussian():
         params, state, _ = step(params, state, key)
     held_out = float(loss(params, sample(jax.random.key(3), 20_000)))
     assert abs(held_out - ENTROPY) < 0.05, (held_out, ENTROPY)  # 2.721 against 2.701 here
+
+
+def test_made_follows_the_network_policy():
+    x = jax.random.normal(jax.random.key(0), (2, 3))
+    context = _context(jax.random.key(1), 2)
+    layer = MaskedAutoregressive(
+        conditioner=MADE(hidden=(8, 8)), network_dtype=jnp.bfloat16, network_precision="default"
+    )
+    variables = layer.init(jax.random.key(2), x, context)
+    products = lowered_products(lambda a: layer.apply(variables, a, context), x, platform="cuda")
+    networks = [p for p in products if p.in_network]
+    assert len(networks) == 4  # input, the context projection, hidden, output
+    for product in networks:
+        assert product.precision == ("DEFAULT", "DEFAULT") and product.dtypes == ("bf16", "bf16")
+    assert layer.apply(variables, x, context)[0].dtype == jnp.float32

@@ -8,7 +8,7 @@ degree):
     forward (data → latent):  z_i = T(x_i; h_i(x_{<i})),      log_det = Σ_i log|∂T/∂x_i|
     inverse (latent → data):  x_i = T⁻¹(z_i; h_i(x_{<i})),    log_det = −Σ_i log|∂T/∂x_i|
 
-With the default exp-law affine transformer this is MAF's Eq. 5: z_i = (x_i − μ_i)·exp(−α_i),
+With the default exp-law affine transformer this is MAF's map z_i = (x_i − μ_i)·exp(−α_i),
 log_det = −Σ α_i. The forward is one conditioner pass (every x_{<i} is known). The inverse needs
 x_{<i} before x_i: it runs one pass per distinct degree, in a `lax.fori_loop`, starting from zeros;
 pass t sets the entries of the t-th smallest degree, whose parameters read only entries set by
@@ -81,7 +81,7 @@ def check_entrywise(transformer: Transformer, owner: str) -> None:
 
 
 class MaskedAutoregressive(Bijector, NetworkPolicy):
-    """The masked autoregressive layer (MAF, Papamakarios et al. 2017, Eq. 5; see the module doc).
+    """The masked autoregressive layer (MAF, Papamakarios et al. 2017; see the module doc).
 
     Forward (data → latent, one conditioner pass): z_i = T(x_i; h_i), log_det = Σ log|∂T/∂x_i|.
     Inverse (one pass per distinct degree): x_i = T⁻¹(z_i; h_i), log_det = −Σ log|∂T/∂x_i|,

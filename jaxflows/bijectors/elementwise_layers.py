@@ -1,6 +1,6 @@
 """Element-wise bijectors as layers, each named by its forward (data → latent) map: `Logit` for data
-in (0, 1) (RealNVP's logit preprocessing, Dinh et al. 2017 Sec. 4.1; MAF's, Papamakarios et al.
-2017 Sec. 4.2), `Tanh`, `Sigmoid` (= `Invert(Logit())`) and a learned per-entry `ElementwiseAffine`.
+in (0, 1) (the logit preprocessing of RealNVP, Dinh et al. 2017, and of MAF, Papamakarios et al.
+2017), `Tanh`, `Sigmoid` (= `Invert(Logit())`) and a learned per-entry `ElementwiseAffine`.
 
 They take any batch (batch, ...) and act entry by entry; log_det is the per-example sum of the
 entries' log-slopes.
@@ -36,7 +36,7 @@ def squashed_logit_log_slope(log_u: Array, log_one_minus_u: Array, alpha: float)
 
 
 class Logit(Bijector):
-    """y = logit(α + (1 − 2α)x), (0, 1) → ℝ, entry by entry (RealNVP Sec. 4.1's squash, MAF Sec. 4.2).
+    """y = logit(α + (1 − 2α)x), (0, 1) → ℝ, entry by entry (RealNVP's and MAF's preprocessing).
 
     The squash keeps x = 0 and x = 1 finite (dequantised pixels lie in [0, 1)).
     Forward: u = α + (1 − 2α)x, y = log u − log(1 − u), log_det = Σ log(1 − 2α) − log u − log(1 − u).

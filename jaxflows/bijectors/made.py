@@ -3,8 +3,8 @@ network whose weight masks make output i depend only on inputs of smaller degree
 
 Every input unit has a degree m(i) (its place in an order; several entries may share one, e.g. the
 values of one token). With the distinct degrees u_1 < … < u_P, hidden unit k of every hidden layer
-has degree m(k) ∈ {u_1, …, u_{P−1}} and the masks (Eq. 12–13, with a strict output mask, Eq. 13's
-"> " for the autoregressive property) are
+has degree m(k) ∈ {u_1, …, u_{P−1}}, and the masks (the output mask strict, for the autoregressive
+property) are
 
     input → hidden   m(k) ≥ m(i)         hidden → hidden   m(k') ≥ m(k)
     hidden → output  m(out) > m(k)       (out is an output of input i: m(out) = m(i))
@@ -62,7 +62,7 @@ def connectivity(source: Array, target: Array, strict: bool) -> Array:
 
 
 class MaskedDense(nn.Module):
-    """y = x (W ⊙ M) + b with a fixed 0/1 mask M of W's shape (Germain et al. 2015, Eq. 10).
+    """y = x (W ⊙ M) + b with a fixed 0/1 mask M of W's shape (Germain et al. 2015, Sec. 4).
 
     Attributes:
       features: output units.

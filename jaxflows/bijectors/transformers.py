@@ -51,7 +51,7 @@ def affine_law(shift_raw: Array, scale_raw: Array, scale: str) -> ScalarAffine:
     """The map y = x·e^{log s} + t of one scale law, from the raw network outputs (h_t, h_s):
 
     - "sigmoid" (Glow, Kingma & Dhariwal 2018 Table 1): s = sigmoid(h_s + 2), y = s·x + h_t.
-    - "exp" (MAF, Papamakarios et al. 2017 Eq. 5; TarFlow): z = (x − μ)·exp(−α) with μ = h_t,
+    - "exp" (MAF, Papamakarios et al. 2017; TarFlow): z = (x − μ)·exp(−α) with μ = h_t,
       α = h_s: log s = −α, t = −μ·e^{−α}. The identity at h = 0.
     - "jet" (Kolesnikov et al. 2024): s = 2·sigmoid(h_s), y = (x + b)·s with b = h_t: t = b·s.
       The identity at h = 0.
@@ -71,7 +71,7 @@ class AffineTransformer:
 
     - "sigmoid" (default; Glow, Kingma & Dhariwal 2018 Table 1; RealNVP Eq. 6): s = sigmoid(h_s + 2),
       t = h_t. Keeps 0 < s < 1 and starts s near 0.88: exp-scale couplings are unstable.
-    - "exp" (MAF, Papamakarios et al. 2017 Eq. 5; TarFlow, Zhai et al. 2024): z = (x − μ)·exp(−α),
+    - "exp" (MAF, Papamakarios et al. 2017; TarFlow, Zhai et al. 2024): z = (x − μ)·exp(−α),
       (μ, α) = (h_t, h_s); the identity when the network outputs zeros.
     - "jet" (Jet, Kolesnikov et al. 2024): s = 2·sigmoid(h_s), y = (x + b)·s, b = h_t; the identity
       at h = 0, 0 < s < 2.

@@ -112,7 +112,8 @@ def maf(
         (every layer's MADE draws its own order at init, no reversal).
       actnorm: start each step with `ActNorm` (data-dependent initialisation; the paper's batch
         normalisation between layers).
-      logit: put `Logit(logit_alpha)` first, for data in [0, 1) (pixels as vectors, MAF Sec. 4.2).
+      logit: put `Logit(logit_alpha)` first, for data in [0, 1) (pixels as vectors, as in MAF's image
+        experiments).
       context_features: e for a flow p(x | c) conditioned on a (batch, e) context (every MADE reads c).
       data_range: the domain `log_prob` checks; "auto": [0, 1] with `logit`, else unbounded.
       param_dtype, network_dtype, network_precision: the parameters' dtype and the networks'

@@ -23,6 +23,7 @@ import datetime
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from experiments import report
@@ -39,34 +40,63 @@ def held_out(flow, variables, pixels, labels, bins: int) -> np.ndarray:
     return bits_per_dim_per_example(flow, variables, pixels, bins=bins, labels=labels, seed=EVAL_SEED)
 
 
+def nats_per_example(flow, variables, x, labels, batch_size: int = 1000) -> np.ndarray:
+    """−log p(x) in nats of each continuous example (no noise: the same on any machine or batching
+    up to float rounding)."""
+    log_prob = jax.jit(lambda v, x, c: flow.apply(v, x, c, method="log_prob"))
+    parts = [
+        -np.asarray(
+            log_prob(variables, x[i : i + batch_size], None if labels is None else labels[i : i + batch_size])
+        )
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def evaluate(exp, state) -> dict:
+    """The card's `evaluation`: held-out bits/dim of discrete data (fixed per-image dequantisation
+    keys) or nats of continuous data, with and without the parameters' moving average."""
+    dataset = exp.dataset
+    examples = dataset.held_out.all()
+    labels = dataset.held_out.labels(np.arange(len(examples))) if exp.conditional else None
+    averaged = state.ema_params is not None
+
+    def score(average: bool) -> np.ndarray:
+        variables = state.variables(average)
+        if dataset.discrete:
+            return held_out(exp.flow, variables, examples, labels, dataset.num_bins)
+        return nats_per_example(exp.flow, variables, examples, labels)
+
+    final = score(False)
+    shipped = score(True) if averaged else final
+    unit = "bits_per_dim" if dataset.discrete else "nats"
+    evaluation = {
+        "dataset": f"{dataset.name} held-out split ({len(examples)} examples)",
+        f"held_out_{unit}": round(float(shipped.mean()), 6),
+        f"held_out_{unit}_without_ema": round(float(final.mean()), 6),
+        "weights": "moving average of the parameters (EMA)" if averaged else "final parameters (no EMA)",
+        f"first_{CHECK_IMAGES}_{unit}": float(shipped[:CHECK_IMAGES].mean()),
+    }
+    if dataset.discrete:
+        evaluation["protocol"] = (
+            "one uniform dequantisation draw per image; image i uses fold_in(jax.random.key("
+            f"{EVAL_SEED}, impl='threefry2x32'), i); jaxflows.analysis.bits_per_dim_per_example"
+            + ("; log P(x | y) under each image's own label" if exp.conditional else "")
+        )
+    else:
+        dims = int(np.prod(dataset.event_shape))
+        evaluation["held_out_nats_per_dim"] = round(float(shipped.mean()) / dims, 6)
+        evaluation["protocol"] = "−log p(x) in nats per example, flow.apply(..., method='log_prob')"
+    return evaluation
+
+
 def export(workdir: Path, name: str, command: str, commit: str, description: str, wall_minutes, out: Path):
     config = load_workdir_config(workdir)
     apply_process_settings(config)  # the PRNG the run used: its checkpointed key has that shape
     exp, state = restore_for_inference(config, workdir)
     dataset = exp.dataset
-    pixels = dataset.held_out.all()
-    labels = dataset.held_out.labels(np.arange(len(pixels))) if exp.conditional else None
     averaged = state.ema_params is not None
-    scores = {
-        "averaged" if averaged else "final": held_out(
-            exp.flow, state.variables(averaged), pixels, labels, dataset.num_bins
-        )
-    }
-    if averaged:
-        scores["final"] = held_out(exp.flow, state.variables(False), pixels, labels, dataset.num_bins)
-    shipped = scores["averaged" if averaged else "final"]
-    evaluation = {
-        "dataset": f"{dataset.name} test split ({len(pixels)} images)",
-        "held_out_bits_per_dim": round(float(shipped.mean()), 6),
-        "held_out_bits_per_dim_without_ema": round(float(scores["final"].mean()), 6),
-        "weights": "moving average of the parameters (EMA)" if averaged else "final parameters (no EMA)",
-        f"first_{CHECK_IMAGES}_bits_per_dim": float(shipped[:CHECK_IMAGES].mean()),
-        "protocol": (
-            "one uniform dequantisation draw per image; image i uses fold_in(jax.random.key("
-            f"{EVAL_SEED}, impl='threefry2x32'), i); jaxflows.analysis.bits_per_dim_per_example"
-            + ("; log P(x | y) under each image's own label" if exp.conditional else "")
-        ),
-    }
+    evaluation = evaluate(exp, state)
     training = {
         "command": command,
         "commit": commit,
@@ -80,23 +110,25 @@ def export(workdir: Path, name: str, command: str, commit: str, description: str
         out / name,
         {"name": "glow", **config.model},  # a config without a name means glow
         state.variables(averaged),
-        event_shape=tuple(dataset.image_shape),
-        bins=int(dataset.num_bins),
+        event_shape=tuple(dataset.event_shape),
+        bins=None if dataset.num_bins is None else int(dataset.num_bins),
         description=description,
         training=training,
         evaluation=evaluation,
-        **pipeline(config),
+        **pipeline(config, dataset.discrete),
     )
     print(written.to_json())
     return written
 
 
-def pipeline(config) -> dict:
-    """The pipeline arguments a card stores for a run of `config`: its network policy, the dtype unset
-    when it was float32 (what float32 maps give anyway; float64 under jax_enable_x64), and its
-    dequantizer's settings."""
+def pipeline(config, discrete: bool = True) -> dict:
+    """The pipeline arguments a card stores for a run of `config`, as training passed them: the data's
+    range (dequantised pixels in [0, 1], continuous data unbounded), the network policy with the
+    dtype unset when it was float32 (what float32 maps give anyway; float64 under jax_enable_x64),
+    and the dequantizer's settings."""
     dtype = getattr(config, "network_dtype", None)
     return {
+        "data_range": (0.0, 1.0) if discrete else None,
         "network_dtype": None if dtype in (None, "float32") else dtype,
         "network_precision": config.network_precision,
         "dequantizer": config.dequantizer,

@@ -4,6 +4,7 @@ processes whose configs or data differ (ConfigMismatchError before compiling), a
 line's one-line errors. The rendezvous runs in threads of this process; the few tests that start
 real processes are short and share one xdist group, the longer ones are slow-marked."""
 
+import json
 import os
 import re
 import socket
@@ -139,3 +140,102 @@ def test_the_command_line_ends_a_bad_start_with_one_line(tmp_path):
     assert err0.strip().splitlines() == [err0.strip()] and err0.startswith("error: the coordinator's port")
     assert err1.strip().splitlines() == [err1.strip()]
     assert "process 1 could not reach process 0" in err1 and "--init_timeout_s=3 s" in err1
+
+
+@pytest.mark.xdist_group("multiprocess")
+def test_processes_with_different_configs_stop_before_compiling_naming_the_fields(tmp_path):
+    port, config = _free_port(), ["--config", "experiments/configs/digits.py", "--smoke"]
+    tiny = ["--set", "model.depth=1", "model.hidden=8", "num_steps=2"]
+    procs = [
+        _cli(tmp_path, port, 0, *config, *tiny, "batch_size=16"),
+        _cli(tmp_path, port, 1, *config, *tiny, "batch_size=32", "model.hidden=16"),
+    ]
+    start = time.monotonic()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert time.monotonic() - start < 240
+    for i, (p, (out, err)) in enumerate(zip(procs, results, strict=True)):
+        assert p.returncode == 1, out[-2000:] + err[-2000:]
+        assert "were given different config and data" in err, err[-3000:]
+        assert f"process {i} (this one)" in err
+        assert "batch_size: process 0" in err and "16" in err and "32" in err
+        assert "model: process 0" in err and "'hidden': 16" in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+class _Store:
+    """The coordination service's key-value store, shared by simulated processes."""
+
+    def __init__(self):
+        self.values: dict[str, str] = {}
+
+    def key_value_set(self, key, value):
+        assert key not in self.values
+        self.values[key] = value
+
+    def blocking_key_value_get(self, key, timeout_in_ms):
+        if key not in self.values:
+            raise RuntimeError("DEADLINE_EXCEEDED")
+        return self.values[key]
+
+
+def _agree_as(monkeypatch, store, me: int, fields: dict, count: int = 2):
+    """agree_across_processes(fields) as process `me` of `count` over `store`; the error or None."""
+    import jax
+    from jax._src import distributed
+
+    from jaxflows.train import host
+
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+    monkeypatch.setattr(jax, "process_index", lambda: me)
+    monkeypatch.setattr(distributed.global_state, "client", store)
+    monkeypatch.setattr(host, "_AGREEMENTS", iter([0]))
+    try:
+        host.agree_across_processes(fields, timeout_s=1)
+    except JaxflowsError as error:
+        return error
+    return None
+
+
+def test_each_process_names_the_fields_that_differ(monkeypatch):
+    """Continuous data: the data fingerprints (describe_dataset) and the model name differ."""
+    import numpy as np
+
+    from jaxflows.data import array_dataset
+    from jaxflows.train import TrainConfig, setup
+    from jaxflows.train.errors import ConfigMismatchError
+    from jaxflows.train.loop import process_fingerprint
+
+    rng = np.random.default_rng(0)
+    train, held_out = rng.normal(size=(64, 2)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
+    base = TrainConfig(
+        model={"name": "coupling_flow"}, batch_size=8, init_batch_size=8, compilation_cache_dir=None
+    )
+    a = base.replace(dataset=array_dataset(train, held_out))
+    b = base.replace(
+        dataset=array_dataset(train + 1e-3, held_out), model={"name": "planar_flow"}, data_dir="/x"
+    )
+    prints = [process_fingerprint(setup(c)) for c in (a, b)]
+    assert process_fingerprint(setup(a)) == prints[0]  # deterministic
+    store = _Store()
+    assert _agree_as(monkeypatch, _Store(), 0, prints[0], count=1) is None
+    store.values["jaxflows/agree/0/1"] = json.dumps(prints[1])
+    error = _agree_as(monkeypatch, store, 0, prints[0])
+    assert isinstance(error, ConfigMismatchError), error
+    message = str(error)
+    assert "dataset: process 0 (this one)" in message and "model: process 0 (this one)" in message
+    assert "'planar_flow'" in message and "'coupling_flow'" in message and "sha256" in message
+    assert "data_dir" not in message and "batch_size" not in message
+    same = _Store()
+    same.values["jaxflows/agree/0/0"] = json.dumps(prints[0])
+    assert _agree_as(monkeypatch, same, 1, prints[0]) is None
+
+
+def test_a_peer_that_failed_or_never_arrived_is_named(monkeypatch):
+    store = _Store()
+    store.values["jaxflows/agree/0/1"] = '{"error": "ConfigError: dataset \'nope\' is not registered"}'
+    error = _agree_as(monkeypatch, store, 0, {"batch_size": 8})
+    assert isinstance(error, DistributedInitError)
+    assert "process 1 could not start training: ConfigError: dataset 'nope'" in str(error)
+    error = _agree_as(monkeypatch, _Store(), 0, {"batch_size": 8})
+    assert isinstance(error, DistributedInitError) and "process 1 did not share" in str(error)

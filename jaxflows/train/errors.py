@@ -33,12 +33,14 @@ class ProcessSettingsError(JaxflowsError, RuntimeError):
 
 
 class DistributedInitError(JaxflowsError, RuntimeError):
-    """A multi-process run could not start: joined too late (after JAX computed something) or with
-    settings the processes cannot use."""
+    """A multi-process run could not start: joined too late (after JAX computed something), with
+    settings the processes cannot use (the coordinator's port taken, one process id twice, another
+    process count), or a process did not arrive within the initialisation timeout."""
 
 
 class ConfigMismatchError(TrainingError):
-    """Resuming a workdir with a config that changes the model, the data or the optimiser state."""
+    """Resuming a workdir with a config that changes the model, the data or the optimiser state, or
+    processes of one run given different configs or data (found before anything compiles)."""
 
 
 class DivergenceError(TrainingError):

@@ -34,15 +34,22 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import itertools
+import json
 import os
 import re
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from jaxflows.train.errors import ConfigError, DistributedInitError, ProcessSettingsError
+from jaxflows.train.errors import (
+    ConfigError,
+    ConfigMismatchError,
+    DistributedInitError,
+    ProcessSettingsError,
+)
 
 if TYPE_CHECKING:
     from jaxflows.train.config import TrainConfig
@@ -318,6 +325,58 @@ def rendezvous(
         _coordinate(address, num_processes, deadline, int(timeout_s))
     else:
         _join(address, num_processes, process_id, deadline, int(timeout_s))
+
+
+_AGREEMENTS = itertools.count()
+
+
+def agree_across_processes(
+    fields: dict[str, Any], *, what: str = "config and data", timeout_s: float = INIT_TIMEOUT_S
+) -> None:
+    """Check that every process of the run holds the same `fields` (JSON values), before anything
+    collective runs; nothing to check in a single process.
+
+    Each process publishes its fields in the coordination service's key-value store and reads every
+    other process's, so every process finds a difference itself: a ConfigMismatchError naming
+    each differing field with each process's value (instead of a collective that fails later with
+    "Received data size doesn't match"). A process that has not published within `timeout_s`
+    seconds (it stopped before this point) is a DistributedInitError. Every process must call this
+    the same number of times."""
+    import jax
+
+    count, me = jax.process_count(), jax.process_index()
+    if count == 1:
+        return
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    prefix = f"jaxflows/agree/{next(_AGREEMENTS)}"
+    mine = json.loads(json.dumps(fields, sort_keys=True, default=str))
+    client.key_value_set(f"{prefix}/{me}", json.dumps(mine, sort_keys=True))
+    differences: dict[str, dict[int, Any]] = {}
+    for other in (p for p in range(count) if p != me):
+        try:
+            theirs = json.loads(client.blocking_key_value_get(f"{prefix}/{other}", int(timeout_s * 1000)))
+        except Exception as error:  # DEADLINE_EXCEEDED from the coordination service
+            raise DistributedInitError(
+                f"process {other} did not share its {what} within {timeout_s:.0f} s (it stopped before "
+                f"training: see its output); rerun every process ({type(error).__name__})"
+            ) from None
+        if "error" in theirs and "error" not in mine:
+            raise DistributedInitError(f"process {other} could not start training: {theirs['error']}")
+        for name in sorted(set(mine) | set(theirs)):
+            if mine.get(name) != theirs.get(name):
+                differences.setdefault(name, {me: mine.get(name)})[other] = theirs.get(name)
+    if differences:
+        lines = "\n".join(
+            f"  {name}: "
+            + "; ".join(f"process {p}{' (this one)' * (p == me)}: {v!r}" for p, v in sorted(by.items()))
+            for name, by in differences.items()
+        )
+        raise ConfigMismatchError(
+            f"the {count} processes of this run were given different {what}; these fields differ:\n{lines}\n"
+            f"run every process with the same --config, --set overrides and data (nothing was compiled)"
+        )
 
 
 def _int_setting(value: int | None, env: str, name: str, minimum: int) -> int | None:

@@ -21,13 +21,15 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from jaxflows.data import BatchIterator, subset
+from jaxflows.data import BatchIterator, describe_dataset, subset
 from jaxflows.train.checkpoint import CheckpointStore
-from jaxflows.train.config import TrainConfig
+from jaxflows.train.config import TrainConfig, config_to_dict
 from jaxflows.train.errors import DivergenceError, warn
 from jaxflows.train.evaluate import diagnostics, evaluate_held_out
 from jaxflows.train.experiment import Experiment, global_batch, replicated, setup
+from jaxflows.train.host import agree_across_processes
 from jaxflows.train.metrics import MetricsWriter, StepTimer
+from jaxflows.train.rules import normalized_model
 from jaxflows.train.state import TrainState, init_fn, learning_rate_schedule, set_hyperparameters
 from jaxflows.train.steps import compiled_train_step
 from jaxflows.train.workdir import check_resume, record_config_changes, save_config, workdir_lock, writing
@@ -103,8 +105,18 @@ def train(
     fails; in every case the last good checkpoint is kept. With `workdir=None` nothing is written
     (no checkpoints, metrics or lock: the paper comparisons' runs).
     """
+    # Several processes: each loads its data and builds its flow, then all compare them before
+    # anything is locked, restored or compiled (a difference fails in every process at once).
+    exp = None
+    if jax.process_count() > 1:
+        try:
+            exp = setup(config, mesh)
+        except Exception as error:  # the others learn why instead of waiting for this process
+            agree_across_processes({"error": f"{type(error).__name__}: {error}"})
+            raise
+        agree_across_processes(process_fingerprint(exp))
     if workdir is None:
-        return _train(setup(config, mesh), None, None, {}, progress, on_step)
+        return _train(exp or setup(config, mesh), None, None, {}, progress, on_step)
     workdir, lead = Path(workdir), jax.process_index() == 0
     with writing(workdir):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -112,11 +124,26 @@ def train(
         store = CheckpointStore(workdir, config.checkpoint_every, config.keep_checkpoints)
         try:
             changes = check_resume(config, workdir) if store.steps() else {}
-            return _train(setup(config, mesh), workdir, store, changes, progress, on_step)
+            return _train(exp or setup(config, mesh), workdir, store, changes, progress, on_step)
         finally:
             with contextlib.suppress(Exception):  # after an error: still seal a save that completed
                 store.finish()
             store.close()
+
+
+# Config fields that may differ between the processes of one run: where each host keeps its files
+# and how it runs (the data itself is compared by its fingerprint).
+PROCESS_LOCAL_FIELDS = frozenset({"data_dir", "compilation_cache_dir", "prefetch", "reuse_freed_memory"})
+
+
+def process_fingerprint(exp: Experiment) -> dict[str, Any]:
+    """What every process of a run must agree on: the config's fields (the model with its name,
+    an in-memory dataset by its description) but the host-local ones, and the data each process
+    loaded (`describe_dataset`: name, shape, levels, counts, SHA-256 of both splits)."""
+    fields = {k: v for k, v in config_to_dict(exp.config).items() if k not in PROCESS_LOCAL_FIELDS}
+    fields["model"] = normalized_model(fields["model"])
+    fields["data"] = describe_dataset(exp.dataset)
+    return fields
 
 
 def initial_state(exp: Experiment, store: CheckpointStore | None = None) -> TrainState:

@@ -115,6 +115,30 @@ def pretrained_summary(name: str) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves and stops cleanly)
+        interrupted(args.workdir if args.mode == "train" else None)
+
+
+def interrupted(workdir: Path | None) -> None:
+    """One line for a run stopped at once by Ctrl-C, naming the checkpoint a rerun resumes from;
+    exit 130. The training loop's clean-up has already sealed a save that had completed."""
+    from jaxflows.train.workdir import checkpoint_dirs
+
+    steps = [int(p.name) for p in checkpoint_dirs(workdir / "checkpoints")] if workdir else []
+    where = (
+        f"the last complete checkpoint is step {steps[-1]} in {workdir}: rerun the same command to "
+        f"resume from it"
+        if steps
+        else "no checkpoint was saved"
+    )
+    print(f"interrupted by Ctrl-C: stopped at once; {where}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)  # not waiting for the prefetch and checkpoint threads a second Ctrl-C cut short
+
+
+def run(args: argparse.Namespace) -> None:
     if args.pretrained is not None and args.mode not in ("eval", "sample"):
         sys.exit("error: --pretrained works with --mode eval or --mode sample")
     if args.workdir is None:
@@ -192,12 +216,11 @@ def report(args, config, exp, state, say, lead: bool) -> None:
     import jax
 
     from jaxflows import train as jft
-    from jaxflows.train.rules import model_name
 
     data = exp.dataset
     kind = f"{data.num_bins} levels" if data.discrete else "continuous"
     say(f"dataset: {data.name} ({len(data.train)} train / {len(data.held_out)} held-out, "
-        f"{data.event_shape}, {kind}); model: {model_name(config.model)}; step {int(state.step)}; "
+        f"{data.event_shape}, {kind}); model: {jft.model_name(config.model)}; step {int(state.step)}; "
         f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
     if args.mode in ("train", "eval"):
         scores = jft.evaluate(exp, state)

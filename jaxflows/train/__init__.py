@@ -52,6 +52,7 @@ from jaxflows.train.host import (
     split_cpu_into_devices,
 )
 from jaxflows.train.loop import TrainResult, train
+from jaxflows.train.rules import model_name
 from jaxflows.train.sampling import attribute_grid, sample_grid, sample_key
 from jaxflows.train.state import (
     TrainState,
@@ -103,6 +104,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_train_step",
+    "model_name",
     "maybe_initialize_distributed",
     "pixel_baseline_bits_per_dim",
     "reconstruction_warnings",

@@ -27,6 +27,7 @@ TINY = {
     "maf": ((2,), {"depth": 1, "hidden": [4]}),
     "autoregressive_spline_flow": ((2,), {"depth": 1, "hidden": [4], "bins": 3}),
     "jet": ((8, 8, 1), {"patch_size": 4, "couplings": 1, "depth": 1, "width": 8, "heads": 1}),
+    "tarflow": ((4, 4, 1), {"patch_size": 2, "width": 8, "blocks": 2, "layers_per_block": 1, "heads": 2}),
 }
 
 
@@ -174,3 +175,21 @@ def test_bfloat16_parameters_round_trip(tmp_path):
     assert written.architecture["model"]["param_dtype"] == {"__dtype__": "bfloat16"}
     loaded_flow, loaded = load(written.path)
     assert loaded_flow == flow and _identical(variables, loaded)
+
+
+def test_build_takes_the_pipeline_arguments_and_a_config_model(tmp_path):
+    """build(model, event_shape=, data_range=, dequantizer=, network_*=): what the training
+    pipeline passes, remembered for save; a model without a name is a Glow (TrainConfig.model)."""
+    bounded = build(
+        {"name": "coupling_flow", "depth": 1, "hidden": 4}, event_shape=(2,), data_range=(-4.0, 4.0)
+    )
+    assert bounded.data_range == (-4.0, 4.0)
+    variables = bounded.init(jax.random.key(0), jnp.zeros((2, 2)))
+    assert save(tmp_path / "b", bounded, variables).architecture["pipeline"]["data_range"] == [-4.0, 4.0]
+    assert load(tmp_path / "b.json")[0].data_range == (-4.0, 4.0)
+    images = build({"levels": 1, "depth": 1, "hidden": 4}, event_shape=(4, 4, 1), dequantizer={"hidden": 4})
+    assert images.dequantizer is not None and images.dequantizer.hidden == 4
+    with pytest.raises(ValueError, match="takes no"):
+        build({"name": "planar_flow"}, event_shape=(2,), dequantizer={"hidden": 4})
+    with pytest.raises(ValueError, match="looks like variables"):
+        save(tmp_path / "v", variables)

@@ -124,38 +124,42 @@ def card(name: str | Path) -> ModelCard:
     return ModelCard.read(shipped)
 
 
-def _policy(network_dtype: Any, network_precision: Any) -> dict[str, Any]:
-    given = {"network_dtype": network_dtype, "network_precision": network_precision}
-    return {k: v for k, v in given.items() if v is not UNSET}
-
-
 def build(
     source: ModelCard | Mapping[str, Any] | str | Path,
     *,
     event_shape: tuple[int, ...] | int | None = None,
     network_dtype: DTypeLike | None = UNSET,
     network_precision: str = UNSET,
+    data_range: tuple[float, float] | str | None = UNSET,
+    dequantizer: Any = UNSET,
 ) -> Flow:
     """The (untrained) flow of a card (a `ModelCard`, a shipped model's name or a card's path), of a
-    card's `architecture`, or of a model dict {"name": a registered builder, **kwargs} with
-    `event_shape`, built through the model registry (`jaxflows.models.build_model`).
+    card's `architecture`, or of a model dict {"name": a registered builder, **kwargs} (TrainConfig.
+    model's form: no name means "glow") with `event_shape`, built through the model registry
+    (`jaxflows.models.build_model`).
 
-    `network_dtype` / `network_precision`, when given, replace the card's network policy (None:
-    the networks follow the maps' dtype). The flow remembers how it was built, so
-    `save(path, flow, variables)` needs no `model=`.
+    The pipeline arguments, when given, replace the card's (or the builder's defaults):
+    `network_dtype` / `network_precision` (None: the networks follow the maps' dtype),
+    `data_range`, `dequantizer` (a `VariationalDequantizer` or its keyword arguments). The flow
+    remembers how it was built, so `save(path, flow, variables)` needs no `model=`.
     """
-    policy = _policy(network_dtype, network_precision)
+    given = {
+        "network_dtype": network_dtype,
+        "network_precision": network_precision,
+        "data_range": data_range,
+        "dequantizer": dequantizer,
+    }
+    overrides = {k: v for k, v in given.items() if v is not UNSET}
     if isinstance(source, ModelCard):
-        return recipes.build_architecture(source.architecture, **policy)
+        return recipes.build_architecture(source.architecture, **overrides)
     if isinstance(source, (str, Path)):
-        return recipes.build_architecture(card(source).architecture, **policy)
-    if isinstance(source, Mapping) and "name" in source:
+        return recipes.build_architecture(card(source).architecture, **overrides)
+    if isinstance(source, Mapping) and ("model" in source or "builder" in source):
+        return recipes.build_architecture(source, **overrides)
+    if isinstance(source, Mapping):
         if event_shape is None:
             raise InvalidArgumentError(f"build({dict(source)!r}): a model dict needs event_shape=")
-        architecture = recipes.make_architecture(source, event_shape, {}, None)
-        return recipes.build_architecture(architecture, **policy)
-    if isinstance(source, Mapping) and ("model" in source or "builder" in source):
-        return recipes.build_architecture(source, **policy)
+        return recipes.build_architecture(recipes.make_architecture(source, event_shape, overrides, None))
     raise InvalidArgumentError(
         "build expects a ModelCard, a model's name or card path, a card's architecture, or a model dict "
         f"{{'name': ..., **kwargs}} with event_shape; got {source!r}"
@@ -225,8 +229,8 @@ def _architecture(
         if flow is None:
             raise InvalidArgumentError("save: with model= and no flow, give event_shape= (one example's)")
         event_shape = flow.event_shape
-    if flow is not None and isinstance(model, Mapping) and model.get("name") in MODELS:
-        taken = recipes.pipeline_arguments(model["name"])
+    if flow is not None and isinstance(model, Mapping) and model.get("name", "glow") in MODELS:
+        taken = recipes.pipeline_arguments(model.get("name", "glow"))
         shown = {k: v for k, v in recipes.pipeline_of(flow).items() if k in taken}
         pipeline = {**shown, **pipeline}
     return recipes.make_architecture(model, event_shape, pipeline, bins)
@@ -281,7 +285,12 @@ def save(
       The card written (with the weights' SHA-256, parameter count and `path`).
     """
     if variables is None:
-        raise InvalidArgumentError("save: variables= is required (the flow's trained variables)")
+        looks_like_variables = isinstance(flow_or_model, Mapping) and "params" in flow_or_model
+        hint = "; the second argument looks like variables: save(path, flow, variables)"
+        raise InvalidArgumentError(
+            "save: variables= is required (the flow's trained variables)"
+            + (hint if looks_like_variables else "")
+        )
     flow = flow_or_model if isinstance(flow_or_model, Flow) else None
     if isinstance(flow_or_model, Mapping):
         if model is not None:

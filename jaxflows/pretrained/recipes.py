@@ -190,12 +190,18 @@ def make_architecture(
     """A card's `architecture` (JSON) from a model dict {"name": ..., **kwargs}, the event shape,
     pipeline arguments (Python values; those the builder does not take are dropped when None) and
     the number of levels of discrete data."""
-    if not isinstance(model, Mapping) or not isinstance(model.get("name"), str):
+    if not isinstance(model, Mapping) or not isinstance(model.get("name", "glow"), str):
         raise InvalidArgumentError(
             f"model must be a dict {{'name': <a registered builder>, **its keyword arguments}}, got "
             f"{model!r}; registered: {sorted(MODELS)}"
         )
-    name, kwargs = model["name"], {k: v for k, v in model.items() if k != "name"}
+    if "params" in model:
+        raise InvalidArgumentError(
+            "model= got a dict with 'params': variables? Call save(path, flow, variables) or "
+            "save(path, variables=..., model={'name': ..., ...}, event_shape=...)"
+        )
+    name = model.get("name", "glow")  # as in TrainConfig.model
+    kwargs = {k: v for k, v in model.items() if k != "name"}
     check_model_arguments(name, kwargs)
     single = isinstance(event_shape, (int, np.integer))
     shape = [int(event_shape)] if single else [int(n) for n in event_shape]
@@ -247,10 +253,10 @@ def recipe_of(flow: Flow) -> dict[str, Any] | None:
     return architecture if ref is not None and ref() is flow else None
 
 
-def build_architecture(architecture: Mapping[str, Any], **policy: Any) -> Flow:
-    """The (untrained) flow `architecture` describes, through the model registry; `policy`
-    (network_dtype, network_precision) replaces the card's network policy. The flow remembers its
-    recipe (the architecture with that policy)."""
+def build_architecture(architecture: Mapping[str, Any], **overrides: Any) -> Flow:
+    """The (untrained) flow `architecture` describes, through the model registry; `overrides`
+    (pipeline arguments: network_dtype, network_precision, data_range, dequantizer) replace the
+    card's. The flow remembers its recipe (the architecture with the overrides)."""
     architecture = upgrade(architecture)
     pipeline = dict(architecture.get("pipeline", {}))
     name = architecture["model"]["name"]
@@ -260,7 +266,12 @@ def build_architecture(architecture: Mapping[str, Any], **policy: Any) -> Flow:
             "that registers it (register_model) before loading"
         )
     taken = pipeline_arguments(name)
-    pipeline.update(pipeline_to_json({k: v for k, v in policy.items() if k in taken}))
+    refused = {
+        k: v for k, v in overrides.items() if k not in taken and k not in NETWORK_FIELDS and v is not None
+    }
+    if refused:
+        raise InvalidArgumentError(f"model {name!r} takes no {sorted(refused)}, but {refused} was given")
+    pipeline.update(pipeline_to_json({k: v for k, v in overrides.items() if k in taken}))
     architecture = {**architecture, "pipeline": pipeline}
     kwargs = from_json({k: v for k, v in architecture["model"].items() if k != "name"})
     flow = build_model(name, tuple(architecture["event_shape"]), kwargs, **pipeline_from_json(pipeline))

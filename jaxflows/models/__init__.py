@@ -19,6 +19,7 @@ from jaxflows.models.registry import (
     register_model,
     transformer_coupling,
 )
+from jaxflows.models.tarflow import tarflow
 from jaxflows.models.vector import coupling_flow, planar_flow, residual_flow, sylvester_flow
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "register_model",
     "residual_flow",
     "sylvester_flow",
+    "tarflow",
     "transformer_coupling",
 ]

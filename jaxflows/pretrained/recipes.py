@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -339,7 +340,8 @@ def first_difference(a: Any, b: Any, path: str = "flow") -> str | None:
         a, b = tuple(a.values()), tuple(b[key] for key in a)
     else:
         try:
-            same = bool(a == b)
+            arrays = isinstance(a, (np.ndarray, jax.Array)) or isinstance(b, (np.ndarray, jax.Array))
+            same = bool(np.array_equal(a, b) if arrays else a == b)
         except (ValueError, TypeError):
             same = False
         return None if same else f"{path}: {a!r} != {b!r}"

@@ -1,6 +1,7 @@
 """Runner of the paper comparisons: a grid of variants × seeds, each trained by `jaxflows.train.train`
 without a workdir (no checkpoints, metrics or diagnostics), then evaluated on the held-out split.
-`experiments.report` writes the tables and plots under experiments/results/.
+`experiments.report` writes the tables and plots under experiments/results/; `experiments.variants` holds
+what both share (`Variant`, `Run`), so neither imports the other.
 
 The entries are thin modules that list their variants and metrics:
 
@@ -31,6 +32,7 @@ import jax
 import numpy as np
 
 from experiments import report
+from experiments.variants import Run, Variant
 from jaxflows.data import load_dataset
 from jaxflows.train import (
     DivergenceError,
@@ -51,27 +53,6 @@ from jaxflows.train import (
 RESULTS_DIR = Path(__file__).parent / "results"
 # Without --config: the smoke mode of the digits config (a small Glow on 8x8 digits, 800 steps)
 SMOKE_CONFIG = Path(__file__).parent / "configs" / "digits.py"
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One row of a comparison: a name and the changes to the base config (`model` is merged)."""
-
-    name: str
-    model: dict[str, Any] = dataclasses.field(default_factory=dict)
-    config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    group: str = ""  # for plots with several series (e.g. the coupling); defaults to name
-    x: Any = None  # the x value within a group (e.g. the learning rate)
-
-    def apply(self, base: TrainConfig) -> TrainConfig:
-        return base.replace(model={**base.model, **self.model}, **self.config)
-
-
-@dataclasses.dataclass
-class Run:
-    variant: Variant
-    seed: int
-    metrics: dict[str, float]
 
 
 def count_params(params) -> int:

@@ -11,16 +11,13 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jax
 import matplotlib
 import numpy as np
 
+from experiments.variants import Run, Variant
 from jaxflows.data import load_dataset
-
-if TYPE_CHECKING:
-    from experiments.compare import Run, Variant
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -212,3 +209,55 @@ def bar_plot(
 def command_line(module: str, argv=None) -> str:
     argv = sys.argv[1:] if argv is None else list(argv)
     return " ".join([".venv/bin/python", "-m", module, *map(shlex.quote, map(str, argv))])
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Save `fig` as `path` (creating its directory) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def density_sample_grid(rows: Sequence[dict], extent: float):
+    """2D flows: a row of panels per density (rows' "density"), the training points (the row whose
+    "flow" is "data": its "samples"), then each flow's "density_grid" (p(x) on a square grid over
+    [−extent, extent]², rows the second coordinate) and its "samples"."""
+    densities = list(dict.fromkeys(r["density"] for r in rows))
+    flows = [r["flow"] for r in rows if r["density"] == densities[0] and r["flow"] != "data"]
+    size = (len(densities), 1 + 2 * len(flows))
+    fig, axes = plt.subplots(*size, figsize=(2.0 * size[1], 2.6 * size[0]), squeeze=False)
+    for i, density in enumerate(densities):
+        by_flow = {r["flow"]: r for r in rows if r["density"] == density}
+        panels = [(f"{density}:\ndata", "k", by_flow["data"]["samples"])]
+        for name in flows:
+            row = by_flow[name]
+            panels += [
+                (f"{name}:\ndensity", None, row["density_grid"]),
+                (f"{name}:\nsamples", "C0", row["samples"]),
+            ]
+        for ax, (label, colour, values) in zip(axes[i], panels, strict=True):
+            if colour is None:
+                ax.imshow(values, origin="lower", extent=(-extent, extent) * 2, cmap="viridis")
+            else:  # points
+                ax.scatter(values[:, 0], values[:, 1], s=0.5, c=colour)
+            ax.set(xlim=(-extent, extent), ylim=(-extent, extent), xticks=[], yticks=[], aspect="equal")
+            ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def sample_blocks(draws: dict[float, np.ndarray]):
+    """One square block of image samples (n, h, w, 1) per temperature, pixels clipped to [0, 1] and
+    framed in white."""
+    fig, axes = plt.subplots(1, len(draws), figsize=(3.2 * len(draws), 3.4), squeeze=False)
+    for ax, (t, x) in zip(axes[0], draws.items(), strict=True):
+        side = int(np.sqrt(len(x)))
+        clipped = np.clip(x[: side * side, ..., 0], 0, 1)
+        framed = np.pad(clipped, ((0, 0), (1, 1), (1, 1)), constant_values=1.0)
+        h, w = framed.shape[1:]
+        tiled = framed.reshape(side, side, h, w).transpose(0, 2, 1, 3).reshape(side * h, side * w)
+        ax.imshow(tiled, cmap="gray", vmin=0, vmax=1)
+        ax.set(xticks=[], yticks=[], title=f"T = {t:g}")
+    fig.tight_layout()
+    return fig

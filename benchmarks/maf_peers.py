@@ -81,6 +81,25 @@ def timed(step, state, steps: int) -> tuple[list[float], float, object]:
     return times, first, state
 
 
+def adam_steps(loss, params, steps: int, *, jit, value_and_grad, apply_updates, trainable=None):
+    """`timed` over the Adam step (lr 1e-3) of `loss` from `params`, built with one library's jit,
+    value-and-grad and update functions; `trainable` picks what the optimiser state covers."""
+    import jax.numpy as jnp
+    import optax
+
+    optimizer = optax.adam(1e-3)
+
+    @jit
+    def step(state):
+        params, opt_state, _ = state
+        value, grads = value_and_grad(loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return apply_updates(params, updates), opt_state, value
+
+    opt_state = optimizer.init(params if trainable is None else trainable(params))
+    return timed(step, (params, opt_state, jnp.zeros(())), steps)
+
+
 def jaxflows_worker(args, actnorm: bool) -> dict:
     import jax
     import jax.numpy as jnp
@@ -92,20 +111,19 @@ def jaxflows_worker(args, actnorm: bool) -> dict:
     x = jnp.asarray(data(args.dim, args.batch))
     flow = maf(args.dim, depth=args.depth, hidden=(args.hidden, args.hidden), actnorm=actnorm)
     variables = flow.init(jax.random.key(0), x)
-    optimizer = optax.adam(1e-3)
 
     def loss(params):
         return -jnp.mean(flow.apply({**variables, "params": params}, x, method="log_prob"))
 
-    @jax.jit
-    def step(state):
-        params, opt_state, _ = state
-        value, grads = jax.value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
     params = variables["params"]
-    times, first, state = timed(step, (params, optimizer.init(params), jnp.zeros(())), args.steps)
+    times, first, state = adam_steps(
+        loss,
+        params,
+        args.steps,
+        jit=jax.jit,
+        value_and_grad=jax.value_and_grad,
+        apply_updates=optax.apply_updates,
+    )
     count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
     versions = {
         "jaxflows": _version("jaxflows", jaxflows),
@@ -137,21 +155,20 @@ def flowjax_worker(args) -> dict:
     params, static = eqx.partition(
         flow, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
     )
-    optimizer = optax.adam(1e-3)
 
     def loss(params):
         model = paramax.unwrap(eqx.combine(params, static))
         return -jnp.mean(model.log_prob(x))
 
-    @eqx.filter_jit
-    def step(state):
-        params, opt_state, _ = state
-        value, grads = eqx.filter_value_and_grad(loss)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return eqx.apply_updates(params, updates), opt_state, value
-
-    opt_state = optimizer.init(eqx.filter(params, eqx.is_inexact_array))
-    times, first, state = timed(step, (params, opt_state, jnp.zeros(())), args.steps)
+    times, first, state = adam_steps(
+        loss,
+        params,
+        args.steps,
+        jit=eqx.filter_jit,
+        value_and_grad=eqx.filter_value_and_grad,
+        apply_updates=eqx.apply_updates,
+        trainable=lambda tree: eqx.filter(tree, eqx.is_inexact_array),
+    )
     count = sum(leaf.size for leaf in jax.tree_util.tree_leaves(eqx.filter(params, eqx.is_inexact_array)))
     versions = {"flowjax": _version("flowjax", flowjax), "jax": jax.__version__, "optax": optax.__version__}
     return result(args, times, first, float(state[2]), count, versions)

@@ -22,6 +22,7 @@ from jaxflows.pretrained import (
     save,
 )
 from jaxflows.pretrained.recipes import first_difference
+from tests.fashion_mnist import require_fashion_mnist
 
 MODEL = {"name": "glow", "levels": 2, "depth": 1, "hidden": 8, "conv": "lu"}
 SHAPE = (8, 8, 1)
@@ -184,14 +185,13 @@ def test_shipped_models_leave_the_network_dtype_to_the_user(name):
 def test_shipped_models_score_the_value_on_their_card(name):
     """The card's held-out bits/dim on the first test images, recomputed here (threefry keys, one
     per image: the same values on any machine, batch size or JAX default PRNG)."""
-    from jaxflows.data import fashion_mnist, fashion_mnist_available
+    from jaxflows.data import fashion_mnist
 
     model = card(name)
     check = model.evaluation.get("first_1000_bits_per_dim")
     if check is None or not model.evaluation["dataset"].startswith("fashion_mnist"):
         pytest.skip(f"{name}'s card records no Fashion-MNIST check value")
-    if not fashion_mnist_available():
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    require_fashion_mnist()  # a failure where CI is meant to have it (tests/fashion_mnist.py)
     test = fashion_mnist().held_out
     pixels = test.all()[:1000]
     flow, variables = load(name)

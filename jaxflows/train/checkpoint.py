@@ -133,12 +133,16 @@ class CheckpointStore:
         """Checksum the last save once orbax has finished it (without blocking unless `wait`)."""
         if self._unsealed is None or (not wait and self.manager.is_saving_in_progress()):
             return
-        step, self._unsealed = self._unsealed, None
+        step = self._unsealed
         try:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
         except Exception as error:
+            self._unsealed = None
             raise WorkdirWriteError(f"the checkpoint of step {step} could not be written: {error}") from error
+        # Cleared only now: a wait cut short (a second Ctrl-C) leaves the save to be sealed by the
+        # `finish` of the run's clean-up, instead of an unverified checkpoint.
+        self._unsealed = None
         step_dir = self.directory / str(step)
         self.manager.reload()
         if step not in self.manager.all_steps() or not step_dir.is_dir():
@@ -168,7 +172,9 @@ class CheckpointStore:
         (arrays or shapes); None if the workdir has no checkpoint.
 
         Each rejected checkpoint gets a one-line warning. A checkpoint without a checksum record is
-        used only when no verified one is left. Raises CheckpointError if none can be restored.
+        used (and sealed) when it is newer than every verified one and reads back whole (a save
+        that completed as the run stopped), else only when no verified one is left. Raises
+        CheckpointError if none can be restored.
         """
         steps = self.steps()
         if not steps:
@@ -185,7 +191,13 @@ class CheckpointStore:
         for step in reversed(steps):
             if problems[step] is not None and step not in unverified:
                 self._reject(step, problems[step])
-        for step in verified + unverified:
+        # Orbax lists a step only once its save has committed (written to a temporary directory,
+        # then renamed), so an unverified checkpoint newer than every verified one is a complete
+        # save whose sealing was cut short (a second Ctrl-C, kill -9 in between): it is tried
+        # first, and sealed if every array reads back. Older unverified ones stay a last resort.
+        newest = max(verified, default=-1)
+        order = [s for s in unverified if s > newest] + verified + [s for s in unverified if s < newest]
+        for step in order:
             try:
                 with _quiet_orbax():
                     state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -195,9 +207,11 @@ class CheckpointStore:
                 problems[step] = f"unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
                 self._reject(step, problems[step])
                 continue
-            for newer in (s for s in unverified if s > step):
+            for newer in (s for s in unverified if s > step and (self.directory / str(s)).is_dir()):
                 self._reject(newer, problems[newer])  # training would otherwise save over it
-            if problems[step] is not None:
+            if problems[step] is not None and step > newest:
+                self._seal_found(step)
+            elif problems[step] is not None:
                 warn(f"warning: restored the checkpoint at step {step}, which is {problems[step]}")
             # Process 0 has moved the rejected checkpoints: every process lists the same steps
             # again, or their managers would disagree on which steps are due a save.
@@ -206,6 +220,18 @@ class CheckpointStore:
             return state
         details = "; ".join(f"step {s}: {problems[s]}" for s in steps)
         raise CheckpointError(f"no checkpoint in {self.directory} could be restored ({details})")
+
+    def _seal_found(self, step: int) -> None:
+        """Seal a complete checkpoint that was restored without a checksum record (a writer only)."""
+        if self.writer and jax.process_index() == 0:
+            try:
+                write_checksums(self.directory / str(step))
+            except OSError as error:
+                raise WorkdirWriteError(f"could not write the checksums of step {step}: {error}") from error
+        warn(
+            f"note: the checkpoint at step {step} was complete but not sealed (the run stopped while "
+            f"finishing it); every array read back, so it is used{' and sealed' if self.writer else ''}"
+        )
 
     def _check_structure(self, step: int, abstract: TrainState) -> None:
         """Raise CheckpointStructureError, naming the differences, if the checkpoint at `step` holds

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
+import difflib
 import importlib.util
 import inspect
 import json
+import re
+import traceback
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from jaxflows.core.errors import JaxflowsError
 from jaxflows.data import Dataset, array_dataset, describe_dataset
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION, NETWORK_PRECISIONS
 from jaxflows.train.errors import ConfigError, ConfigFileError
@@ -272,18 +277,77 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_config(path: str | Path, smoke: bool = False) -> TrainConfig:
     """Import a config file and call its `get_config()`; with `smoke`, `get_config(smoke=True)`: the
-    file's smoke mode, a smaller and shorter run of the same setup (a ConfigError if it has none)."""
+    file's smoke mode, a smaller and shorter run of the same setup (a ConfigError if it has none).
+
+    A file that does not run (a syntax error, a name it does not define, ...) or that sets a field
+    TrainConfig does not have is a ConfigFileError of one line naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"_jaxflows_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _config_file_errors(path):
+        spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"{path} must define get_config() -> TrainConfig")
     if smoke and "smoke" not in inspect.signature(module.get_config).parameters:
         raise ConfigError(f"{path} has no smoke mode: its get_config() takes no `smoke` argument")
-    config = module.get_config(smoke=True) if smoke else module.get_config()
+    with _config_file_errors(path):
+        config = module.get_config(smoke=True) if smoke else module.get_config()
     if not isinstance(config, TrainConfig):
         raise ConfigFileError(f"{path}: get_config() returned {type(config).__name__}, not TrainConfig")
+    unknown = sorted(set(vars(config)) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:  # `config.batch_sise = 32` after construction: Python accepts it silently
+        raise ConfigFileError(
+            f"{_where(path, _assignment_line(path, unknown[0]))}: {_unknown_field(unknown[0])}"
+        )
     return config
+
+
+_UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def _unknown_field(name: str) -> str:
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(known)}"
+    return f"TrainConfig has no field {name!r}{hint}"
+
+
+def _where(path: Path, line: int | None) -> str:
+    return f"{path}, line {line}" if line is not None else str(path)
+
+
+def _assignment_line(path: Path, attribute: str) -> int | None:
+    """The first line of `path` that assigns `<something>.attribute` (None if none is found)."""
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == attribute and isinstance(node.ctx, ast.Store):
+            return node.lineno
+    return None
+
+
+@contextlib.contextmanager
+def _config_file_errors(path: Path):
+    """Turn an error raised by running a config file into a one-line ConfigFileError naming the
+    file and line; the library's own named errors (a ConfigError for a field's value) pass."""
+    try:
+        yield
+    except SyntaxError as error:
+        detail = f"{error.msg}: {error.text.strip()}" if error.text else error.msg
+        raise ConfigFileError(f"{_where(path, error.lineno)}: syntax error: {detail}") from None
+    except JaxflowsError:
+        raise
+    except Exception as error:
+        frames = [
+            f
+            for f in traceback.extract_tb(error.__traceback__)
+            if Path(f.filename).resolve() == path.resolve()
+        ]
+        line = frames[-1].lineno if frames else None
+        unknown = _UNEXPECTED_KEYWORD.search(str(error)) if isinstance(error, TypeError) else None
+        message = _unknown_field(unknown.group(1)) if unknown else f"{type(error).__name__}: {error}"
+        raise ConfigFileError(f"{_where(path, line)}: {message}") from None

@@ -25,7 +25,8 @@ class ConfigError(JaxflowsError, ValueError):
 
 
 class ConfigFileError(JaxflowsError, TypeError):
-    """A config file whose `get_config()` does not return a TrainConfig."""
+    """A config file that does not run (a syntax error, ...), sets a field TrainConfig does not have,
+    or whose `get_config()` does not return a TrainConfig; the message names the file and line."""
 
 
 class ProcessSettingsError(JaxflowsError, RuntimeError):

@@ -9,6 +9,7 @@ and an uninterrupted one produce identical losses.
 from __future__ import annotations
 
 import contextlib
+import csv
 import math
 import signal
 import time
@@ -192,6 +193,8 @@ def _train(
                 if done % config.log_every == 0 or last:
                     throughput = timer.images_per_sec(state)
                     row = _log_row(exp, state, window, throughput, schedule(step), done, last)
+                    if lead and workdir is not None:
+                        _recreate_deleted_metrics(writer, history)
                     history.append({"step": done, **row})
                     writer.write(done, row)
                     _show(bar, row)
@@ -226,6 +229,26 @@ def _train(
         print(f"train_time_limit_s={config.train_time_limit_s} reached: stopped at step {int(state.step)}")
     preempted = signals.received is not None
     return TrainResult(state, exp, history, preempted, signals.received, timer.first_s, timer.step_s)
+
+
+def _recreate_deleted_metrics(writer: MetricsWriter, history: list[dict[str, float]]) -> None:
+    """metrics.csv deleted while the run writes it (a clean-up script, a user): write it again
+    with its header and this run's rows so far, and say so once (rows of earlier runs are lost)."""
+    path = writer.csv_path
+    if path.exists():
+        return
+    first = int(history[0]["step"]) if history else None
+    kept = f"this run's rows from step {first} on" if first is not None else "its header"
+    warn(f"warning: {path} was deleted during the run; recreated it with {kept} (earlier rows are lost)")
+    with writing(path):
+        writer.csv_file.close()
+        writer.csv_file = path.open("w", newline="")
+        writer.csv = csv.DictWriter(
+            writer.csv_file, fieldnames=writer.fields, extrasaction="ignore", lineterminator="\n"
+        )
+        writer.csv.writeheader()
+        writer.csv.writerows(history)
+        writer.csv_file.flush()
 
 
 def _show(bar, row: dict) -> None:

@@ -10,6 +10,16 @@ last line is one JSON object: {"standard_temp_bytes": {"8": ..., "32": ...},
 
 With invertible backprop only what scales with the parameters (their gradients, the optimiser's
 temporaries) grows with depth; standard backprop also stores every step's activations.
+
+    python -m benchmarks.memory --residual [--terms 4 16] [--depths 4] [--image 16x16x3]
+
+instead compiles the train step of `residual_flow` (Hutchinson traces) for each way of
+differentiating the log-det and each number of terms: "series" (i-ResNet: autodiff through
+`log_det_terms` terms), and the roulette estimator of Residual Flows (Chen et al. 2019) with
+`max_terms` = terms: "scan" (autodiff through a masked scan of all of them), "neumann" (the Neumann
+series in a custom_jvp, recomputed in the backward pass) and "backward_in_forward" (computed in the
+forward pass; only the gradients are kept). The last line's keys are then "<mode>_temp_bytes",
+indexed by the number of terms.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODES = ("standard", "invertible")
+RESIDUAL_MODES = ("series", "scan", "neumann", "backward_in_forward")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,7 +49,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--modes", nargs="+", default=list(MODES), choices=("standard", "remat", "invertible")
     )
+    parser.add_argument(
+        "--residual",
+        action="store_true",
+        help="residual flows: the log-det gradient modes " + ", ".join(RESIDUAL_MODES) + " against --terms",
+    )
+    parser.add_argument("--terms", type=int, nargs="+", default=[4, 16], help="log-det terms (--residual)")
     return parser.parse_args(argv)
+
+
+def residual_block_kwargs(mode: str, terms: int) -> dict:
+    """`InvertibleResidual` fields of a log-det gradient mode with `terms` terms (roulette: at most)."""
+    if mode == "series":
+        return {"log_det_terms": terms}
+    return {"estimator": "roulette", "log_det_gradient": mode, "max_terms": terms}
+
+
+def residual_temp_bytes(shape, steps: int, hidden: int, batch: int, mode: str, terms: int):
+    """(temp bytes, parameter count, compile seconds) of a residual flow's compiled train step."""
+    import jax
+    import numpy as np
+
+    from jaxflows.models import residual_flow
+    from jaxflows.train import TrainConfig, abstract_inputs, make_mesh, make_optimizer, make_train_step
+
+    mesh = make_mesh()
+    flow = residual_flow(
+        shape, depth=steps, hidden=hidden, trace="hutchinson", block_kwargs=residual_block_kwargs(mode, terms)
+    )
+    optimizer = make_optimizer(TrainConfig(optimizer="adamax"))
+    state, pixels = abstract_inputs(flow, optimizer, 256, batch, mesh)
+    start = time.perf_counter()
+    compiled = make_train_step(flow, optimizer, 256, mesh).lower(state, pixels).compile()
+    seconds = time.perf_counter() - start
+    params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(state.params))
+    return int(compiled.memory_analysis().temp_size_in_bytes), params, seconds
+
+
+def residual_main(args: argparse.Namespace, shape: tuple[int, ...]) -> dict:
+    """The --residual table: temp bytes per log-det gradient mode and number of terms."""
+    import jax
+
+    result: dict = {f"{mode}_temp_bytes": {} for mode in RESIDUAL_MODES}
+    depth = args.depths[0]
+    for terms in args.terms:
+        for mode in RESIDUAL_MODES:
+            temp, params, seconds = residual_temp_bytes(shape, depth, args.hidden, args.batch, mode, terms)
+            result[f"{mode}_temp_bytes"][str(terms)] = temp
+            result["params"] = params
+            print(f"terms={terms:3d} {mode:20s} temp {temp / 2**20:9.1f} MiB  compile {seconds:.1f} s")
+    result.update(
+        depth=depth, hidden=args.hidden, batch=args.batch, image=list(shape), backend=jax.default_backend()
+    )
+    print(json.dumps(result))
+    return result
 
 
 def temp_bytes(
@@ -67,6 +131,8 @@ def main(argv=None) -> dict:
     import jax
 
     shape = tuple(int(s) for s in args.image.lower().split("x"))
+    if args.residual:
+        return residual_main(args, shape)
     result: dict = {f"{mode}_temp_bytes": {} for mode in args.modes}
     result["params"] = {}
     for depth in args.depths:

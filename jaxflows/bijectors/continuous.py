@@ -136,8 +136,9 @@ class ContinuousFlow(Bijector, NetworkPolicy):
     y = z(T), with f a network (`ODENetwork`: concatsquash layers on (batch, d) vectors,
     time-concatenated k×k convolutions on NHWC images) run under the network policy.
 
-    Forward (data → latent) integrates from 0 to T, inverse from T back to 0: one solve, two
-    directions. The log-det is integrated beside z (instantaneous change of variables, Eq. 4):
+    Forward (data → latent): z(0) = x integrated from 0 to T. Inverse: z(T) = y integrated from T
+    back to 0. One solve, two directions. The log-det is integrated beside z (instantaneous
+    change of variables, Eq. 4):
     d/dt log|det ∂z(t)/∂x| = tr(∂f/∂z(t)), so the forward's log-det is +∫_0^T tr(∂f/∂z) dt and the
     inverse's, integrated from T to 0, is its negative. `trace="exact"`: the trace of the Jacobian
     (D Jacobian-vector products per evaluation of f; small D). `trace="hutchinson"`: vᵀ(∂f/∂z)v with
@@ -289,9 +290,9 @@ class ContinuousFlow(Bijector, NetworkPolicy):
     def inverse(self, y: Array, context: Array | None = None) -> tuple[Array, Array]:
         return self._integrate(y, float(self.time), 0.0)
 
-    def num_steps(self, x: Array, inverse: bool = False) -> Array:
+    def num_steps(self, x: Array) -> Array:
         """The solver's steps, accepted and rejected (each 6 evaluations of f for dopri5 and
-        tsit5, with the first-same-as-last reuse), of one forward (or inverse) solve from x."""
-        start, end = (float(self.time), 0.0) if inverse else (0.0, float(self.time))
-        stats = self._solve(x, start, end).stats
+        tsit5, with the first-same-as-last reuse), of the forward solve from x; the inverse's cost,
+        from y, is about the same."""
+        stats = self._solve(x, 0.0, float(self.time)).stats
         return stats["num_accepted_steps"] + stats["num_rejected_steps"]

@@ -1,8 +1,10 @@
 """Model builders, each registered by name in `MODELS` (`register_model`): multi-scale image flows
 assembled from `jaxflows.bijectors` ("glow"), flows on vectors ("coupling_flow", "planar_flow",
-"sylvester_flow", "residual_flow"), and the registry of the layers they are built from."""
+"sylvester_flow", "residual_flow"), continuous-time flows ("ffjord_flow"), and the registry of the
+layers they are built from."""
 
 from jaxflows.models.autoregressive import autoregressive_spline_flow, maf
+from jaxflows.models.continuous import ffjord_flow
 from jaxflows.models.dequantizer import VariationalDequantizer
 from jaxflows.models.glow import glow
 from jaxflows.models.jet import jet
@@ -33,6 +35,7 @@ __all__ = [
     "build_model",
     "check_model_arguments",
     "coupling_flow",
+    "ffjord_flow",
     "glow",
     "jet",
     "maf",

@@ -20,6 +20,7 @@ from jaxflows.train.evaluate import (
     diagnostics,
     evaluate_held_out,
     pixel_baseline_bits_per_dim,
+    split_diagnostics,
 )
 from jaxflows.train.experiment import Experiment, replicated, setup
 from jaxflows.train.loop import initial_state
@@ -91,7 +92,9 @@ def restore_pretrained(
 def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
     """Held-out bits/dim of the flow (its parameters' moving average when trained with one; then also
     `flow_bits_per_dim_without_ema`) and of the per-pixel histogram baseline on the same split, and
-    the per-level log-det terms and reconstruction errors (`level_diagnostics`). A class-conditional
+    the per-level log-det terms and reconstruction errors (`level_diagnostics`, first held-out
+    examples), and the whole flow's reconstruction error over the split (`split_reconstruction`:
+    the worst example, its index and per-level breakdown, quantiles). A class-conditional
     flow's `flow_bits_per_dim` is of log P(x | y); it adds `class_conditional_scores` (the marginal
     bits/dim of Σ_c p(c) P(x | c) and the Bayes-rule accuracy, p(c) the training frequencies).
     On continuous data: `flow_nats` (held-out −log p(x)) and `flow_nats_per_dim` instead, with the
@@ -106,7 +109,11 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
         )  # fmt: skip
 
     if not d.discrete:
-        return {**continuous_scores(exp, state, held_out), **diagnostics(exp, state)}
+        return {
+            **continuous_scores(exp, state, held_out),
+            **diagnostics(exp, state),
+            **split_diagnostics(exp, state),
+        }
 
     scores = {"flow_bits_per_dim": held_out(averaged=True)}
     if state.ema_params is not None:
@@ -134,6 +141,7 @@ def evaluate(exp: Experiment, state: TrainState) -> dict[str, float]:
         "baseline_bits_per_dim": baseline,
         "held_out_examples": len(d.held_out),
         **diagnostics(exp, state),
+        **split_diagnostics(exp, state),  # the whole split's reconstruction error
     }
 
 

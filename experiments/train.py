@@ -92,24 +92,33 @@ def resolve_config(args: argparse.Namespace):
     return apply_overrides(config, args.overrides)
 
 
-def pretrained_config(name: str):
-    """The config a shipped model was trained with (its card's), for the process settings."""
+def pretrained_config(name: str, overrides=()):
+    """The config a shipped model was trained with (its card's) with the --set overrides (the network
+    policy, evaluation settings), for the process settings."""
     from jaxflows.pretrained import card
-    from jaxflows.train import config_from_dict
+    from jaxflows.train import ConfigError, apply_overrides, config_from_dict
 
-    return config_from_dict(card(name).training["config"], f"the card of {name}")
+    model = card(name)
+    if "config" not in model.training:
+        raise ConfigError(f"{name}: the card records no training config; use jaxflows.pretrained.load")
+    return apply_overrides(config_from_dict(model.training["config"], f"the card of {name}"), overrides)
 
 
 def pretrained_summary(name: str) -> str:
     from jaxflows.pretrained import card
 
     model = card(name)
-    evaluation = model.evaluation
-    bpd = evaluation["held_out_bits_per_dim"]
+    evaluation, training = model.evaluation, model.training
+    if "held_out_bits_per_dim" in evaluation:
+        score = f"held-out bits/dim {evaluation['held_out_bits_per_dim']:.4f}"
+    elif "held_out_nats" in evaluation:
+        score = f"held-out NLL {evaluation['held_out_nats']:.4f} nats"
+    else:
+        score = "held-out score: none recorded"
+    protocol = evaluation.get("protocol", "protocol not recorded").split(";")[0]
     return (
-        f"{model.parameter_count} parameters, trained by `{model.training['command']}` at "
-        f"{model.training['commit'][:10]}; its card's held-out bits/dim {bpd:.4f} "
-        f"({evaluation['protocol'].split(';')[0]}, fixed per-image keys)"
+        f"{model.parameter_count} parameters, trained by `{training.get('command', '?')}` at "
+        f"{str(training.get('commit', '?'))[:10]}; its card's {score} ({protocol})"
     )
 
 
@@ -171,7 +180,9 @@ def run(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     try:
-        config = pretrained_config(args.pretrained) if args.pretrained else resolve_config(args)
+        config = (
+            pretrained_config(args.pretrained, args.overrides) if args.pretrained else resolve_config(args)
+        )
     except (ConfigError, FileNotFoundError, TrainingError, JaxflowsError) as error:
         sys.exit(f"error: {error}")
     jft.apply_process_settings(config)  # PRNG and CPU devices, before JAX's backends start
@@ -188,7 +199,7 @@ def run(args: argparse.Namespace) -> None:
                     sys.exit(130)
                 return
         elif args.pretrained:
-            _, exp, state = jft.restore_pretrained(args.pretrained)
+            config, exp, state = jft.restore_pretrained(args.pretrained, args.overrides)
             args.workdir.mkdir(parents=True, exist_ok=True)
             say(f"pretrained model {args.pretrained}: {pretrained_summary(args.pretrained)}")
         else:

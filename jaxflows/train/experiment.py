@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxflows import pretrained
 from jaxflows.core import Flow
 from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.data import Dataset, batch_indices, load_dataset, validate_batch
-from jaxflows.models import VariationalDequantizer, build_model
 from jaxflows.train.config import TrainConfig
 from jaxflows.train.errors import ConfigError
 from jaxflows.train.rules import model_kwargs, model_name
@@ -71,15 +71,17 @@ def check_data_kind(config: TrainConfig, dataset: Dataset) -> None:
 def build_flow(config: TrainConfig, event_shape: tuple[int, ...], discrete: bool = True) -> Flow:
     """The config's model (`MODELS[config.model["name"]]`, default "glow"), with its network policy,
     the data's range (dequantised pixels in [0, 1], continuous data unbounded) and the variational
-    dequantizer where the config has one."""
-    policy = {"network_dtype": jnp.dtype(config.network_dtype), "network_precision": config.network_precision}
-    deq = None if config.dequantizer is None else VariationalDequantizer(**config.dequantizer, **policy)
-    name = model_name(config.model)
+    dequantizer where the config has one. Built through `jaxflows.pretrained.build`, so the flow
+    remembers its recipe: `jaxflows.pretrained.save(path, flow, variables)` needs nothing else."""
     try:
-        return build_model(
-            name, tuple(event_shape), model_kwargs(config.model),
-            data_range=(0.0, 1.0) if discrete else None, dequantizer=deq, **policy,
-        )  # fmt: skip
+        return pretrained.build(
+            {"name": model_name(config.model), **model_kwargs(config.model)},
+            event_shape=tuple(event_shape),
+            data_range=(0.0, 1.0) if discrete else None,
+            dequantizer=config.dequantizer,
+            network_dtype=jnp.dtype(config.network_dtype),
+            network_precision=config.network_precision,
+        )
     except InvalidArgumentError as error:
         raise ConfigError(f"TrainConfig.model: {error}") from None
 

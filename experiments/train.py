@@ -194,7 +194,8 @@ def run(args: argparse.Namespace) -> None:
             exp, state = result.experiment, result.state
             if result.preempted:
                 step = int(state.step)
-                say(f"stopped by {result.signal} at step {step}; checkpoint saved in {args.workdir}")
+                who = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+                print(f"{who}stopped by {result.signal} at step {step}; checkpoint saved in {args.workdir}")
                 if result.signal == "SIGINT":
                     sys.exit(130)
                 return

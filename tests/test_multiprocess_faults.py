@@ -7,6 +7,7 @@ real processes are short and share one xdist group, the longer ones are slow-mar
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -239,3 +240,52 @@ def test_a_peer_that_failed_or_never_arrived_is_named(monkeypatch):
     assert "process 1 could not start training: ConfigError: dataset 'nope'" in str(error)
     error = _agree_as(monkeypatch, _Store(), 0, {"batch_size": 8})
     assert isinstance(error, DistributedInitError) and "process 1 did not share" in str(error)
+
+
+def _digits(workdir: Path, port: int, process_id: int, *overrides: str) -> subprocess.Popen:
+    tiny = ["model.depth=1", "model.hidden=8", "batch_size=16", "init_batch_size=64", "log_every=1"]
+    config = ["--config", "experiments/configs/digits.py", "--smoke", "--set", *tiny, *overrides]
+    return _cli(workdir, port, process_id, *config)
+
+
+def _rows(workdir: Path) -> list[int]:
+    from jaxflows.train.metrics import read_metrics
+
+    return [int(r["step"]) for r in read_metrics(workdir)]
+
+
+@pytest.mark.slow  # two processes compile and train, twice: ~2-4 min on 2 busy cores
+def test_sigterm_to_one_process_stops_both_after_the_same_step_and_the_rerun_resumes(tmp_path):
+    from jaxflows.train.checkpoint import CHECKSUMS
+
+    endless = ["num_steps=100000", "checkpoint_every=1000"]
+    port = _free_port()
+    procs = [_digits(tmp_path, port, i, *endless) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 400
+        while len(_rows(tmp_path)) < 3:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no progress"
+            time.sleep(0.2)
+        procs[0].send_signal(signal.SIGTERM)  # process 0 alone
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    steps = []
+    for p, (out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+        steps.append(int(re.search(r"stopped by SIGTERM at step (\d+)", out + err).group(1)))
+    assert steps[0] == steps[1] >= 3, steps
+    stopped = steps[0]
+    checkpoints = tmp_path / "checkpoints"
+    assert stopped in [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
+    assert (checkpoints / str(stopped) / CHECKSUMS).is_file()
+    assert not list(checkpoints.glob("*tmp*"))
+
+    port = _free_port()
+    procs = [
+        _digits(tmp_path, port, i, f"num_steps={stopped + 2}", "checkpoint_every=1000") for i in range(2)
+    ]
+    results = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert _rows(tmp_path)[-3:] == [stopped, stopped + 1, stopped + 2]

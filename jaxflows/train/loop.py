@@ -179,7 +179,7 @@ def _train(
     history: list[dict[str, float]] = []
     window: list[dict[str, jax.Array]] = []
     bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
-    saved = True
+    saved, stop = True, None
     deadline = time.perf_counter() + config.train_time_limit_s if config.train_time_limit_s else None
     try:
         with _StopSignals() as signals:
@@ -189,7 +189,8 @@ def _train(
                 done = step + 1
                 window.append(metrics)
                 out_of_time = deadline is not None and time.perf_counter() > deadline
-                last = done == config.num_steps or signals.received is not None or out_of_time
+                stop, out_of_time = _agreed_stop(signals.received, out_of_time)
+                last = done == config.num_steps or stop is not None or out_of_time
                 if done % config.log_every == 0 or last:
                     throughput = timer.images_per_sec(state)
                     row = _log_row(exp, state, window, throughput, schedule(step), done, last)
@@ -211,7 +212,10 @@ def _train(
                     on_step(done, state)
                 if last:
                     break
-                if signals.received is not None:  # arrived during this step's save or on_step
+                if signals.received is not None and jax.process_count() == 1:
+                    # arrived during this step's save or on_step (several processes: the next
+                    # step's agreement stops them all after that step)
+                    stop = signals.received
                     if not save:  # a step saved on schedule is not saved twice
                         saved = store is None or _save_if_healthy(exp, store, state)
                     break
@@ -225,10 +229,10 @@ def _train(
             f"the state at step {int(state.step)} has non-finite held-out bits/dim; it was not saved "
             f"(last good checkpoint: step {store.latest_step() if store else None})"
         )
-    if deadline is not None and int(state.step) < config.num_steps and signals.received is None:
+    if deadline is not None and int(state.step) < config.num_steps and stop is None:
         print(f"train_time_limit_s={config.train_time_limit_s} reached: stopped at step {int(state.step)}")
-    preempted = signals.received is not None
-    return TrainResult(state, exp, history, preempted, signals.received, timer.first_s, timer.step_s)
+    preempted = stop is not None
+    return TrainResult(state, exp, history, preempted, stop, timer.first_s, timer.step_s)
 
 
 def _recreate_deleted_metrics(writer: MetricsWriter, history: list[dict[str, float]]) -> None:
@@ -249,6 +253,23 @@ def _recreate_deleted_metrics(writer: MetricsWriter, history: list[dict[str, flo
         writer.csv.writeheader()
         writer.csv.writerows(history)
         writer.csv_file.flush()
+
+
+_STOP_CODES = {None: 0, "SIGINT": 1, "SIGTERM": 2}
+
+
+def _agreed_stop(received: str | None, out_of_time: bool) -> tuple[str | None, bool]:
+    """Whether any process was signalled or ran out of time, the same answer in every process: each
+    step of a multi-process run ends with this tiny all-gather, so every process stops after the
+    same step and saves it once together (a signal to one process stops all; SIGTERM, a
+    preemption, wins over SIGINT). One process: its own signal and clock."""
+    if jax.process_count() == 1:
+        return received, out_of_time
+    from jax.experimental import multihost_utils
+
+    mine = np.array([_STOP_CODES[received], int(out_of_time)], np.int32)
+    code, late = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2).max(axis=0)
+    return {v: k for k, v in _STOP_CODES.items()}[int(code)], bool(late)
 
 
 def _show(bar, row: dict) -> None:

@@ -58,11 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def residual_block_kwargs(mode: str, terms: int) -> dict:
-    """`InvertibleResidual` fields of a log-det gradient mode with `terms` terms (roulette: at most)."""
+def residual_model_kwargs(mode: str, terms: int) -> dict:
+    """`residual_flow` arguments of a log-det gradient mode with `terms` terms (roulette: at most)."""
     if mode == "series":
         return {"log_det_terms": terms}
-    return {"estimator": "roulette", "log_det_gradient": mode, "max_terms": terms}
+    roulette = {"estimator": "roulette", "log_det_gradient": mode, "max_terms": terms}
+    return {"log_det_terms": terms, "block_kwargs": roulette}
 
 
 def residual_temp_bytes(shape, steps: int, hidden: int, batch: int, mode: str, terms: int):
@@ -75,7 +76,7 @@ def residual_temp_bytes(shape, steps: int, hidden: int, batch: int, mode: str, t
 
     mesh = make_mesh()
     flow = residual_flow(
-        shape, depth=steps, hidden=hidden, trace="hutchinson", block_kwargs=residual_block_kwargs(mode, terms)
+        shape, depth=steps, hidden=hidden, trace="hutchinson", **residual_model_kwargs(mode, terms)
     )
     optimizer = make_optimizer(TrainConfig(optimizer="adamax"))
     state, pixels = abstract_inputs(flow, optimizer, 256, batch, mesh)

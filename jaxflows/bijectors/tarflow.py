@@ -32,6 +32,7 @@ inverts its guided sampling), but it is not the density model, which has `guidan
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -50,17 +51,54 @@ TOKEN_ORDERS = ("natural", "reversed")
 _EMBEDDING_INIT = nn.initializers.normal(stddev=0.02)
 
 
+def accumulated(dtype: DTypeLike) -> jnp.dtype:
+    """The dtype a network's products accumulate and return in: its compute dtype, at least float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def causal_attention(
-    q: Array, k: Array, v: Array, allowed: Array, temperature: float, precision: Precision
+    q: Array, k: Array, v: Array, allowed: Array, temperature: float, dtype: DTypeLike, precision: Precision
 ) -> Array:
     """softmax(q kᵀ / (√D·τ) + mask) v per head: q (b, t, h, D), k and v (b, s, h, D), `allowed`
-    (t, s) booleans; the softmax in at least float32 (masked logits are −∞: they weigh exactly 0)."""
+    (t, s) booleans. Operands in the network's `dtype`, products accumulated and the softmax taken
+    in at least float32 (masked logits are −∞: they weigh exactly 0)."""
+    out = accumulated(dtype)
     scale = 1.0 / (math.sqrt(q.shape[-1]) * temperature)
-    logits = jnp.einsum("bthd,bshd->bhts", q, k, precision=precision)
-    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32)) * scale
-    logits = jnp.where(allowed, logits, -jnp.inf)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", weights, v, precision=precision)
+    q, k, v = (a.astype(dtype) for a in (q, k, v))
+    logits = jnp.einsum("bthd,bshd->bhts", q, k, precision=precision, preferred_element_type=out) * scale
+    weights = jax.nn.softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1).astype(dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v, precision=precision, preferred_element_type=out)
+
+
+class MixedDense(nn.Module):
+    """y = x W + b (`flax.linen.Dense`'s parameters): the product's operands in the network dtype
+    (e.g. bfloat16), accumulated and returned in at least float32, so the residual stream keeps
+    float32 and the one-token steps of sampling round as the whole-sequence pass does.
+
+    Attributes:
+      features: output units; use_bias: whether to add b.
+      kernel_init: W's initialiser (b starts at zero).
+      dtype: the operands' dtype (None: promoted from x and W); param_dtype, precision: as Dense's.
+    """
+
+    features: int
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    dtype: DTypeLike | None = None
+    param_dtype: DTypeLike = jnp.float32
+    precision: Precision = None
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        dtype = self.dtype if self.dtype is not None else jnp.result_type(x.dtype, kernel.dtype)
+        out = accumulated(dtype)
+        y = jnp.matmul(
+            x.astype(dtype), kernel.astype(dtype), precision=self.precision, preferred_element_type=out
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(out)
+        return y
 
 
 class CausalBlock(nn.Module):
@@ -82,14 +120,17 @@ class CausalBlock(nn.Module):
     precision: Precision = None
 
     def setup(self) -> None:
-        norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        dense = dict(**norm, precision=self.precision)
-        self.norm_attention = nn.LayerNorm(**norm)
-        self.qkv = nn.Dense(3 * self.width, **dense)
-        self.attention_out = nn.Dense(self.width, **dense)
-        self.norm_mlp = nn.LayerNorm(**norm)
-        self.mlp_in = nn.Dense(self.mlp_ratio * self.width, **dense)
-        self.mlp_out = nn.Dense(self.width, **dense)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        self.norm_attention = nn.LayerNorm(param_dtype=self.param_dtype)  # in the stream's dtype
+        self.qkv = MixedDense(3 * self.width, **dense)
+        self.attention_out = MixedDense(self.width, **dense)
+        self.norm_mlp = nn.LayerNorm(param_dtype=self.param_dtype)
+        self.mlp_in = MixedDense(self.mlp_ratio * self.width, **dense)
+        self.mlp_out = MixedDense(self.width, **dense)
+
+    def operands(self, e: Array) -> jnp.dtype:
+        """The products' operand dtype: the network dtype, or promoted from e and the parameters."""
+        return jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(e.dtype, self.param_dtype)
 
     def queries_keys_values(self, e: Array) -> tuple[Array, Array, Array]:
         """q, k, v of LN(e), each (batch, tokens, heads, width / heads)."""
@@ -99,14 +140,16 @@ class CausalBlock(nn.Module):
 
     def finish(self, e: Array, attended: Array) -> Array:
         """e + the attention's output projection, then the MLP's residual update."""
-        e = e + self.attention_out(attended.reshape(*e.shape[:2], self.width)).astype(e.dtype)
-        return e + self.mlp_out(nn.gelu(self.mlp_in(self.norm_mlp(e)))).astype(e.dtype)
+        e = e + self.attention_out(attended.reshape(*e.shape[:2], self.width))
+        return e + self.mlp_out(nn.gelu(self.mlp_in(self.norm_mlp(e))))
 
     def __call__(self, e: Array, temperature: float = 1.0) -> Array:
         q, k, v = self.queries_keys_values(e)
         tokens = e.shape[1]
         causal = jnp.tril(jnp.ones((tokens, tokens), bool))
-        return self.finish(e, causal_attention(q, k, v, causal, temperature, self.precision))
+        return self.finish(
+            e, causal_attention(q, k, v, causal, temperature, self.operands(e), self.precision)
+        )
 
     def step(
         self, e: Array, keys: Array, values: Array, slot: Array, temperature: float = 1.0
@@ -117,7 +160,7 @@ class CausalBlock(nn.Module):
         keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), slot, axis=1)
         values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), slot, axis=1)
         allowed = (jnp.arange(keys.shape[1]) <= slot)[None, :]
-        attended = causal_attention(q, keys, values, allowed, temperature, self.precision)
+        attended = causal_attention(q, keys, values, allowed, temperature, keys.dtype, self.precision)
         return self.finish(e, attended), keys, values
 
 
@@ -145,7 +188,7 @@ class OutputHead(nn.Module):
 
     @nn.compact
     def __call__(self, e: Array, features: int) -> Array:
-        dense = nn.Dense(
+        dense = MixedDense(
             features,
             kernel_init=nn.initializers.zeros,
             dtype=self.dtype,
@@ -221,16 +264,15 @@ class CausalTransformer(nn.Module):
         super().__post_init__()
 
     def setup(self) -> None:
-        norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        dense = dict(**norm, precision=self.precision)
-        self.embed = nn.Dense(self.width, **dense)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
+        self.embed = MixedDense(self.width, **dense)
         self.position = PositionEmbedding(self.width, self.param_dtype)
-        self.class_embedding = nn.Dense(self.width, use_bias=False, kernel_init=_EMBEDDING_INIT, **dense)
+        self.class_embedding = MixedDense(self.width, use_bias=False, kernel_init=_EMBEDDING_INIT, **dense)
         self.layers = [
             CausalBlock(self.width, self.heads, self.mlp_ratio, **dense, name=f"layer_{i}")
             for i in range(self.depth)
         ]
-        self.norm = nn.LayerNorm(**norm)
+        self.norm = nn.LayerNorm(param_dtype=self.param_dtype)
         self.output = OutputHead(**dense)
 
     # -- degrees (the layer's protocol) ------------------------------------------------------
@@ -264,7 +306,7 @@ class CausalTransformer(nn.Module):
             table = jax.lax.dynamic_slice_in_dim(table, index, 1, axis=0)
         e = e + table.astype(e.dtype)
         if context is not None:
-            e = e + self.class_embedding(context)[:, None, :].astype(e.dtype)
+            e = e + self.class_embedding(context)[:, None, :]
         return e
 
     def head(self, e: Array, channels: int) -> Array:
@@ -315,6 +357,7 @@ class CausalTransformer(nn.Module):
 
     # -- the incremental protocol (key/value cache) --------------------------------------------
     def cache_dtype(self, x: Array) -> jnp.dtype:
+        """The keys' and values' dtype: the network's operand dtype (the full pass rounds them so too)."""
         return jnp.dtype(self.dtype) if self.dtype is not None else jnp.result_type(x.dtype, self.param_dtype)
 
     def init_cache(self, x: Array, context: Array | None = None) -> list:
@@ -352,7 +395,7 @@ class CausalTransformer(nn.Module):
         context = self.checked_context(context, x)
         h_shape = (*tokens.shape, self.outputs_per_entry)
 
-        dtype = self.cache_dtype(x)
+        dtype = accumulated(self.cache_dtype(x))
 
         def advance(module, cache):
             h, cache = module.one_step(tokens, cache, index, context)

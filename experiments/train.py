@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import threading
 import time
@@ -124,10 +125,118 @@ def pretrained_summary(name: str) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if supervised(args):
+        sys.exit(supervise(sys.argv[1:] if argv is None else list(argv), args))
     try:
         run(args)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one saves and stops cleanly)
         interrupted(args.workdir if args.mode == "train" else None)
+
+
+# A multi-process run's process is a small parent that runs the real one as its child: JAX ends a
+# process whose peer died with a C++ abort (SIGABRT and ~40 lines of stack) that nothing inside the
+# process can catch. The parent passes the child's output through, keeps JAX's fatal log lines and
+# tracebacks in a file of the workdir, and ends with one line naming the lost process and how to
+# resume. It forwards SIGTERM and SIGINT to the child once; the child dies with it (PDEATHSIG).
+SUPERVISED_ENV = "JAXFLOWS_SUPERVISED"
+_CRASH_START = re.compile(r"^(F\d{4} |\*\*\* Check failure|Traceback \(most recent call last\))")
+_ABSL_ERROR = re.compile(r"^[EF]\d{4} \d\d:\d\d:\d\d")
+_LOST = (
+    re.compile(r"(task (\d+) heartbeat timeout)", re.IGNORECASE),
+    re.compile(r"(unhealthy \(stopped sending heartbeats\):\s*(\d+))", re.IGNORECASE),
+    re.compile(r"(/task:(\d+)\b.{0,80}(?:heartbeat|disconnect|unavailable|died|unhealthy))", re.IGNORECASE),
+)
+
+
+def supervised(args: argparse.Namespace) -> bool:
+    """Whether this process should run the real one as a supervised child: a multi-process run
+    (the launch flags or environment variables) on Linux, not already the child."""
+    multi = args.multihost or args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    multi = multi or os.environ.get("JAXFLOWS_MULTIHOST") == "1"
+    return bool(multi) and os.environ.get(SUPERVISED_ENV) != "1" and sys.platform.startswith("linux")
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed with the parent
+
+
+def supervise(argv: list[str], args: argparse.Namespace) -> int:
+    """Run `experiments.train argv` as a child and relay it (see above); returns the exit code."""
+    import signal
+    import subprocess
+
+    env = {**os.environ, SUPERVISED_ENV: "1"}
+    command = [sys.executable, "-m", "experiments.train", *argv]
+    child = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, process_group=0, preexec_fn=_die_with_parent
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the child is in its own group: sent once, by us
+        signal.signal(sig, lambda signum, frame: child.send_signal(signum))
+    kept, pending, crashing = [], b"", False
+    out = sys.stderr.buffer
+    while True:
+        try:
+            chunk = os.read(child.stderr.fileno(), 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = re.split(rb"(?<=[\r\n])", pending)
+        for line in lines:
+            text = line.decode(errors="replace")
+            crashing = crashing or bool(_CRASH_START.match(text))
+            if crashing or _ABSL_ERROR.match(text):
+                kept.append(text)
+            else:
+                out.write(line)
+                out.flush()
+    if pending:
+        out.write(pending)
+    code = child.wait()
+    if not (crashing or code < 0) or code in (0, 130):  # the child's own (one-line) ending
+        out.write("".join(kept).encode())
+        return code if code >= 0 else 128 - code
+    print(crash_summary("".join(kept), code, args), file=sys.stderr, flush=True)
+    return 1
+
+
+def crash_summary(kept: str, code: int, args: argparse.Namespace) -> str:
+    """One line for a child that died: the process lost (from JAX's messages), the last complete
+    checkpoint and the command that resumes; the full messages go to the workdir's crash log."""
+    me = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID", "?")
+    workdir = args.workdir or (
+        Path("runs/pretrained") / Path(args.pretrained).stem if args.pretrained else Path("runs/default")
+    )
+    log = workdir / f"crash_process{me}.log"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        log.write_text(kept)
+    except OSError:
+        log = Path(f"/tmp/jaxflows_crash_process{me}_{os.getpid()}.log")
+        log.write_text(kept)
+    lost = next((m for pattern in _LOST for m in [pattern.search(kept)] if m), None)
+    how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+    if lost is not None:
+        what = f"the run lost process {lost.group(2)} (JAX: {lost.group(1).strip()})"
+    elif re.search(r"gloo|connection (reset|closed)|broken pipe", kept, re.IGNORECASE):
+        what = "a peer process stopped (its connection closed during a collective)"
+    else:
+        last = [line for line in kept.splitlines() if line.strip()][-1:] or [""]
+        what = f"this process failed ({how}): {last[0].strip()[:200]}"
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+    resume = (
+        f"the last complete checkpoint is step {steps[-1]} in {workdir}"
+        if steps
+        else "no checkpoint was saved"
+    )
+    return (
+        f"error: process {me}: {what}; {resume}. Restart every process with the same command to "
+        f"resume (details: {log})"
+    )
 
 
 def interrupted(workdir: Path | None) -> None:

@@ -289,3 +289,40 @@ def test_sigterm_to_one_process_stops_both_after_the_same_step_and_the_rerun_res
     results = [p.communicate(timeout=400) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
     assert _rows(tmp_path)[-3:] == [stopped, stopped + 1, stopped + 2]
+
+
+@pytest.mark.slow  # two processes compile and train: ~1-2 min on 2 busy cores
+def test_a_killed_peer_ends_the_survivor_with_one_line_and_intact_checkpoints(tmp_path):
+    from jaxflows.train.checkpoint import CHECKSUMS
+
+    port = _free_port()
+    procs = [
+        _digits(tmp_path, port, i, "num_steps=100000", "checkpoint_every=3", "--heartbeat_timeout_s", "10")
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 400
+        while len(_rows(tmp_path)) < 5:
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no progress"
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)  # kill -9 of process 1 (its supervisor and the trainer)
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)
+        ended = time.monotonic() - killed
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode == 1, err[-3000:]
+    assert ended < 60
+    last = err.strip().splitlines()[-1]
+    assert re.match(r"error: process 0: (the run lost process 1|a peer process stopped)", last), err[-3000:]
+    assert "Restart every process with the same command" in last and "crash_process0.log" in last
+    assert "@ 0x" not in err and "Traceback" not in err
+    assert (tmp_path / "crash_process0.log").is_file()
+    # every checkpoint but possibly the newest is sealed; the newest, if its sealing was cut short,
+    # is complete (orbax lists only committed saves) and the next run restores and seals it
+    steps = sorted(
+        (p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    assert steps and all((p / CHECKSUMS).is_file() for p in steps[:-1])
+    assert not list((tmp_path / "checkpoints").glob("*tmp*"))

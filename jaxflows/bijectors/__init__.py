@@ -47,6 +47,7 @@ from jaxflows.bijectors.spline import RationalQuadraticMap, RationalQuadraticSpl
 from jaxflows.bijectors.split import LearnedPrior, Split
 from jaxflows.bijectors.squeeze import Squeeze, squeeze2d, unsqueeze2d
 from jaxflows.bijectors.sylvester import Sylvester
+from jaxflows.bijectors.tarflow import CausalTransformer, MixedDense, PatchTokens
 from jaxflows.bijectors.transformers import AdditiveTransformer, AffineTransformer, Transformer
 from jaxflows.bijectors.vit import ViTBlock, ViTConditioner
 
@@ -58,6 +59,7 @@ __all__ = [
     "AffineCoupling",
     "AffineTransformer",
     "BoardMask",
+    "CausalTransformer",
     "ChannelMask",
     "ChannelPermutation",
     "CheckerboardMask",
@@ -83,6 +85,8 @@ __all__ = [
     "MatrixExpConv1x1",
     "MatrixExpCoupling",
     "MatrixExpTransformer",
+    "MixedDense",
+    "PatchTokens",
     "Patchify",
     "PeriodicConv",
     "PixelExponential",

@@ -409,9 +409,11 @@ class CausalTransformer(nn.Module):
 
 
 class PatchTokens(Bijector):
-    """An image as the sequence of its p×p patches (ViT; TarFlow): (b, h, w, c) → (b, N, p²c),
-    N = (h/p)(w/p) tokens in row-major order, each `patchify`'s p·p·c values of one patch.
-    A permutation of the entries (log_det = 0). The inverse needs the grid's width.
+    """An image as the sequence of its p×p patches (ViT; TarFlow).
+
+    Forward: (b, h, w, c) → (b, N, p²c), N = (h/p)(w/p) tokens in row-major order, each
+    `patchify`'s p·p·c values of one patch. Inverse: the tokens back to the image (it needs the
+    grid's width, `columns`). A permutation of the entries, so log_det = 0 both ways.
 
     Attributes:
       patch_size: p ≥ 1.

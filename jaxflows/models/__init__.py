@@ -21,13 +21,14 @@ from jaxflows.models.registry import (
     register_model,
     transformer_coupling,
 )
-from jaxflows.models.tarflow import tarflow
+from jaxflows.models.tarflow import GaussianNoise, denoise, tarflow
 from jaxflows.models.vector import coupling_flow, planar_flow, residual_flow, sylvester_flow
 
 __all__ = [
     "CONVS",
     "COUPLINGS",
     "MODELS",
+    "GaussianNoise",
     "LayerRegistry",
     "MultiScaleFlow",
     "VariationalDequantizer",
@@ -35,6 +36,7 @@ __all__ = [
     "build_model",
     "check_model_arguments",
     "coupling_flow",
+    "denoise",
     "ffjord_flow",
     "glow",
     "jet",

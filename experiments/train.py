@@ -221,7 +221,7 @@ def crash_summary(kept: str, code: int, args: argparse.Namespace) -> str:
     lost = next((m for pattern in _LOST for m in [pattern.search(kept)] if m), None)
     how = f"exit code {code}" if code >= 0 else f"signal {-code}"
     if lost is not None:
-        what = f"the run lost process {lost.group(2)} (JAX: {lost.group(1).strip()})"
+        what = f"the run lost process {lost.group(2)} (JAX: {' '.join(lost.group(1).split())})"
     elif re.search(r"gloo|connection (reset|closed)|broken pipe", kept, re.IGNORECASE):
         what = "a peer process stopped (its connection closed during a collective)"
     else:

@@ -111,6 +111,19 @@ def test_guided_sampling_keeps_separate_caches_and_equals_its_naive_inverse():
         assert len(cache) == 2  # conditional and unconditional passes, one cache each
 
 
+def test_an_unconditional_model_is_guided_by_attention_temperature():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 2))
+    plain = _block()
+    variables = perturb_params(plain.init(jax.random.key(1), x), 0.3, jax.random.key(2))
+    z = plain.apply(variables, x)[0]
+    same = _block(guidance=1.5, attention_temperature=1.0).apply(variables, x)[0]
+    np.testing.assert_allclose(same, z, atol=1e-6)  # at τ = 1 the unconditional pass is the same
+    hotter = _block(guidance=1.5, attention_temperature=2.0)
+    z_hot = hotter.apply(variables, x)[0]
+    assert float(jnp.max(jnp.abs(z_hot - z))) > 1e-3
+    np.testing.assert_allclose(hotter.apply(variables, z_hot, method="inverse")[0], x, atol=1e-4)
+
+
 def test_token_zero_is_the_identity_and_the_jacobian_is_triangular_in_token_order():
     for order, first in (("natural", 0), ("reversed", -1)):
         layer = _block(order)

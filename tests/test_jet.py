@@ -302,3 +302,28 @@ def test_registered_and_validated():
         jet((8, 8, 1), depth=0)
     with pytest.raises(ShapeError, match="grid of patch tokens"):
         ViTConditioner(out_channels=2, width=4, heads=1).init(jax.random.key(0), jnp.zeros((2, 3)))
+
+
+def test_fashion_mnist_config_builds_a_jet():
+    from jaxflows.models import build_model
+    from jaxflows.train import load_config
+
+    for smoke in (False, True):
+        config = load_config("experiments/configs/jet_fashion_mnist.py", smoke=smoke)
+        kwargs = {k: v for k, v in config.model.items() if k != "name"}
+        assert config.model["name"] == "jet"
+        flow = build_model("jet", (28, 28, 1), kwargs, data_range=(0.0, 1.0))
+        assert flow.event_shape == (28, 28, 1)
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_takes_a_registered_model():
+    import json
+
+    from benchmarks.train_step import main
+
+    kwargs = {"patch_size": 2, "couplings": 2, "depth": 1, "width": 8, "heads": 1}
+    argv = ["--model", "jet", "--image", "4x4x1", "--batch", "2", "--iters", "1", "--warmup", "0"]
+    result = main([*argv, "--model-kwargs", json.dumps(kwargs)])
+    assert result["model"] == "jet" and result["model_kwargs"] == kwargs
+    assert result["achieved_gflops"] > 0 and result["max_reconstruction_error"] < 1e-5  # XLA counted FLOPs

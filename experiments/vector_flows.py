@@ -216,7 +216,7 @@ def image_lines(result: dict) -> list[str]:
     """The image run's paragraph: what ran and its held-out bits/dim as the estimate it is."""
     (n, (bpd, se)), (m, (bpd_m, se_m)) = result["bits_per_dim"].items()
     gap, gap_se = result["series_gap"]
-    exploited = f" The same images score {gap:+.3f} ± {gap_se:.4f} bits/dim higher with n = {m}: training"
+    exploited = f" The same images score {gap:+.3f} ± {gap_se:.1g} bits/dim higher with n = {m}: training"
     exploited += (
         " exploited the truncation (as the 2D flow trained on a series did): the larger n is the better"
     )

@@ -168,3 +168,31 @@ def test_ffjord_flow_on_images_round_trips():
     back, _ = jax.jit(lambda v, a: flow.apply(v, a, method="inverse"))(variables, z)
     np.testing.assert_allclose(back, x, atol=1e-4)
     assert z.shape == x.shape and log_det.shape == (2,)
+
+
+@pytest.mark.slow
+def test_backsolve_gradient_inside_shard_map():
+    """jaxflows.train differentiates inside `jax.shard_map` (check_vma=False): there diffrax's
+    checkpointed adjoint fails (equinox 0.13.8, jax 0.10.2: "Closure-converted function called with
+    different dynamic arguments"); the backsolve adjoint, `ffjord_flow`'s default, works."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((1,), ("data",))
+    flow = SMALL(adjoint="backsolve")
+    variables, x = _flow_and_point(flow)
+
+    def loss(params, inputs):
+        y, log_det = flow.apply({"params": params}, inputs)
+        return jnp.mean(0.5 * jnp.sum(y**2, -1) - log_det)
+
+    def shard(params, inputs):
+        return jax.lax.pmean(jax.grad(loss)(params, inputs), "data")
+
+    sharded = jax.device_put(x, NamedSharding(mesh, PartitionSpec("data")))
+    specs = (PartitionSpec(), PartitionSpec("data"))
+    step = jax.jit(
+        jax.shard_map(shard, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=False)
+    )
+    grads, expected = step(variables["params"], sharded), jax.grad(loss)(variables["params"], x)
+    close = lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4)  # the solver's tolerance, 1e-5
+    jax.tree_util.tree_map(close, grads, expected)

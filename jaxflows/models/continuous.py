@@ -31,7 +31,7 @@ def ffjord_flow(
     atol: float | None = None,
     max_steps: int = 4096,
     trace: str = "auto",
-    adjoint: str = "checkpoint",
+    adjoint: str = "backsolve",
     data_range: tuple[float, float] | str | None = "auto",
     network_dtype: DTypeLike | None = None,
     network_precision: str = DEFAULT_NETWORK_PRECISION,
@@ -45,8 +45,11 @@ def ffjord_flow(
       event_shape: (d,) or d for vectors; (height, width, channels) with even height and width for
         images.
       depth: `ContinuousFlow` blocks, one `Repeat`.
-      hidden, num_layers, time, solver, rtol, atol, max_steps, adjoint: each block's fields
+      hidden, num_layers, time, solver, rtol, atol, max_steps: each block's fields
         (`jaxflows.bijectors.ContinuousFlow`).
+      adjoint: "backsolve" (FFJORD's continuous adjoint; the default here because diffrax's
+        checkpointed adjoint, the layer's default, fails to differentiate inside `jax.shard_map`,
+        where `jaxflows.train` computes gradients: equinox 0.13.8 with jax 0.10.2) or "checkpoint".
       activation: f's nonlinearity; None: "tanh" on vectors, "softplus" on images (FFJORD's).
       trace: "exact", "hutchinson" (draws the `log_det` rng stream) or "auto": exact up to 32
         dimensions per example, Hutchinson above.

@@ -325,3 +325,39 @@ def test_a_killed_peer_ends_the_survivor_with_one_line_and_intact_checkpoints(tm
         (p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
     )
     assert steps and all((p / CHECKSUMS).is_file() for p in steps[:-1])
+
+
+JAX_ABORT = """\
+E1207 08:39:19.733294   15186 coordination_service.cc:1549] Use error polling to propagate the \
+following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+F1207 08:39:19.734121   15204 client.h:80] Terminating process because the JAX distributed service detected \
+fatal errors. absl::Status: UNAVAILABLE: Task 1 heartbeat timeout.
+*** Check failure stack trace: ***
+    @     0x7ffbbf040634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
+"""
+
+
+def test_the_supervisors_line_names_the_lost_process_and_the_checkpoint(tmp_path):
+    """The one line a survivor's supervisor prints from JAX's abort (the full text goes to a log)."""
+    from experiments.train import crash_summary, parse_args, supervised
+
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp").mkdir()  # a save the abort cut short
+    args = parse_args(["--workdir", str(tmp_path), "--coordinator_address", "h:1", "--num_processes", "2",
+                       "--process_id", "0"])  # fmt: skip
+    line = crash_summary(JAX_ABORT, -6, args)
+    assert line == (
+        "error: process 0: the run lost process 1 (JAX: Task 1 heartbeat timeout); the last complete "
+        f"checkpoint is step 20 in {tmp_path}. Restart every process with the same command to resume "
+        f"(details: {tmp_path / 'crash_process0.log'})"
+    )
+    assert (tmp_path / "crash_process0.log").read_text() == JAX_ABORT
+    gloo = crash_summary(
+        "Traceback (most recent call last):\n"
+        "JaxRuntimeError: Gloo all-reduce failed: Connection reset by peer\n",
+        1,
+        args,
+    )
+    assert "a peer process stopped (its connection closed during a collective)" in gloo
+    assert supervised(args) and not supervised(parse_args(["--workdir", str(tmp_path)]))

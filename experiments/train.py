@@ -126,7 +126,7 @@ def pretrained_summary(name: str) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if supervised(args):
-        sys.exit(supervise(sys.argv[1:] if argv is None else list(argv), args))
+        sys.exit(supervise(None if argv is None else list(argv), args))
     try:
         run(args)
     except KeyboardInterrupt:  # a second Ctrl-C (the first one saves and stops cleanly)
@@ -163,13 +163,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed with the parent
 
 
-def supervise(argv: list[str], args: argparse.Namespace) -> int:
-    """Run `experiments.train argv` as a child and relay it (see above); returns the exit code."""
+def supervise(argv: list[str] | None, args: argparse.Namespace) -> int:
+    """Run this command again as a child (`python -m experiments.train argv` when `main` was given
+    `argv`) and relay it (see above); returns the exit code."""
     import signal
     import subprocess
 
     env = {**os.environ, SUPERVISED_ENV: "1"}
-    command = [sys.executable, "-m", "experiments.train", *argv]
+    command = list(sys.orig_argv) if argv is None else [sys.executable, "-m", "experiments.train", *argv]
     child = subprocess.Popen(
         command, env=env, stderr=subprocess.PIPE, process_group=0, preexec_fn=_die_with_parent
     )

@@ -390,6 +390,16 @@ def report_bits_per_dim(exp, config, scores, say) -> None:
     say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e} "
         f"(networks {config.network_dtype} at {config.network_precision} precision; "
         f"the maps float32 at highest)")  # fmt: skip
+    if "reconstruction_worst/example" in scores:
+        worst = int(scores["reconstruction_worst/example"])
+        per_level = ", ".join(
+            f"{k.split('/', 1)[1]} {v:.1e}" for k, v in scores.items()
+            if k.startswith("reconstruction_worst/") and k != "reconstruction_worst/example"
+        )  # fmt: skip
+        median = scores["reconstruction_quantile/p50"]
+        say(f"reconstruction error over the held-out split: median {median:.1e}, "
+            f"99th percentile {scores['reconstruction_quantile/p99']:.1e}, worst held-out example {worst}"
+            + (f" ({per_level})" if per_level else ""))  # fmt: skip
     for warning in jft.reconstruction_warnings(scores, exp.dataset.num_bins):
         say(warning)
 

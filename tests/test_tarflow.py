@@ -187,6 +187,10 @@ def test_noise_augmented_tarflow_is_unbounded_and_denoising_steps_along_the_scor
     np.testing.assert_array_equal(cleaned, denoise(flow, variables, x, 0.1))
     log_p = lambda a: flow.apply(variables, a, method="log_prob")
     assert bool(jnp.all(log_p(cleaned) > log_p(x)))  # a small step up the density
+    pixels = jnp.full((2, 4, 4, 1), 100, jnp.int32)
+    for key in (jax.random.key(3), jax.random.split(jax.random.key(3), 2)):  # one, or one per example
+        log_mass = flow.apply(variables, pixels, key, 256, method="discrete_log_prob")
+        assert log_mass.shape == (2,) and bool(jnp.all(jnp.isfinite(log_mass)))
     with pytest.raises(InvalidArgumentError, match="noise_std"):
         _tiny_tarflow(noise_std=0.0)
 

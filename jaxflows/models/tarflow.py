@@ -32,6 +32,7 @@ from jaxflows.core import Chain, Flow, Invert, Repeat, StandardNormal
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
+from jaxflows.core.objective import draw
 from jaxflows.core.validation import check_count
 from jaxflows.models.registry import register_model
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
@@ -43,6 +44,7 @@ class GaussianNoise(nn.Module):
     """Noise augmentation in `Flow.discrete_log_prob`'s place of a dequantizer: for integer pixels,
     x = (pixels + 0.5)/K + σε, ε ~ N(0, I), i.e. u = 0.5 + Kσε with log q = 0, so the objective is
     −log p(x + σε) (TarFlow's Gaussian mode; not a bound on the discrete data's log-likelihood).
+    One key, or one key per example (the training pipeline's).
 
     Attributes:
       noise_std: σ on the [0, 1] scale of the pixels.
@@ -51,7 +53,7 @@ class GaussianNoise(nn.Module):
     noise_std: float
 
     def __call__(self, key: Array, pixels: Array, bins: int) -> tuple[Array, Array]:
-        eps = jax.random.normal(key, pixels.shape, jnp.float32)
+        eps = draw(lambda k, shape: jax.random.normal(k, shape, jnp.float32), key, pixels.shape)
         return 0.5 + bins * self.noise_std * eps, jnp.zeros(pixels.shape[0], jnp.float32)
 
 

@@ -7,7 +7,7 @@ from jaxflows.models.autoregressive import autoregressive_spline_flow, maf
 from jaxflows.models.continuous import ffjord_flow
 from jaxflows.models.dequantizer import VariationalDequantizer
 from jaxflows.models.glow import glow
-from jaxflows.models.jet import jet
+from jaxflows.models.jet import ShuffledCoupling, jet
 from jaxflows.models.multiscale import MultiScaleFlow
 from jaxflows.models.registry import (
     CONVS,
@@ -31,6 +31,7 @@ __all__ = [
     "GaussianNoise",
     "LayerRegistry",
     "MultiScaleFlow",
+    "ShuffledCoupling",
     "VariationalDequantizer",
     "autoregressive_spline_flow",
     "build_model",

@@ -243,7 +243,7 @@ def crash_summary(kept: str, code: int, args: argparse.Namespace) -> str:
 def interrupted(workdir: Path | None) -> None:
     """One line for a run stopped at once by Ctrl-C, naming the checkpoint a rerun resumes from;
     exit 130. The training loop's clean-up has already sealed a save that had completed."""
-    from jaxflows.train.workdir import checkpoint_dirs
+    from jaxflows.train import checkpoint_dirs
 
     steps = [int(p.name) for p in checkpoint_dirs(workdir / "checkpoints")] if workdir else []
     where = (
@@ -264,8 +264,12 @@ def run(args: argparse.Namespace) -> None:
         args.workdir = (
             Path("runs/pretrained") / Path(args.pretrained).stem if args.pretrained else Path("runs/default")
         )
-    from jaxflows.train import DistributedInitError, maybe_initialize_distributed
-    from jaxflows.train.host import HEARTBEAT_TIMEOUT_S, INIT_TIMEOUT_S
+    from jaxflows.train import (
+        HEARTBEAT_TIMEOUT_S,
+        INIT_TIMEOUT_S,
+        DistributedInitError,
+        maybe_initialize_distributed,
+    )
 
     try:
         maybe_initialize_distributed(

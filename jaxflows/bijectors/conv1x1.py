@@ -192,7 +192,10 @@ class Conv1x1LU(InvertibleConv1x1):
 class LULinear(Conv1x1LU):
     """An invertible linear map of vectors (batch, d), W = P L (U + diag(sign · exp(log_s))): the
     maths and parameters of `Conv1x1LU` (Glow Sec 3.2) under the name vector flows use for it
-    (between couplings as in Durkan et al. 2019's RQ-NSF). log|det W| = Σ log_s.
+    (between couplings as in Durkan et al. 2019's RQ-NSF).
+
+    Forward: y = W x, log|det W| = Σ log_s. Inverse: x = W⁻¹ y by two triangular solves,
+    log|det W⁻¹| = −Σ log_s.
 
     Attributes:
       dtype, param_dtype: as `InvertibleConv1x1`.

@@ -84,6 +84,9 @@ class Tanh(Bijector):
 
     Forward: y = tanh x, log_det = Σ log(1 − tanh² x) = Σ 2(log 2 − x − softplus(−2x)).
     Inverse: x = atanh y, log_det = −Σ log(1 − y²) = −Σ (log1p(−y) + log1p(y)).
+
+    Attributes:
+      none: the map has no parameters.
     """
 
     def forward(self, x: Array, context: Array | None = None) -> tuple[Array, Array]:

@@ -45,6 +45,8 @@ from jaxflows.train.evaluate import (
 from jaxflows.train.experiment import Experiment, global_batch, make_mesh, replicated, setup
 from jaxflows.train.fit import fit
 from jaxflows.train.host import (
+    HEARTBEAT_TIMEOUT_S,
+    INIT_TIMEOUT_S,
     apply_process_settings,
     initialize_distributed,
     maybe_initialize_distributed,
@@ -63,9 +65,11 @@ from jaxflows.train.state import (
     skip_nonfinite,
 )
 from jaxflows.train.steps import class_log_probs, importance_weighted_log_prob, make_train_step
-from jaxflows.train.workdir import load_workdir_config
+from jaxflows.train.workdir import checkpoint_dirs, load_workdir_config
 
 __all__ = [
+    "HEARTBEAT_TIMEOUT_S",
+    "INIT_TIMEOUT_S",
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointStructureError",
@@ -87,6 +91,7 @@ __all__ = [
     "apply_overrides",
     "apply_process_settings",
     "attribute_grid",
+    "checkpoint_dirs",
     "class_log_probs",
     "config_from_dict",
     "convert_workdir",

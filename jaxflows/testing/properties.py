@@ -38,6 +38,11 @@ class BijectorCase:
       context: (key, batch) -> context, for conditional layers and flows.
       jacobian_rtol: tolerance of log_det against slogdet(jacobian) in float64 (None: 1e-7, and
         1e-10 with float32 parameters); looser only where the dense jacobian is itself inexact.
+      gradient_rtol: tolerance of reverse-mode directional derivatives against central finite
+        differences in float64 (relative to the derivative's scale).
+      finite_differences: False only where the float64 map rounds through a lower precision
+        (bfloat16 networks): finite differences of a rounded function are not its derivative, and
+        `check_gradients_match_finite_differences` then checks nothing.
     """
 
     name: str
@@ -51,6 +56,8 @@ class BijectorCase:
     jacobian: str = "jacfwd"
     context: Callable | None = None
     jacobian_rtol: float | None = None
+    gradient_rtol: float = 1e-6
+    finite_differences: bool = True
 
     def __str__(self) -> str:
         return self.name
@@ -149,35 +156,95 @@ def _to_float64(tree):
     return None if tree is None else jax.tree_util.tree_map(cast, tree)
 
 
-def _check_jacobian(case, module, variables, point, method, context, log_det, check, rtol, atol):
-    """`log_det` (of one example, `point`) equals log|det| of the dense jacobian of the flattened map."""
+# Examples of the batch whose jacobians are checked, each against its own (the dense jacobian of
+# one example is D×D; the batch's is (nD)×(nD)).
+JACOBIAN_EXAMPLES = 3
 
-    def flat(v):
-        return _apply(module, variables, v.reshape(point.shape), method, context)[0].reshape(-1)
+_PER_EXAMPLE: dict = {}
 
-    jacobian = jax.jacfwd if case.jacobian == "jacfwd" else jax.jacrev
-    sign, expected = jnp.linalg.slogdet(jax.jit(jacobian(flat))(point.reshape(-1)))
-    require(sign != 0, check, f"{method}: the jacobian is singular")
-    quantity = f"{method} log_det against slogdet(jacobian)"
-    assert_close(log_det[0], expected, check=check, quantity=quantity, rtol=rtol, atol=atol)
+
+def _per_example(module, method: str, jacobian: str):
+    """Jitted (variables, points, context) -> (jacobians (n, D, D), outputs, log_dets): each example
+    of `points` mapped alone, as a batch of one, under `jax.vmap`, with the dense jacobian of its
+    flattened map (compiled once per module, method and input signature)."""
+    key = (id(module), method, jacobian)
+    if key not in _PER_EXAMPLE:
+
+        def one(variables, point, context):
+            context = jax.tree_util.tree_map(lambda a: a[None], context)
+
+            def flat(v):
+                y, log_det = module.apply(variables, v.reshape((1, *point.shape)), context, method=method)
+                return y.reshape(-1), (y[0], log_det[0])
+
+            differentiate = jax.jacfwd if jacobian == "jacfwd" else jax.jacrev
+            dense, (y, log_det) = differentiate(flat, has_aux=True)(point.reshape(-1))
+            return dense, y, log_det
+
+        _PER_EXAMPLE[key] = (module, jax.jit(jax.vmap(one, in_axes=(None, 0, 0))))
+    return _PER_EXAMPLE[key][1]
+
+
+def _check_jacobian(case, module, variables, points, method, context, check, rtol, atol):
+    """On a batch `points` of a few examples: the batched output and log-det equal each example's
+    mapped alone (`jax.vmap`; a log-det or output that mixes examples fails), and each example's
+    log-det equals log|det| of its own dense jacobian."""
+    y, log_det = _apply(module, variables, points, method, context)
+    n = points.shape[0]
+    require(
+        log_det.shape == (n,),
+        check,
+        f"{method}: log_det must have shape (batch,) = ({n},), got {log_det.shape}",
+    )
+    jacobians, y_alone, log_det_alone = _per_example(module, method, case.jacobian)(
+        variables, points, context
+    )
+    scale = max(1.0, float(jnp.max(jnp.abs(log_det_alone))))
+    assert_close(
+        log_det,
+        log_det_alone,
+        check=check,
+        quantity=f"{method}: batched log_det against each example's alone (jax.vmap)",
+        rtol=rtol,
+        atol=atol * scale,
+    )
+    assert_close(
+        y,
+        y_alone,
+        check=check,
+        quantity=f"{method}: batched output against each example's alone (jax.vmap)",
+        rtol=rtol,
+        atol=atol * max(1.0, float(jnp.max(jnp.abs(y_alone)))),
+    )
+    sign, expected = jnp.linalg.slogdet(jacobians)
+    singular = [i for i in range(n) if sign[i] == 0]
+    require(not singular, check, f"{method}: the jacobian of example(s) {singular} is singular")
+    quantity = f"{method}: each example's log_det against slogdet(its jacobian)"
+    assert_close(log_det, expected, check=check, quantity=quantity, rtol=rtol, atol=atol)
+
+
+def _examples(x):
+    return x[: min(x.shape[0], JACOBIAN_EXAMPLES)]
 
 
 def check_log_det_matches_jacobian(case: BijectorCase) -> None:
-    """log_det equals log|det| of the dense jacobian of the flattened map, all in float64."""
+    """On the first 2-3 examples of the batch, all in float64: each example's log_det equals
+    log|det| of the dense jacobian of its own flattened map, and the batched output and log-det
+    equal each example's mapped alone (`jax.vmap`), for forward and inverse."""
     module, variables, x = setup_case(case)
     name = "check_log_det_matches_jacobian"
     with jax.enable_x64(True):
         variables64 = _to_float64(variables)
-        x1 = jnp.asarray(x[:1], jnp.float64)
-        c1 = _to_float64(case_context(case, 1))
+        xs = jnp.asarray(_examples(x), jnp.float64)
+        c = _to_float64(case_context(case, xs.shape[0]))
         for method in ("forward", "inverse"):
-            point = x1 if method == "forward" else _apply(module, variables64, x1, "forward", c1)[0]
-            _, log_det = _apply(module, variables64, point, method, c1)
+            points = xs if method == "forward" else _apply(module, variables64, xs, "forward", c)[0]
+            _, log_det = _apply(module, variables64, points, method, c)
             require(
                 log_det.dtype == jnp.float64, name, f"{method}: log_det is {log_det.dtype} for float64 input"
             )
             rtol = case.jacobian_rtol or 1e-7
-            _check_jacobian(case, module, variables64, point, method, c1, log_det, name, rtol, 1e-7)
+            _check_jacobian(case, module, variables64, points, method, c, name, rtol, 1e-7)
 
 
 def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
@@ -189,8 +256,8 @@ def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
     floats = [a for a in jax.tree_util.tree_leaves(variables) if jnp.issubdtype(a.dtype, jnp.floating)]
     require(all(a.dtype == jnp.float32 for a in floats), name, "init should make float32 parameters")
     with jax.enable_x64(True):
-        x1 = jnp.asarray(x[:1], jnp.float64)
-        c1 = _to_float64(case_context(case, 1))
+        x1 = jnp.asarray(_examples(x), jnp.float64)
+        c1 = _to_float64(case_context(case, x1.shape[0]))
         y, ld_fwd = _apply(module, variables, x1, "forward", c1)
         x_back, ld_inv = _apply(module, variables, y, "inverse", c1)
         for what, value in (
@@ -207,8 +274,8 @@ def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
         atol = 1e-10 * max(1.0, float(jnp.abs(x1).max()))
         assert_close(x_back, x1, check=name, quantity="float64 round trip", rtol=0, atol=atol)
         rtol = case.jacobian_rtol or 1e-10
-        for method, point, log_det in (("forward", x1, ld_fwd), ("inverse", y, ld_inv)):
-            _check_jacobian(case, module, variables, point, method, c1, log_det, name, rtol, 1e-9)
+        for method, points in (("forward", x1), ("inverse", y)):
+            _check_jacobian(case, module, variables, points, method, c1, name, rtol, 1e-9)
 
 
 def check_jit_matches_eager(case: BijectorCase) -> None:
@@ -253,6 +320,107 @@ def check_gradients_finite(case: BijectorCase) -> None:
         require(total > 0, name, "the loss does not depend on the parameters (all gradients are zero)")
 
 
+# Central finite differences in float64: step h along a direction of N(0, 1) entries, at h and h/2
+# combined by Richardson extrapolation (truncation error ~h⁴, rounding ~1e-16·|loss|/h).
+FINITE_DIFFERENCE_STEP = 1e-5
+
+_GRADIENT_PROBES: dict = {}
+
+
+def _random_like(tree, key):
+    """N(0, 1) of the shape and dtype of every floating leaf of `tree` (zeros for the others)."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noise = [
+        jax.random.normal(k, a.shape, a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros_like(a)
+        for a, k in zip(leaves, keys, strict=False)
+    ]
+    return jax.tree_util.tree_unflatten(treedef, noise)
+
+
+def _tree_dot(u, v):
+    leaves = zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v), strict=True)
+    return sum((jnp.vdot(a, b) for a, b in leaves), jnp.zeros(()))
+
+
+def _gradient_probe(module, method: str):
+    """Jitted (params, rest, point, context, key) -> (reverse-mode directional derivatives, central
+    finite differences, their scale), each of shape (2,): along a random direction in parameter space
+    and one in input space, of loss = Σ a·output + Σ b·log_det with fixed random weights a, b (every
+    output and every example's log-det enter it)."""
+    key = (id(module), method)
+    if key not in _GRADIENT_PROBES:
+
+        def probe(params, rest, point, context, key):
+            k_out, k_ld, k_params, k_point = jax.random.split(key, 4)
+
+            def loss(p, z):
+                out, log_det = module.apply({"params": p, **rest}, z, context, method=method)
+                a = jax.random.normal(k_out, out.shape, out.dtype)
+                b = jax.random.normal(k_ld, log_det.shape, log_det.dtype)
+                return jnp.sum(a * out) + jnp.sum(b * log_det)
+
+            grads = jax.grad(loss, argnums=(0, 1))(params, point)
+            directions = (_random_like(params, k_params), _random_like(point, k_point))
+            analytic = jnp.stack([_tree_dot(grads[0], directions[0]), _tree_dot(grads[1], directions[1])])
+            # the four shifted losses as one batch (one copy of the map in the compiled program)
+            h = FINITE_DIFFERENCE_STEP
+            shift = lambda tree, d, s: jax.tree_util.tree_map(
+                lambda a, b: a + (s * h * b).astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                tree,
+                d,
+            )
+            shifted = lambda sp, sx: loss(shift(params, directions[0], sp), shift(point, directions[1], sx))
+            steps = jnp.array([1.0, -1.0, 0.5, -0.5])
+            zeros = jnp.zeros_like(steps)
+            values = jax.vmap(shifted)(jnp.concatenate([steps, zeros]), jnp.concatenate([zeros, steps]))
+            # central differences at h and h/2, combined (Richardson) so that the h² error cancels:
+            # layers with large curvature (a spline's inverse near a small knot slope) need it
+            at_h = (values[0::4] - values[1::4]) / (2 * h)
+            at_half = (values[2::4] - values[3::4]) / h
+            numeric = (4 * at_half - at_h) / 3
+            # the size a directional derivative has without cancellation: ‖∇‖·‖direction‖
+            norm = lambda t: jnp.sqrt(_tree_dot(t, t))
+            scale = jnp.stack([norm(g) * norm(d) for g, d in zip(grads, directions, strict=True)])
+            return analytic, numeric, scale
+
+        _GRADIENT_PROBES[key] = (module, jax.jit(probe))
+    return _GRADIENT_PROBES[key][1]
+
+
+def check_gradients_match_finite_differences(case: BijectorCase) -> None:
+    """In float64, on the first 2-3 examples: reverse-mode derivatives of a loss of forward's output
+    and log-det, and of one of inverse's, with respect to the parameters and to the inputs, equal
+    central finite differences along random directions, so wrong derivatives are caught, including
+    the implicit derivatives of an inverse found by root finding or a fixed-point iteration."""
+    if not case.finite_differences:
+        return
+    module, variables, x = setup_case(case)
+    name = "check_gradients_match_finite_differences"
+    with jax.enable_x64(True):
+        variables64 = _to_float64(variables)
+        params = variables64.get("params", {})
+        rest = {k: v for k, v in variables64.items() if k != "params"}
+        xs = jnp.asarray(_examples(x), jnp.float64)
+        c = _to_float64(case_context(case, xs.shape[0]))
+        ys = _apply(module, variables64, xs, "forward", c)[0]
+        for method, point in (("forward", xs), ("inverse", ys)):
+            analytic, numeric, scale = _gradient_probe(module, method)(
+                params, rest, point, c, jax.random.key(case.seed + 2000)
+            )
+            for i, wrt in enumerate(("parameters", "inputs")):
+                if wrt == "parameters" and not jax.tree_util.tree_leaves(params):
+                    continue
+                assert_close(
+                    analytic[i],
+                    numeric[i],
+                    check=name,
+                    quantity=f"{method}: directional derivative along random {wrt}, reverse mode "
+                    "against central finite differences",
+                    atol=case.gradient_rtol * float(scale[i]),
+                )
+
+
 PROPERTIES = (
     check_round_trip,
     check_log_det_antisymmetric,
@@ -260,6 +428,7 @@ PROPERTIES = (
     check_float64_inputs_with_float32_params,
     check_jit_matches_eager,
     check_gradients_finite,
+    check_gradients_match_finite_differences,
 )
 
 

@@ -5,13 +5,14 @@
 normflows is never a dependency of jaxflows: install it in a separate virtualenv
 (`python3 -m venv /tmp/normflows-venv && /tmp/normflows-venv/bin/pip install torch normflows`)
 and pass its interpreter. The reference step is `../shared/bench/normflows_glow.py L K H B STEPS`
-(2 PyTorch threads, LU 1x1 conv, affine coupling, 32×32×3). The two are run alternately `--rounds`
-times so that both see the same machine load, jaxflows once per `--cpu-devices` count each round
-(`--cpu-devices 1,2`: the CPU as one device, and split into two, one batch shard per core), each
-without and/or with `--reuse-freed-memory` (`no`, `yes` or `both`: malloc keeps freed memory, see
-`jaxflows.train.host`); the last line is one JSON object with the medians and the ratio of images
-per second (jaxflows / normflows) for each setting, named by its CPU device count and "+reuse"
-("2+reuse").
+(2 PyTorch threads, LU 1x1 conv, affine coupling, 32×32×3; K, the flow steps per level, is `--depth`,
+passed to `benchmarks/train_step.py --depth`; `--steps` is its old name). The two are run
+alternately `--rounds` times so that both see the same machine load, jaxflows once per
+`--cpu-devices` count each round (`--cpu-devices 1,2`: the CPU as one device, and split into two,
+one batch shard per core), each without and/or with `--reuse-freed-memory` (`no`, `yes` or `both`:
+malloc keeps freed memory, see `jaxflows.train.host`); the last line is one JSON object with the
+medians and the ratio of images per second (jaxflows / normflows) for each setting, named by its
+CPU device count and "+reuse" ("2+reuse").
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--normflows-script", default=str(ROOT.parent / "shared" / "bench" / "normflows_glow.py")
     )
     parser.add_argument("--levels", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--depth",
+        "--steps",
+        dest="depth",
+        type=int,
+        default=8,
+        help="flow steps per level (K; --steps: old name)",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=10, help="timed train steps per run")
@@ -82,8 +90,8 @@ def run_jaxflows(args, cpu_devices: int, reuse: bool) -> dict:
         "glow",
         "--levels",
         str(args.levels),
-        "--steps",
-        str(args.steps),
+        "--depth",
+        str(args.depth),
         "--hidden",
         str(args.hidden),
         "--batch",
@@ -104,7 +112,7 @@ def run_normflows(args) -> dict:
     command = [
         args.torch_python,
         args.normflows_script,
-        *(str(v) for v in (args.levels, args.steps, args.hidden, args.batch, args.iters)),
+        *(str(v) for v in (args.levels, args.depth, args.hidden, args.batch, args.iters)),
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     match = re.search(r"params=(\d+) step=([\d.]+)ms imgs/s=([\d.]+)", out)
@@ -142,7 +150,7 @@ def main(argv=None) -> dict:
         entry = {"cpu_devices": n, "reuse_freed_memory": reuse, **timed}
         jaxflows.append(entry | {"ratio": round(entry["images_per_sec"] / torch_ips, 3)})
     result = {
-        "architecture": {k: getattr(args, k) for k in ("levels", "steps", "hidden", "batch")},
+        "architecture": {k: getattr(args, k) for k in ("levels", "depth", "hidden", "batch")},
         "jaxflows": jaxflows,
         "jaxflows_params": next(iter(ours.values()))[0]["params"],
         "normflows_images_per_sec": torch_ips,

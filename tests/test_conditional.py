@@ -209,7 +209,7 @@ def test_conditional_functional_view_and_round_trip_under_jit():
     z, ld = jax.jit(f.forward)(x, y)
     x_back, ld_inv = jax.jit(f.inverse)(z, y)
     np.testing.assert_allclose(x_back, x, atol=1e-5)
-    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5, atol=1e-5)  # float32 log-dets of ~42 nats
     np.testing.assert_allclose(jax.jit(f.log_det)(x, y), ld, rtol=1e-6, atol=1e-4)
 
 

@@ -29,7 +29,10 @@ CASES = [
     BijectorCase("vectors", SMALL, (3, 4), round_trip_atol=1e-5),
     BijectorCase("vectors_lipswish", lambda: SMALL(activation="lipswish", num_layers=2), (3, 3)),
     BijectorCase("images", lambda: SMALL(hidden=4), (2, 3, 3, 2), round_trip_atol=1e-5),
-    BijectorCase("defaults", InvertibleResidual, (2, 2), jacobian_rtol=2e-3),
+    # the defaults truncate the log-det series at 10 terms with Lip(g) ≤ 0.9 (bias at most
+    # D·c^(n+1)/((n+1)(1 − c)) ≈ 0.57 nats for D = 2); this perturbed layer's g is far from that bound
+    # and its series is 1e-13 from slogdet, within the default float64 tolerances
+    BijectorCase("defaults", InvertibleResidual, (2, 2)),
     BijectorCase("slogdet", lambda: InvertibleResidual(hidden=8, log_det_terms=None), (3, 3)),
 ]
 

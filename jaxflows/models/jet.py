@@ -26,14 +26,14 @@ from jax.typing import DTypeLike
 
 from jaxflows.bijectors import AffineTransformer, Coupling, ShufflePermutation
 from jaxflows.bijectors.patchify import Patchify
-from jaxflows.bijectors.rescale import Rescale
 from jaxflows.bijectors.vit import ViTConditioner
-from jaxflows.core import Chain, Flow, Invert, StandardNormal
+from jaxflows.core import Flow
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.bijector import Array, Bijector
-from jaxflows.core.errors import InvalidArgumentError, ShapeError
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.validation import check_count
 from jaxflows.models.registry import register_model
+from jaxflows.models.tokens import check_patch_grid, token_flow
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
 
 JET_RANGE = (-1.0, 1.0)  # big_vision's value_range(-1, 1)
@@ -161,15 +161,8 @@ def jet(
     Returns:
       A `Flow` with a standard normal base over a latent of `image_shape`.
     """
-    if len(image_shape) != 3:
-        raise ShapeError(f"jet: image_shape must be (height, width, channels), got {image_shape}")
-    patch_size = check_count(patch_size, "patch_size", "jet")
+    patch_size, _ = check_patch_grid(image_shape, patch_size, "jet")
     couplings = check_count(couplings, "couplings", "jet")
-    height, image_width, _ = image_shape
-    if height % patch_size or image_width % patch_size:
-        raise ShapeError(
-            f"jet: height and width must be multiples of patch_size={patch_size}, got {height}x{image_width}"
-        )
     check_gradient_mode(gradient, "jet")
     network = functools.partial(ViTConditioner, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
     network(out_channels=1)  # validates width, depth, heads and mlp_dim now, not at the first call
@@ -177,27 +170,20 @@ def jet(
         dtype=dtype, param_dtype=param_dtype, network_dtype=network_dtype, network_precision=network_precision
     )
     transformer = AffineTransformer(scale="jet")
-    layers: list[Bijector] = []
-    names: list[str] = []
-    if data_range is not None:
-        layers.append(Rescale.between(tuple(data_range), JET_RANGE))
-        names.append("rescale")
-    layers.append(Patchify(patch_size))
-    names.append("patchify")
+    body: list[tuple[str, Bijector]] = []
     for i, (kind, mask, parity) in enumerate(coupling_plan(couplings, kinds, spatial_patterns)):
         coupling = Coupling(mask=mask, parity=parity, transformer=transformer, conditioner=network, **policy)
-        layers.append(ShuffledCoupling(coupling) if kind == "channel" else coupling)
-        names.append(f"{kind}_{i}")
-    layers.append(Invert(Patchify(patch_size)))
-    names.append("unpatchify")
-    return Flow(
-        bijector=Chain(layers, names=names, gradient=gradient),
-        base=StandardNormal(),
-        event_shape=tuple(image_shape),
-        data_range=None if data_range is None else tuple(data_range),
+        body.append((f"{kind}_{i}", ShuffledCoupling(coupling) if kind == "channel" else coupling))
+    return token_flow(
+        image_shape,
+        Patchify(patch_size),
+        body,
+        rescale=None if data_range is None else (tuple(data_range), JET_RANGE),
+        data_range=data_range,
         dequantizer=dequantizer,
         num_classes=num_classes,
         context_features=context_features,
+        gradient=gradient,
     )
 
 

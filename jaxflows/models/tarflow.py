@@ -26,15 +26,15 @@ import jax.numpy as jnp
 from jax.typing import DTypeLike
 
 from jaxflows.bijectors import AffineTransformer, MaskedAutoregressive
-from jaxflows.bijectors.rescale import Rescale
 from jaxflows.bijectors.tarflow import CausalTransformer, PatchTokens
-from jaxflows.core import Chain, Flow, Invert, Repeat, StandardNormal
+from jaxflows.core import Chain, Flow, Repeat
 from jaxflows.core.backprop import check_gradient_mode
 from jaxflows.core.bijector import Array, Bijector
-from jaxflows.core.errors import InvalidArgumentError, ShapeError
+from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.objective import draw
 from jaxflows.core.validation import check_count
 from jaxflows.models.registry import register_model
+from jaxflows.models.tokens import check_patch_grid, token_flow
 from jaxflows.ops import DEFAULT_NETWORK_PRECISION
 
 TARFLOW_RANGE = (-1.0, 1.0)  # the official code's pixels
@@ -125,16 +125,8 @@ def tarflow(
     Returns:
       A `Flow` with a standard normal base over a latent of `image_shape`.
     """
-    if len(image_shape) != 3:
-        raise ShapeError(f"tarflow: image_shape must be (height, width, channels), got {image_shape}")
-    patch_size = check_count(patch_size, "patch_size", "tarflow")
+    patch_size, columns = check_patch_grid(image_shape, patch_size, "tarflow")
     blocks = check_count(blocks, "blocks", "tarflow")
-    height, image_width, _ = image_shape
-    if height % patch_size or image_width % patch_size:
-        raise ShapeError(
-            f"tarflow: height and width must be multiples of patch_size={patch_size}, got "
-            f"{height}x{image_width}"
-        )
     check_gradient_mode(gradient, "tarflow")
     if noise_std is not None:
         if not noise_std > 0:
@@ -156,31 +148,24 @@ def tarflow(
     policy = dict(
         dtype=dtype, param_dtype=param_dtype, network_dtype=network_dtype, network_precision=network_precision
     )
-    columns = image_width // patch_size
-    layers: list[Bijector] = []
-    names: list[str] = []
-    if scaled_from is not None:
-        layers.append(Rescale.between(scaled_from, TARFLOW_RANGE))
-        names.append("rescale")
-    layers.append(PatchTokens(patch_size, columns))
-    names.append("patchify")
+    body: list[tuple[str, Bijector]] = []
     if blocks >= 2:  # (natural, reversed) pairs, compiled once
         pair = Chain(
             [tarflow_block("natural", network, policy), tarflow_block("reversed", network, policy)],
             names=["natural", "reversed"],
         )
-        layers.append(Repeat(pair, blocks // 2, gradient=gradient))  # per block: "remat" recomputes it
-        names.append("blocks")
+        body.append(
+            ("blocks", Repeat(pair, blocks // 2, gradient=gradient))
+        )  # per block: "remat" recomputes it
     if blocks % 2:
-        layers.append(tarflow_block("natural", network, policy))
-        names.append("last_block")
-    layers.append(Invert(PatchTokens(patch_size, columns)))
-    names.append("unpatchify")
-    return Flow(
-        bijector=Chain(layers, names=names),
-        base=StandardNormal(),
-        event_shape=tuple(image_shape),
-        data_range=None if data_range is None else tuple(data_range),
+        body.append(("last_block", tarflow_block("natural", network, policy)))
+    tokens = PatchTokens(patch_size, columns)
+    return token_flow(
+        image_shape,
+        tokens,
+        body,
+        rescale=None if scaled_from is None else (scaled_from, TARFLOW_RANGE),
+        data_range=data_range,
         dequantizer=dequantizer,
         num_classes=num_classes,
         context_features=context_features,

@@ -218,6 +218,7 @@ def test_roulette_needs_the_log_det_stream_and_checks_its_settings():
     variables = block.init(jax.random.key(0), x)
     with pytest.raises(MissingRngError, match="roulette"):
         block.apply(variables, x)
+    InvertibleResidual(estimator="roulette", trace="hutchinson", log_det_terms=None)  # the series' field
     for bad in (
         dict(estimator="unbiased"),
         dict(roulette="binomial"),

@@ -299,7 +299,8 @@ class InvertibleResidual(Bijector):
       lipschitz: c in (0, 1), the bound on Lip(g).
       activation: "elu" or "lipswish".
       log_det_terms: terms of the log-det power series; None (with trace="exact"): no series,
-        log|det(I + J_g)| from the dense per-example Jacobian (exact; small inputs).
+        log|det(I + J_g)| from the dense per-example Jacobian (exact; small inputs). Unused by the
+        roulette estimator.
       trace: "exact" or "hutchinson".
       num_probes: Hutchinson probes per example.
       power_iterations: power-iteration steps per training step, per layer.
@@ -343,7 +344,7 @@ class InvertibleResidual(Bijector):
             check_count(getattr(self, field), field, "InvertibleResidual")
         if self.log_det_terms is not None:
             check_count(self.log_det_terms, "log_det_terms", "InvertibleResidual")
-        elif self.trace != "exact":
+        elif self.trace != "exact" and self.estimator != "roulette":  # the roulette does not use it
             raise InvalidArgumentError(
                 "InvertibleResidual: log_det_terms=None (no series: slogdet of the dense Jacobian) "
                 'needs trace="exact"'

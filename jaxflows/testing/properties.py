@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -324,79 +325,56 @@ def check_gradients_finite(case: BijectorCase) -> None:
 # combined by Richardson extrapolation (truncation error ~h⁴, rounding ~1e-16·|loss|/h).
 FINITE_DIFFERENCE_STEP = 1e-5
 
-_GRADIENT_PROBES: dict = {}
+_GRADIENTS: dict = {}
 
 
-def _random_like(tree, key):
-    """N(0, 1) of the shape and dtype of every floating leaf of `tree` (zeros for the others)."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    noise = [
-        jax.random.normal(k, a.shape, a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.zeros_like(a)
-        for a, k in zip(leaves, keys, strict=False)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, noise)
+def _weighted_loss(module, variables, point, context, method, a, b):
+    """Σ a·output + Σ b·log_det of `method` at `point`: every output and every log-det enters it."""
+    out, log_det = module.apply(variables, point, context, method=method)
+    return jnp.sum(a * out) + jnp.sum(b * log_det)
 
 
-def _tree_dot(u, v):
-    leaves = zip(jax.tree_util.tree_leaves(u), jax.tree_util.tree_leaves(v), strict=True)
-    return sum((jnp.vdot(a, b) for a, b in leaves), jnp.zeros(()))
-
-
-def _gradient_probe(module, method: str):
-    """Jitted (params, rest, point, context, key) -> (reverse-mode directional derivatives, central
-    finite differences, their scale), each of shape (2,): along a random direction in parameter space
-    and one in input space, of loss = Σ a·output + Σ b·log_det with fixed random weights a, b (every
-    output and every example's log-det enter it)."""
+def _loss_gradients(module, method: str):
+    """Jitted (params, rest, point, context, a, b) -> reverse-mode gradients of `_weighted_loss` with
+    respect to the parameters and the point (compiled once per module, method and signature)."""
     key = (id(module), method)
-    if key not in _GRADIENT_PROBES:
+    if key not in _GRADIENTS:
 
-        def probe(params, rest, point, context, key):
-            k_out, k_ld, k_params, k_point = jax.random.split(key, 4)
+        def gradients(params, rest, point, context, a, b):
+            loss = lambda p, z: _weighted_loss(module, {"params": p, **rest}, z, context, method, a, b)
+            return jax.grad(loss, argnums=(0, 1))(params, point)
 
-            def loss(p, z):
-                out, log_det = module.apply({"params": p, **rest}, z, context, method=method)
-                a = jax.random.normal(k_out, out.shape, out.dtype)
-                b = jax.random.normal(k_ld, log_det.shape, log_det.dtype)
-                return jnp.sum(a * out) + jnp.sum(b * log_det)
+        _GRADIENTS[key] = (module, jax.jit(gradients))
+    return _GRADIENTS[key][1]
 
-            grads = jax.grad(loss, argnums=(0, 1))(params, point)
-            directions = (_random_like(params, k_params), _random_like(point, k_point))
-            analytic = jnp.stack([_tree_dot(grads[0], directions[0]), _tree_dot(grads[1], directions[1])])
-            # the four shifted losses as one batch (one copy of the map in the compiled program)
-            h = FINITE_DIFFERENCE_STEP
-            shift = lambda tree, d, s: jax.tree_util.tree_map(
-                lambda a, b: a + (s * h * b).astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a,
-                tree,
-                d,
-            )
-            shifted = lambda sp, sx: loss(shift(params, directions[0], sp), shift(point, directions[1], sx))
-            steps = jnp.array([1.0, -1.0, 0.5, -0.5])
-            zeros = jnp.zeros_like(steps)
-            values = jax.vmap(shifted)(jnp.concatenate([steps, zeros]), jnp.concatenate([zeros, steps]))
-            # central differences at h and h/2, combined (Richardson) so that the h² error cancels:
-            # layers with large curvature (a spline's inverse near a small knot slope) need it
-            at_h = (values[0::4] - values[1::4]) / (2 * h)
-            at_half = (values[2::4] - values[3::4]) / h
-            numeric = (4 * at_half - at_h) / 3
-            # the size a directional derivative has without cancellation: ‖∇‖·‖direction‖
-            norm = lambda t: jnp.sqrt(_tree_dot(t, t))
-            scale = jnp.stack([norm(g) * norm(d) for g, d in zip(grads, directions, strict=True)])
-            return analytic, numeric, scale
 
-        _GRADIENT_PROBES[key] = (module, jax.jit(probe))
-    return _GRADIENT_PROBES[key][1]
+def _shifted(tree, direction, step):
+    add = lambda a, d: a + np.asarray(step * d, a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    return jax.tree_util.tree_map(add, tree, direction)
+
+
+def _finite_difference(loss, tree, direction) -> float:
+    """Central differences of `loss` along `direction` at h and h/2, combined (Richardson) so the h²
+    error cancels: layers of large curvature (a spline's inverse near a small knot slope) need it."""
+    h = FINITE_DIFFERENCE_STEP
+    at = lambda step: loss(_shifted(tree, direction, step))
+    at_h = (at(h) - at(-h)) / (2 * h)
+    at_half = (at(h / 2) - at(-h / 2)) / h
+    return (4 * at_half - at_h) / 3
 
 
 def check_gradients_match_finite_differences(case: BijectorCase) -> None:
     """In float64, on the first 2-3 examples: reverse-mode derivatives of a loss of forward's output
     and log-det, and of one of inverse's, with respect to the parameters and to the inputs, equal
     central finite differences along random directions, so wrong derivatives are caught, including
-    the implicit derivatives of an inverse found by root finding or a fixed-point iteration."""
+    the implicit derivatives of an inverse found by root finding or a fixed-point iteration. The
+    differences evaluate the jitted map the jacobian check compiled: only the gradients compile."""
     if not case.finite_differences:
         return
     module, variables, x = setup_case(case)
     name = "check_gradients_match_finite_differences"
+    rng = np.random.default_rng(case.seed + 2000)
+    normal_like = lambda tree: jax.tree_util.tree_map(lambda a: rng.standard_normal(a.shape), tree)
     with jax.enable_x64(True):
         variables64 = _to_float64(variables)
         params = variables64.get("params", {})
@@ -405,19 +383,34 @@ def check_gradients_match_finite_differences(case: BijectorCase) -> None:
         c = _to_float64(case_context(case, xs.shape[0]))
         ys = _apply(module, variables64, xs, "forward", c)[0]
         for method, point in (("forward", xs), ("inverse", ys)):
-            analytic, numeric, scale = _gradient_probe(module, method)(
-                params, rest, point, c, jax.random.key(case.seed + 2000)
+            out, log_det = _apply(module, variables64, point, method, c)
+            a, b = rng.standard_normal(out.shape), rng.standard_normal(log_det.shape)
+
+            def loss(p, z, method=method, a=a, b=b):
+                out, log_det = _apply(module, {"params": p, **rest}, z, method, c)
+                return float(np.sum(a * np.asarray(out)) + np.sum(b * np.asarray(log_det)))
+
+            grads = _loss_gradients(module, method)(params, rest, point, c, jnp.asarray(a), jnp.asarray(b))
+            directions = (normal_like(params), normal_like(point))
+            numeric = (
+                _finite_difference(lambda p, z=point: loss(p, z), params, directions[0]),
+                _finite_difference(lambda z: loss(params, z), point, directions[1]),
             )
-            for i, wrt in enumerate(("parameters", "inputs")):
-                if wrt == "parameters" and not jax.tree_util.tree_leaves(params):
+            for g, d, fd, wrt in zip(grads, directions, numeric, ("parameters", "inputs"), strict=True):
+                leaves = list(zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(d), strict=True))
+                if not leaves:
                     continue
+                analytic = sum(float(np.vdot(np.asarray(gi), di)) for gi, di in leaves)
+                # the size a directional derivative has without cancellation: ‖∇‖·‖direction‖
+                scale = math.sqrt(sum(float(np.vdot(np.asarray(gi), gi)) for gi, _ in leaves))
+                scale *= math.sqrt(sum(float(np.vdot(di, di)) for _, di in leaves))
                 assert_close(
-                    analytic[i],
-                    numeric[i],
+                    analytic,
+                    fd,
                     check=name,
                     quantity=f"{method}: directional derivative along random {wrt}, reverse mode "
                     "against central finite differences",
-                    atol=case.gradient_rtol * float(scale[i]),
+                    atol=case.gradient_rtol * scale,
                 )
 
 

@@ -28,6 +28,7 @@ TINY = {
     "autoregressive_spline_flow": ((2,), {"depth": 1, "hidden": [4], "bins": 3}),
     "jet": ((8, 8, 1), {"patch_size": 4, "couplings": 1, "depth": 1, "width": 8, "heads": 1}),
     "tarflow": ((4, 4, 1), {"patch_size": 2, "width": 8, "blocks": 2, "layers_per_block": 1, "heads": 2}),
+    "ffjord_flow": ((2,), {"depth": 1, "hidden": 4, "num_layers": 2}),
 }
 
 

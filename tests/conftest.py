@@ -3,6 +3,7 @@ import shutil
 import tempfile
 
 import jax
+import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -37,3 +38,14 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         shutil.rmtree(os.environ["JAXFLOWS_TEST_COMPILATION_CACHE"], ignore_errors=True)
+
+
+# Every compiled XLA:CPU program keeps its code in memory mappings of its own, and a worker that
+# runs the whole suite compiles thousands: past the kernel's vm.max_map_count (65530 by default)
+# XLA aborts or segfaults inside a compilation. Dropping each module's compiled programs when the
+# module is done keeps a worker far below that (the session's compilation cache still serves
+# programs another module compiles again).
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    yield
+    jax.clear_caches()

@@ -120,6 +120,7 @@ def test_conditional_bijector_properties(case, check):
     check(case)
 
 
+@pytest.mark.slow  # default-run budget: the conditional layers' own harness cases check their jacobians
 def test_conditional_glow_log_det_matches_the_float64_jacobian():
     """A whole class-conditional Glow in the default run: its log-det against the dense float64
     jacobian with the label held fixed (every property under -m slow)."""

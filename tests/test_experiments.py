@@ -21,6 +21,7 @@ def get_config():
 
 
 # Two variants (a subset via --only keeps the test within ~30 s: each variant compiles its own step).
+@pytest.mark.slow  # default-run budget: tests/test_entry_points.py runs every entry point's --help by default
 def test_compare_1x1_writes_table_and_plot(tmp_path):
     config = tmp_path / "tiny.py"
     config.write_text(textwrap.dedent(TINY_CONFIG))
@@ -63,6 +64,7 @@ def test_table6_and_dequantization_entries_run(tmp_path):
     assert "| uniform | 3 |" in deq and "| variational | 3 |" in deq
 
 
+@pytest.mark.slow  # default-run budget (trains 6 tiny models)
 def test_compare_permutations_writes_table_curves_and_ordering(tmp_path):
     from experiments import compare_permutations
 
@@ -79,6 +81,7 @@ def test_compare_permutations_writes_table_curves_and_ordering(tmp_path):
     assert all(len(r.metrics["curve"]) == 3 for r in result["runs"])
 
 
+@pytest.mark.slow  # default-run budget (trains every vector flow); test_vector_flows checks its tables
 def test_vector_flows_writes_table_plots_and_image_estimate(tmp_path):
     from experiments import vector_flows
 

@@ -144,6 +144,7 @@ def test_the_command_line_ends_a_bad_start_with_one_line(tmp_path):
 
 
 @pytest.mark.xdist_group("multiprocess")
+@pytest.mark.slow  # default-run budget; test_each_process_names_the_fields_that_differ checks the comparison
 def test_processes_with_different_configs_stop_before_compiling_naming_the_fields(tmp_path):
     port, config = _free_port(), ["--config", "experiments/configs/digits.py", "--smoke"]
     tiny = ["--set", "model.depth=1", "model.hidden=8", "num_steps=2"]

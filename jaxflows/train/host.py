@@ -88,11 +88,6 @@ def initialize_distributed(
 
     if jax.distributed.is_initialized():
         return
-    if xla_bridge.backends_are_initialized():
-        raise DistributedInitError(
-            "initialize_distributed() must be called before any JAX computation; this process "
-            "has already started JAX's backends (call it first thing, before building a model)"
-        )
     for name, value in (("init_timeout_s", init_timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DistributedInitError(f"{name}: expected a whole number of seconds ≥ 1, got {value!r}")
@@ -101,6 +96,11 @@ def initialize_distributed(
     process_id = _int_setting(process_id, PROCESS_ID_ENV, "process_id", 0)
     if num_processes is not None and process_id is not None and process_id >= num_processes:
         raise DistributedInitError(f"process_id {process_id} is not below num_processes {num_processes}")
+    if xla_bridge.backends_are_initialized():  # after the settings' own errors, which come first
+        raise DistributedInitError(
+            "initialize_distributed() must be called before any JAX computation; this process "
+            "has already started JAX's backends (call it first thing, before building a model)"
+        )
     start = time.monotonic()
     if coordinator_address is not None and num_processes is not None and process_id is not None:
         rendezvous(coordinator_address, num_processes, process_id, timeout_s=init_timeout_s)

@@ -1,6 +1,7 @@
 """jaxflows.pretrained: the weights format, model cards, checksums, and the shipped models."""
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 
@@ -119,6 +120,47 @@ def test_a_truncated_file_with_a_matching_checksum_is_a_named_error(saved, tmp_p
     (tmp_path / "tiny.json").write_text(json.dumps(fields))
     with pytest.raises(WeightsFileError, match="not a readable weights archive"):
         load(tmp_path / "tiny.json")
+
+
+def test_an_edited_card_is_refused_by_the_checksum_kept_beside_it(saved, tmp_path):
+    """A card's claims are covered by its folder's SHA256SUMS (the `sha256sum -c` format): a
+    held-out number edited by hand is refused, even when the edit keeps the weights' checksum."""
+    written, variables = saved
+    again = save(tmp_path / "tiny", build(written), variables, bins=256, evaluation={"bits_per_dim": 4.25})
+    sums = (tmp_path / "SHA256SUMS").read_text().splitlines()
+    assert sorted(line.split("  ")[1] for line in sums) == ["tiny.json", "tiny.npz"]
+    for line in sums:
+        digest, name = line.split("  ")
+        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
+    assert card(again.path).evaluation == {"bits_per_dim": 4.25}
+    again.path.write_text(again.path.read_text().replace("4.25", "3.25"))
+    with pytest.raises(ChecksumError, match="edited after it was saved"):
+        load(again.path)
+    with pytest.raises(ChecksumError, match="edited after it was saved"):
+        card(again.path)
+
+
+def test_a_shipped_card_must_match_the_package_index(monkeypatch, tmp_path):
+    """Every shipped card is listed in weights/SHA256SUMS; an edited or unlisted one is refused."""
+    from jaxflows.pretrained import cards
+
+    listed = cards.read_checksums(cards.WEIGHTS_DIR)
+    assert {p.name for p in cards.WEIGHTS_DIR.glob("*.json")} <= set(listed)
+    assert {p.name for p in cards.WEIGHTS_DIR.glob("*.npz")} <= set(listed)
+    for path in cards.WEIGHTS_DIR.glob("*.json"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "SHA256SUMS").write_text((cards.WEIGHTS_DIR / "SHA256SUMS").read_text())
+    monkeypatch.setattr(cards, "WEIGHTS_DIR", tmp_path)
+    name = "fashion_mnist_glow_small"
+    assert card(name).evaluation == available()[name].evaluation
+    edited = json.loads((tmp_path / f"{name}.json").read_text())
+    edited["evaluation"]["held_out_bits_per_dim"] = 2.5
+    (tmp_path / f"{name}.json").write_text(json.dumps(edited, indent=2) + "\n")
+    with pytest.raises(ChecksumError, match="edited after it was saved"):
+        card(name)
+    (tmp_path / "SHA256SUMS").write_text("")
+    with pytest.raises(ChecksumError, match="not listed"):
+        card(name)
 
 
 def test_a_card_of_another_format_version_is_a_named_error(saved, tmp_path):

@@ -5,13 +5,17 @@ A model is two files: `NAME.npz` (the variables of every collection, `jaxflows.p
 and `NAME.json`, its card: how to rebuild the flow (`architecture`: the builder's registered name
 and keyword arguments, the event shape, the pipeline arguments; `jaxflows.pretrained.recipes`), how
 it was trained, what it scores (`evaluation`), its parameter count and the weights' SHA-256, which
-`load` checks before reading them.
+`load` checks before reading them. The card's own SHA-256 is kept outside it, in the folder's
+`SHA256SUMS` (the `sha256sum` format; `save` writes it, `sha256sum -c SHA256SUMS` checks it): a card
+edited after it was saved (a held-out score changed by hand) is refused when read, and every shipped
+card must be listed there.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -30,6 +34,7 @@ from jaxflows.models import MODELS
 from jaxflows.pretrained.recipes import UNSET, UnregisteredFlowError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+CHECKSUMS = "SHA256SUMS"
 
 
 class UnknownModelError(InvalidArgumentError):
@@ -89,9 +94,12 @@ class ModelCard:
 
     @classmethod
     def read(cls, path: str | Path) -> ModelCard:
-        """The card at `path`; a format-1 card's architecture is converted to format 2."""
+        """The card at `path`, checked against its folder's `SHA256SUMS` (`ChecksumError` if it was
+        edited; required for shipped cards); a format-1 card's architecture is converted to format 2."""
         path = Path(path)
-        fields = json.loads(path.read_text())
+        text = path.read_bytes()
+        _check_card(path, text)
+        fields = json.loads(text)
         version = fields.get("format_version")
         if version not in weights_format.READABLE_VERSIONS:
             raise weights_format.WeightsFileError(
@@ -101,6 +109,45 @@ class ModelCard:
         fields["architecture"] = recipes.upgrade(fields["architecture"])
         fields["format_version"] = weights_format.FORMAT_VERSION
         return cls(**fields, path=path)
+
+
+def read_checksums(folder: Path) -> dict[str, str]:
+    """{file name: SHA-256} from `folder/SHA256SUMS` (empty when there is none)."""
+    sums = folder / CHECKSUMS
+    if not sums.exists():
+        return {}
+    entries = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            entries[name.lstrip("*")] = digest
+    return entries
+
+
+def record_checksums(folder: Path, digests: Mapping[str, str]) -> None:
+    """Add or replace `digests` ({file name: SHA-256}) in `folder/SHA256SUMS`, sorted by name."""
+    entries = {**read_checksums(folder), **digests}
+    (folder / CHECKSUMS).write_text("".join(f"{entries[n]}  {n}\n" for n in sorted(entries)))
+
+
+def _check_card(path: Path, text: bytes) -> None:
+    folder = path.resolve().parent
+    expected = read_checksums(folder).get(path.name)
+    shipped = folder == WEIGHTS_DIR.resolve()
+    if expected is None and not shipped:
+        return  # a card saved before SHA256SUMS existed, or copied without it
+    found = hashlib.sha256(text).hexdigest()
+    if expected is None:
+        raise weights_format.ChecksumError(
+            f"{path}: a shipped model card not listed in {folder / CHECKSUMS}; its claims cannot be "
+            "checked (reinstall jaxflows, or export it with experiments/export_pretrained.py)"
+        )
+    if found != expected:
+        raise weights_format.ChecksumError(
+            f"{path}: SHA-256 {found} differs from {expected} in {folder / CHECKSUMS}: the card was edited "
+            "after it was saved, so its held-out scores and training record are not the ones measured. "
+            "Restore it (reinstall jaxflows for a shipped model) or save the model again"
+        )
 
 
 def parameter_count(variables: Mapping[str, Any]) -> int:
@@ -328,5 +375,7 @@ def save(
         weights=weights,
         sha256=digest,
     )
-    card_path.write_text(written.to_json())
+    text = written.to_json().encode()
+    card_path.write_bytes(text)
+    record_checksums(card_path.parent, {card_path.name: hashlib.sha256(text).hexdigest(), weights: digest})
     return dataclasses.replace(written, path=card_path)

@@ -23,6 +23,7 @@ cluster (SLURM, Open MPI, Cloud TPU) --multihost or JAXFLOWS_MULTIHOST=1 is enou
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -391,19 +392,24 @@ def report_bits_per_dim(exp, config, scores, say) -> None:
         + (f", max reconstruction error {scores['reconstruction_error/' + lv]:.1e}"
            if "reconstruction_error/" + lv in scores else "")
         for lv in levels))  # fmt: skip
-    say(f"max reconstruction error of the whole flow: {scores['reconstruction_error/model']:.1e} "
+    def error(value: float) -> str:
+        return f"{value:.1e}" if math.isfinite(value) else f"non-finite ({value})"
+
+    say(f"max reconstruction error of the whole flow: {error(scores['reconstruction_error/model'])} "
         f"(networks {config.network_dtype} at {config.network_precision} precision; "
         f"the maps float32 at highest)")  # fmt: skip
     if "reconstruction_worst/example" in scores:
         worst = int(scores["reconstruction_worst/example"])
         per_level = ", ".join(
-            f"{k.split('/', 1)[1]} {v:.1e}" for k, v in scores.items()
+            f"{k.split('/', 1)[1]} {error(v)}" for k, v in scores.items()
             if k.startswith("reconstruction_worst/") and k != "reconstruction_worst/example"
         )  # fmt: skip
         median = scores["reconstruction_quantile/p50"]
-        say(f"reconstruction error over the held-out split: median {median:.1e}, "
-            f"99th percentile {scores['reconstruction_quantile/p99']:.1e}, worst held-out example {worst}"
-            + (f" ({per_level})" if per_level else ""))  # fmt: skip
+        nonfinite = int(scores.get("reconstruction_nonfinite/examples", 0))
+        say(f"reconstruction error over the held-out split: median {error(median)}, "
+            f"99th percentile {error(scores['reconstruction_quantile/p99'])}, worst held-out example {worst}"
+            + (f" ({per_level})" if per_level else "")
+            + (f"; {nonfinite} examples reconstruct to non-finite values" if nonfinite else ""))  # fmt: skip
     for warning in jft.reconstruction_warnings(scores, exp.dataset.num_bins):
         say(warning)
 

@@ -73,3 +73,16 @@ def test_dequantised_images_use_each_examples_own_key():
     a = split_reconstruction(flow, variables, source, 16, seed=3, batch_size=40)
     b = split_reconstruction(flow, variables, source, 16, seed=3, batch_size=9)
     assert a == b
+
+
+def test_non_finite_examples_are_counted_and_found():
+    flow, variables = _perturbed_flow()
+    held_out = np.random.default_rng(1).normal(size=(40, 2)).astype(np.float32)
+    held_out[[5, 31]] = 3e38  # overflows float32 inside the flow
+    source = array_dataset(held_out[:8], held_out).held_out
+    scores = split_reconstruction(flow, variables, source, None, batch_size=16)
+    assert scores["reconstruction_nonfinite/examples"] == 2
+    assert scores["reconstruction_worst/example"] in (5, 31)
+    assert not np.isfinite(scores["reconstruction_error/model"])
+    clean = split_reconstruction(flow, variables, array_dataset(held_out[:8], held_out[:5]).held_out, None)
+    assert clean["reconstruction_nonfinite/examples"] == 0

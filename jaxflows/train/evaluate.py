@@ -254,7 +254,8 @@ def split_reconstruction(
     `/p99` the median and 99th percentile over the split, `reconstruction_worst/example` the worst
     example's index in the split and `reconstruction_worst/<level>` that example's error per level
     (its worst layer in each, `jaxflows.analysis.reconstruction_errors`): which part of the chain
-    amplifies it. A non-finite error counts as the worst. Runs compiled on the default device,
+    amplifies it. A non-finite error counts as the worst; `reconstruction_nonfinite/examples` counts
+    them (the quantiles then include them as NaN or ±inf). Runs compiled on the default device,
     in batches of `batch_size` (the last one padded: one compilation)."""
     fn = _compiled_example_reconstruction(flow, bins)
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
@@ -280,6 +281,7 @@ def split_reconstruction(
             for q in SPLIT_QUANTILES
         },
         "reconstruction_worst/example": worst,
+        "reconstruction_nonfinite/examples": int((~finite).sum()),
         **{f"reconstruction_worst/{level}": error for level, error in sorted(levels.items())},
     }
 

@@ -392,6 +392,7 @@ def report_bits_per_dim(exp, config, scores, say) -> None:
         + (f", max reconstruction error {scores['reconstruction_error/' + lv]:.1e}"
            if "reconstruction_error/" + lv in scores else "")
         for lv in levels))  # fmt: skip
+
     def error(value: float) -> str:
         return f"{value:.1e}" if math.isfinite(value) else f"non-finite ({value})"
 

@@ -110,6 +110,10 @@ def tiny_runs(tmp: Path) -> dict[str, list[str]]:
         ],
         "experiments.compare_models": [*compare, "--set", "num_steps=2", "--only", "Glow"],
         "experiments.compare_spline": [*compare, "--set", "num_steps=2", "--only", "affine"],
+        "experiments.matched_flows": [
+            *["autoregressive", "--out", str(tmp / "out"), "--datasets", "digits", "--flows", "MAF"],
+            *["--steps", "2"],
+        ],
         "experiments.ood": ["--count", "2", "--out", str(tmp / "out")],
         "experiments.train": [
             *["--config", "experiments/configs/digits.py", "--smoke", "--no_progress"],

@@ -48,4 +48,6 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
     yield
-    jax.clear_caches()
+    if os.environ.get("JAXFLOWS_TEST_KEEP") != "1":
+        jax.clear_caches()
+

@@ -48,6 +48,4 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(autouse=True, scope="module")
 def _free_compiled_programs():
     yield
-    if os.environ.get("JAXFLOWS_TEST_KEEP") != "1":
-        jax.clear_caches()
-
+    jax.clear_caches()

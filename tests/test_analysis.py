@@ -128,7 +128,7 @@ def test_attribute_manipulation_moves_the_latent_by_alpha_times_the_direction():
     keys = jax.random.split(jax.random.key(0), 4)
     with_attr = 0.6 + 0.3 * jax.random.uniform(keys[0], (6, 8, 8, 1))  # brighter images
     without = 0.1 + 0.3 * jax.random.uniform(keys[1], (6, 8, 8, 1))
-    variables = flow.init(keys[2], jnp.concatenate([with_attr, without]))
+    variables = jax.jit(flow.init)(keys[2], jnp.concatenate([with_attr, without]))
     variables = {
         **variables,
         "params": jax.tree_util.tree_map(
@@ -143,9 +143,10 @@ def test_attribute_manipulation_moves_the_latent_by_alpha_times_the_direction():
     out = manipulate(flow, variables, x, direction, alphas)
     assert out.shape == (3, 4, 8, 8, 1)
     np.testing.assert_allclose(out[:, 0], x, atol=2e-5)  # α = 0 gives back the input
-    z = flow.apply(variables, x, method="forward")[0]
+    latent = jax.jit(lambda images: flow.apply(variables, images, method="forward")[0])
+    z = latent(x)
     for i, alpha in enumerate(alphas):
-        moved = flow.apply(variables, out[:, i], method="forward")[0]
+        moved = latent(out[:, i])
         np.testing.assert_allclose(moved - z, jnp.broadcast_to(alpha * direction, z.shape), atol=5e-4)
     with pytest.raises(ValueError, match="one example's shape"):
         manipulate(flow, variables, x, direction[..., :0], alphas)

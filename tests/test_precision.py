@@ -139,7 +139,7 @@ def test_glow_training_step_products(platform):
     )
     x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 2))
     labels = jnp.array([0, 2])
-    variables = flow.init(jax.random.key(1), x, labels)
+    variables = jax.jit(flow.init)(jax.random.key(1), x, labels)
 
     def loss(params, a):
         return -jnp.mean(flow.apply({**variables, "params": params}, a, labels, method="log_prob"))

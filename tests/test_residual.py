@@ -104,7 +104,11 @@ def test_hutchinson_needs_the_log_det_rng_stream():
     assert not np.allclose(a, b)
 
 
-@pytest.mark.parametrize("shape", [(3, 4), (2, 4, 4, 2)], ids=["vectors", "images"])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 4), pytest.param((2, 4, 4, 2), marks=pytest.mark.slow)],  # the same iteration on convolutions
+    ids=["vectors", "images"],
+)
 def test_inverse_converges_at_the_contraction_rate(x64, shape):
     c = 0.8
     block, variables, x = _block_and_point(shape, c)

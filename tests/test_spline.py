@@ -36,13 +36,19 @@ CASES = [
         perturb=0.2,
         context=vectors(3),
     ),
-    BijectorCase(
-        "glow_spline",
-        lambda: glow((4, 4, 2), **SPLINE_GLOW),
-        (2, 4, 4, 2),
-        perturb=0.1,
-        data="unit",
-        jit_atol=1e-4,
+    # the whole spline Glow (~60 s of compilation) runs with -m slow; the default run checks the
+    # coupling itself (spline_channel, spline_checkerboard_conditional) and a Glow's composition
+    # (test_models.py)
+    pytest.param(
+        BijectorCase(
+            "glow_spline",
+            lambda: glow((4, 4, 2), **SPLINE_GLOW),
+            (2, 4, 4, 2),
+            perturb=0.1,
+            data="unit",
+            jit_atol=1e-4,
+        ),
+        marks=pytest.mark.slow,
     ),
     pytest.param(
         BijectorCase(

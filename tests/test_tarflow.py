@@ -52,7 +52,9 @@ CASES = [
                  (2, 4, 4, 1), perturb=0.2, data="unit",
                  context=lambda key, batch: jax.random.randint(key, (batch,), 0, 3)),
 ]  # fmt: skip
-SLOW = {"tarflow_two_blocks_classes"}
+# The whole models run with -m slow; the default run checks the block (the layer's maths) and the
+# patch tokens, and the whole model's inverse, triangularity and guidance in the tests below.
+SLOW = {"tarflow_two_blocks_classes", "tarflow_tiny"}
 # Finite differences compile the float64 map many times (~70 s for the block): -m slow runs them.
 SLOW_CHECKS = {
     ("tarflow_tiny", "check_gradients_match_finite_differences"),

@@ -385,6 +385,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=2000, help="autoregressive study: steps per flow")
     parser.add_argument("--cpu-seconds", type=float, default=180.0, help="free-form studies: CPU budget")
     parser.add_argument(
+        "--merge", action="store_true", help="keep the page's earlier rows of the flows not run now"
+    )
+    parser.add_argument(
         "--images", default="auto", help='residual_images: the data set ("auto": the main job\'s)'
     )
     args = parser.parse_args(argv)

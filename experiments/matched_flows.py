@@ -381,7 +381,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("study", choices=[*sorted(STUDIES), "residual_images"])
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--datasets", help="comma-separated (default: the study's)")
-    parser.add_argument("--flows", help="comma-separated names (default: the study's)")
+    parser.add_argument("--flows", help="names separated by ';' (they contain commas; default: the study's)")
     parser.add_argument("--steps", type=int, default=2000, help="autoregressive study: steps per flow")
     parser.add_argument("--cpu-seconds", type=float, default=180.0, help="free-form studies: CPU budget")
     parser.add_argument(
@@ -395,8 +395,8 @@ def main(argv=None) -> list[dict]:
         return [residual_images_main(args, argv)]
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     start = time.perf_counter()
-    split = lambda s: s.split(",") if s else None
-    rows = run(args.study, split(args.datasets), split(args.flows), args.cpu_seconds, args.steps)
+    split = lambda s, sep=",": s.split(sep) if s else None
+    rows = run(args.study, split(args.datasets), split(args.flows, ";"), args.cpu_seconds, args.steps)
     wall = time.perf_counter() - start
     facts = [*report.run_facts(MODULE, argv, wall), f"commit: {git.stdout.strip() or 'unknown'}"]
     earlier = args.out / f"matched_flows_{args.study}.json"

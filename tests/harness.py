@@ -5,9 +5,36 @@ on their own layers. A test module lists `BijectorCase`s and parametrizes over `
     @pytest.mark.parametrize("case", CASES, ids=str)
     def test_bijector_properties(case, check):
         check(case)
+
+or, where some cases or checks belong to the slow run, over `property_params(CASES, slow=...)`.
 """
+
+from collections.abc import Iterable
+
+import pytest
 
 from jaxflows import testing
 from jaxflows.testing import *  # noqa: F403
+from jaxflows.testing import PROPERTIES, BijectorCase
 
-__all__ = testing.__all__
+__all__ = [*testing.__all__, "property_params"]
+
+
+def property_params(
+    cases: Iterable[BijectorCase], slow: Iterable[str] = (), slow_checks: Iterable[tuple[str, str]] = ()
+) -> list:
+    """(case, check) parameters of every case × `PROPERTIES`, id "case-check", marked slow (-m slow)
+    for the cases named in `slow` and the (case name, check name) pairs in `slow_checks`."""
+    slow, slow_checks = set(slow), set(slow_checks)
+    return [
+        pytest.param(
+            case,
+            check,
+            id=f"{case.name}-{check.__name__}",
+            marks=[pytest.mark.slow]
+            if case.name in slow or (case.name, check.__name__) in slow_checks
+            else [],
+        )
+        for case in cases
+        for check in PROPERTIES
+    ]

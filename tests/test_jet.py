@@ -25,7 +25,7 @@ from jaxflows.core import Chain
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.models.jet import SPATIAL_PATTERNS, ShuffledCoupling, coupling_plan, jet
 from jaxflows.models.registry import MODELS
-from tests.harness import PROPERTIES, BijectorCase, perturb_params
+from tests.harness import BijectorCase, perturb_params, property_params
 
 VIT = functools.partial(ViTConditioner, width=8, depth=1, heads=1)
 JET_LAW = AffineTransformer(scale="jet")
@@ -76,13 +76,7 @@ SLOW = {"vit_vstripes_spline", "vit_hstripes_additive_context", "jet_tiny"}
 SLOW_CHECKS = {("vit_channel_shuffled", "check_gradients_match_finite_differences")}
 
 
-def _marked(case, check):
-    slow = case.name in SLOW or (case.name, check.__name__) in SLOW_CHECKS
-    marks = [pytest.mark.slow] if slow else []
-    return pytest.param(case, check, id=f"{case.name}-{check.__name__}", marks=marks)
-
-
-@pytest.mark.parametrize(("case", "check"), [_marked(case, check) for case in CASES for check in PROPERTIES])
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, SLOW, SLOW_CHECKS))
 def test_jet_layers_properties(case, check):
     check(case)
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxflows.models import glow
-from tests.harness import PROPERTIES, BijectorCase
+from tests.harness import BijectorCase, property_params
 
 # The default run checks the composition on glow_lu_affine and the bfloat16 networks; the other
 # layer choices' compositions run with -m slow (each of their layers has its own default-run case in
@@ -17,45 +17,33 @@ CASES = [
         data="unit",
         jit_atol=1e-4,
     ),
-    pytest.param(
-        BijectorCase(
-            "glow_plain_additive",
-            lambda: glow((4, 4, 1), levels=2, depth=1, hidden=8, conv="plain", coupling="additive"),
-            (2, 4, 4, 1),
-            data="unit",
-            jit_atol=1e-4,
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_plain_additive",
+        lambda: glow((4, 4, 1), levels=2, depth=1, hidden=8, conv="plain", coupling="additive"),
+        (2, 4, 4, 1),
+        data="unit",
+        jit_atol=1e-4,
     ),
-    pytest.param(
-        BijectorCase(
-            "glow_reverse_additive",
-            lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="reverse", coupling="additive"),
-            (2, 4, 4, 2),
-            data="unit",
-            jit_atol=1e-4,
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_reverse_additive",
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="reverse", coupling="additive"),
+        (2, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
     ),
-    pytest.param(
-        BijectorCase(
-            "glow_shuffle_affine",
-            lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="shuffle"),
-            (2, 4, 4, 2),
-            data="unit",
-            jit_atol=1e-4,
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_shuffle_affine",
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, conv="shuffle"),
+        (2, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
     ),
-    pytest.param(
-        BijectorCase(
-            "realnvp_checkerboard",
-            lambda: glow((4, 4, 1), levels=1, depth=2, hidden=8, mask="checkerboard"),
-            (2, 4, 4, 1),
-            data="unit",
-            jit_atol=1e-4,
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "realnvp_checkerboard",
+        lambda: glow((4, 4, 1), levels=1, depth=2, hidden=8, mask="checkerboard"),
+        (2, 4, 4, 1),
+        data="unit",
+        jit_atol=1e-4,
     ),
     # bfloat16 networks: the maps stay float32 (float64 under x64), so the round trip and the
     # log-det antisymmetry are as exact as with float32 networks. The dense float64 jacobian of a
@@ -74,9 +62,9 @@ CASES = [
         finite_differences=False,
     ),
 ]
+SLOW = {"glow_plain_additive", "glow_reverse_additive", "glow_shuffle_affine", "realnvp_checkerboard"}
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))
 def test_model_properties(case, check):
     check(case)

@@ -10,7 +10,7 @@ from jaxflows.analysis import layer_variables, log_det_breakdown
 from jaxflows.bijectors import ActNorm, AdditiveCoupling, AffineCoupling, Conv1x1LU
 from jaxflows.core import Bijector, Chain, Repeat, gaussian_log_prob, sum_except_batch
 from jaxflows.models import glow
-from tests.harness import PROPERTIES, BijectorCase, perturb_params
+from tests.harness import BijectorCase, perturb_params, property_params
 
 
 def _step(hidden=8):
@@ -34,24 +34,21 @@ CASES = [
         (2, 4, 4, 4),
         jacobian="jacrev",
     ),
-    # a whole Glow in the invertible mode runs with -m slow; repeat_invertible and chain_invertible
-    # check the mode's mechanism in the default run
-    pytest.param(
-        BijectorCase(
-            "glow_invertible",
-            lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, gradient="invertible"),
-            (2, 4, 4, 2),
-            data="unit",
-            jit_atol=1e-4,
-            jacobian="jacrev",
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_invertible",
+        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, gradient="invertible"),
+        (2, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
+        jacobian="jacrev",
     ),
 ]
+# a whole Glow in the invertible mode runs with -m slow; repeat_invertible and chain_invertible
+# check the mode's mechanism in the default run
+SLOW = {"glow_invertible"}
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))
 def test_repeat_properties(case, check):
     check(case)
 

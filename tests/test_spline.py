@@ -11,7 +11,7 @@ from jaxflows.bijectors import Coupling, RationalQuadraticMap, RationalQuadratic
 from jaxflows.bijectors.spline import knot_derivatives
 from jaxflows.core.errors import InvalidArgumentError, JaxflowsError
 from jaxflows.models import glow
-from tests.harness import PROPERTIES, BijectorCase
+from tests.harness import BijectorCase, property_params
 from tests.test_conditional import labels, vectors
 
 SPLINE_GLOW = dict(levels=2, depth=2, hidden=8, coupling="spline", coupling_kwargs={"bins": 8, "bound": 3.0})
@@ -36,36 +36,30 @@ CASES = [
         perturb=0.2,
         context=vectors(3),
     ),
-    # the whole spline Glow (~60 s of compilation) runs with -m slow; the default run checks the
-    # coupling itself (spline_channel, spline_checkerboard_conditional) and a Glow's composition
-    # (test_models.py)
-    pytest.param(
-        BijectorCase(
-            "glow_spline",
-            lambda: glow((4, 4, 2), **SPLINE_GLOW),
-            (2, 4, 4, 2),
-            perturb=0.1,
-            data="unit",
-            jit_atol=1e-4,
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_spline",
+        lambda: glow((4, 4, 2), **SPLINE_GLOW),
+        (2, 4, 4, 2),
+        perturb=0.1,
+        data="unit",
+        jit_atol=1e-4,
     ),
-    pytest.param(
-        BijectorCase(
-            "glow_spline_labels",
-            lambda: glow((4, 4, 2), num_classes=3, **SPLINE_GLOW),
-            (3, 4, 4, 2),
-            data="unit",
-            jit_atol=1e-4,
-            context=labels(3),
-        ),
-        marks=pytest.mark.slow,
+    BijectorCase(
+        "glow_spline_labels",
+        lambda: glow((4, 4, 2), num_classes=3, **SPLINE_GLOW),
+        (3, 4, 4, 2),
+        data="unit",
+        jit_atol=1e-4,
+        context=labels(3),
     ),
 ]
+# the whole spline Glows (~60 s of compilation each) run with -m slow; the default run checks the
+# coupling itself (spline_channel, spline_checkerboard_conditional) and a Glow's composition
+# (test_models.py)
+SLOW = {"glow_spline", "glow_spline_labels"}
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))
 def test_bijector_properties(case, check):
     check(case)
 

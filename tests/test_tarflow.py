@@ -17,7 +17,7 @@ from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.models import MODELS
 from jaxflows.models.tarflow import GaussianNoise, denoise, tarflow
 from jaxflows.testing import check_autoregressive
-from tests.harness import PROPERTIES, BijectorCase, perturb_params
+from tests.harness import BijectorCase, perturb_params, property_params
 
 TINY = dict(width=8, depth=1, heads=2)
 
@@ -62,12 +62,7 @@ SLOW_CHECKS = {
 }
 
 
-def _marked(case, check):
-    slow = case.name in SLOW or (case.name, check.__name__) in SLOW_CHECKS
-    return pytest.param(case, check, id=f"{case}-{check.__name__}", marks=[pytest.mark.slow] if slow else [])
-
-
-@pytest.mark.parametrize(("case", "check"), [_marked(case, check) for case in CASES for check in PROPERTIES])
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, SLOW, SLOW_CHECKS))
 def test_tarflow_properties(case, check):
     check(case)
 

@@ -30,20 +30,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments import report
-from experiments.vector_flows import count_params, mean_and_error, scorer
+from experiments.vector_flows import (
+    CLIP,
+    LEARNING_RATE,
+    count_params,
+    exact_nats,
+    mean_and_error,
+    optimizer,
+    scorer,
+)
 from jaxflows.bijectors import ContinuousFlow
 from jaxflows.core import Flow, Repeat
 from jaxflows.data import load_dataset
 from jaxflows.data import ring_of_gaussians_log_prob as ring_log_prob
 from jaxflows.models import MODELS
-from jaxflows.ops import LOG_DET_RNG
 from jaxflows.train import fit
 
 MODULE = "experiments.matched_flows"
-LEARNING_RATE, CLIP = 1e-2, 10.0
 TRUE_LOG_PROB = {"ring_of_gaussians": ring_log_prob}
 TITLES = {"two_moons": "two moons", "ring_of_gaussians": "ring of 8 Gaussians", "digits": "digits (64-d)"}
 
@@ -131,17 +136,12 @@ def match_size(family: Family, shape: tuple[int, ...], target: int, tolerance: f
     return size
 
 
-def adam(steps: int) -> optax.GradientTransformation:
-    schedule = optax.cosine_decay_schedule(LEARNING_RATE, steps)
-    return optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(schedule))
-
-
 def train(flow: Flow, x, steps: int, batch: int, key, levels=None, validation=None, patience=None):
     """(variables, history, process CPU seconds, wall seconds) of `fit`."""
     cpu, wall = time.process_time(), time.perf_counter()
     variables, history = fit(
-        flow, x, validation, steps=steps, batch_size=batch, key=key, levels=levels, optimizer=adam(steps),
-        eval_every=max(1, steps // 20), patience=patience, progress=False,
+        flow, x, validation, steps=steps, batch_size=batch, key=key, levels=levels,
+        optimizer=optimizer(steps), eval_every=max(1, steps // 20), patience=patience, progress=False,
     )  # fmt: skip
     return variables, history, time.process_time() - cpu, time.perf_counter() - wall
 
@@ -157,21 +157,6 @@ def steps_for(flow: Flow, x, batch: int, key, cpu_seconds: float, levels=None) -
     if per_step <= 0:  # noise larger than the difference: the long run's mean is an upper bound
         per_step = times[1] / long
     return max(long, int(cpu_seconds / per_step)), per_step
-
-
-def exact_nats(flow: Flow, variables, x, key, batch: int = 1000) -> np.ndarray:
-    """−log p(x) with log|det J| = slogdet of the whole flow's Jacobian (`jax.jacrev`: forward mode
-    cannot pass the roulette estimator's `custom_vjp` or an ODE solve's adjoint)."""
-    latent = lambda e: flow.apply(variables, e[None], method="forward", rngs={LOG_DET_RNG: key})[0][0]
-
-    @jax.jit
-    def value(x):
-        z = jax.vmap(latent)(x)
-        _, log_abs_det = jnp.linalg.slogdet(jax.vmap(jax.jacrev(latent))(x))
-        base = 0.5 * jnp.sum(z**2, -1) + 0.5 * z.shape[-1] * math.log(2 * math.pi)
-        return base - log_abs_det
-
-    return np.concatenate([np.asarray(value(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
 EVAL_DRAWS = 8  # evaluation keys of a roulette-estimated log-density
@@ -267,7 +252,7 @@ def run_one(spec, name, family, shape, size, train_x, test, levels, key, budget,
         row["bits_per_dim"] = mean_and_error(nats * per_dim)
         return row
     row["nll"], row["nats"] = mean_and_error(nats), nats
-    exact = exact_nats(scored, variables, test, eval_key)
+    exact = exact_nats(scored, variables, test, eval_key, jax.jacrev, 1000)  # jacrev: roulette, ODEs
     row["nll_exact_jacobian"] = mean_and_error(exact)
     row["own_minus_exact"] = mean_and_error(nats - exact)
     evaluations = ode_evaluations(scored, variables, test[:1000])

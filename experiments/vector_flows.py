@@ -35,7 +35,7 @@ from jaxflows.ops import LOG_DET_RNG
 from jaxflows.train import fit
 
 MODULE, EXTENT, SERIES_TERMS = "experiments.vector_flows", 3.0, 10  # plots cover [-EXTENT, EXTENT]²
-BATCH, LEARNING_RATE = 256, 1e-2  # of every 2D flow (Adam, cosine decay, gradient norm clipped at 10)
+BATCH, LEARNING_RATE, CLIP = 256, 1e-2, 10.0  # of every 2D flow (Adam, cosine decay, gradient norm clip)
 TIME_LOSS = ("seconds", "train_loss")  # of fit's last history row
 IMAGE_MODEL = {"depth": 4, "hidden": 32, "trace": "hutchinson"}  # residual_flow on images
 DENSITIES = {"two_moons": ("two moons", None), "ring_of_gaussians": ("ring of 8 Gaussians", ring_log_prob)}
@@ -60,10 +60,14 @@ def build(name: str, event_shape, **kwargs) -> Flow:
 def train_flow(flow: Flow, train, steps: int, batch: int, key, levels: int | None = None):
     """`fit` without held-out data (the final variables): Adam, the learning rate cosine-decayed to
     0, gradients clipped at global norm 10."""
+    return fit(flow, train, None, steps=steps, batch_size=batch, key=key, levels=levels,
+               optimizer=optimizer(steps), eval_every=max(1, steps // 20), progress=False)  # fmt: skip
+
+
+def optimizer(steps: int) -> optax.GradientTransformation:
+    """Adam at LEARNING_RATE cosine-decayed to 0 over `steps`, gradients clipped at global norm CLIP."""
     schedule = optax.cosine_decay_schedule(LEARNING_RATE, steps)
-    adam = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
-    return fit(flow, train, None, steps=steps, batch_size=batch, key=key, levels=levels, optimizer=adam,
-               eval_every=max(1, steps // 20), progress=False)  # fmt: skip
+    return optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(schedule))
 
 
 def mean_and_error(values) -> tuple[float, float]:
@@ -95,17 +99,20 @@ def scorer(flow: Flow, bins: int | None = None, batch: int = 1000):
     return score
 
 
-def exact_nats(flow: Flow, variables, x, key) -> np.ndarray:
-    """−log p(x) with log|det J| = slogdet of `jax.jacfwd` of the whole flow (standard normal base)."""
+def exact_nats(flow: Flow, variables, x, key, jacobian=jax.jacfwd, batch: int | None = None) -> np.ndarray:
+    """−log p(x) with log|det J| = slogdet of the whole flow's Jacobian (standard normal base), in
+    batches of `batch` examples (None: all at once). `jacobian=jax.jacrev` for flows forward mode
+    cannot pass (the roulette estimator's `custom_vjp`, an ODE solve's adjoint)."""
     latent = lambda e: flow.apply(variables, e[None], method="forward", rngs={LOG_DET_RNG: key})[0][0]
 
     @jax.jit
     def value(x):
         z = jax.vmap(latent)(x)
-        _, log_abs_det = jnp.linalg.slogdet(jax.vmap(jax.jacfwd(latent))(x))
-        return 0.5 * jnp.sum(z**2, -1) + math.log(2 * math.pi) - log_abs_det
+        _, log_abs_det = jnp.linalg.slogdet(jax.vmap(jacobian(latent))(x))
+        return 0.5 * jnp.sum(z**2, -1) + 0.5 * z.shape[-1] * math.log(2 * math.pi) - log_abs_det
 
-    return np.asarray(value(x))
+    batch = batch or len(x)
+    return np.concatenate([np.asarray(value(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
 def sample(flow: Flow, variables, key, n: int, temperature: float = 1.0) -> np.ndarray:

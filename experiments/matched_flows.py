@@ -122,17 +122,25 @@ def parameters(family: Family, shape: tuple[int, ...], size: int) -> int:
 
 def match_size(family: Family, shape: tuple[int, ...], target: int, tolerance: float = 0.1) -> int:
     """The size (width, or depth) whose parameter count is closest to `target`, within ±`tolerance`
-    (the counts grow with the size: bisection)."""
+    (the counts grow with the size: bisection; each size is built once)."""
+    counts: dict[int, int] = {}
+
+    def count(n: int) -> int:
+        if n not in counts:
+            counts[n] = parameters(family, shape, n)
+        return counts[n]
+
     lo, hi = 1, 2
-    while parameters(family, shape, hi) < target:
+    while count(hi) < target:
         lo, hi = hi, 2 * hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if parameters(family, shape, mid) < target else (lo, mid)
-    size = min((lo, hi), key=lambda n: abs(parameters(family, shape, n) - target))
-    count = parameters(family, shape, size)
-    if abs(count - target) > tolerance * target:
-        raise ValueError(f"{family[0]}: no size within ±{tolerance:.0%} of {target} parameters ({count})")
+        lo, hi = (mid, hi) if count(mid) < target else (lo, mid)
+    size = min((lo, hi), key=lambda n: abs(count(n) - target))
+    if abs(count(size) - target) > tolerance * target:
+        raise ValueError(
+            f"{family[0]}: no size within ±{tolerance:.0%} of {target} parameters ({count(size)})"
+        )
     return size
 
 
@@ -225,7 +233,7 @@ def run(study: str, datasets=None, families=None, budget: float | None = None, s
 
 def run_one(spec, name, family, shape, size, train_x, test, levels, key, budget, steps) -> dict:
     flow = build(family, shape, size)
-    row = {"flow": name, "size": size, "params": parameters(family, shape, size)}
+    row = {"flow": name, "size": size}
     batch, validation, patience = 256, None, None
     if levels is not None:  # digits: early stopping on training images held aside
         batch, validation, patience = 128, train_x[-200:], 5
@@ -233,7 +241,13 @@ def run_one(spec, name, family, shape, size, train_x, test, levels, key, budget,
     if spec["budget"] == "cpu_seconds":
         steps, row["cpu_s_per_step"] = steps_for(flow, train_x, batch, key, budget, levels)
     variables, history, cpu, wall = train(flow, train_x, steps, batch, key, levels, validation, patience)
-    row |= {"steps": history[-1]["step"], "train_cpu_s": cpu, "train_wall_s": wall, "history": history}
+    row |= {
+        "params": count_params(variables),
+        "steps": history[-1]["step"],
+        "train_cpu_s": cpu,
+        "train_wall_s": wall,
+        "history": history,
+    }
     scored = evaluation_flow(family, shape, size)
     eval_key = jax.random.fold_in(key, 1)
     if _roulette(family):

@@ -381,6 +381,20 @@ def test_a_small_maf_fits_a_correlated_gaussian():
         params, state, _ = step(params, state, key)
     held_out = float(loss(params, sample(jax.random.key(3), 20_000)))
     assert abs(held_out - ENTROPY) < 0.05, (held_out, ENTROPY)  # 2.721 against 2.701 here
+    far = jnp.array([[1e2, -1e2], [1e3, 5e2], [-1e4, 0.0]])  # far from the data: finite
+    assert np.isfinite(flow.apply({**variables, "params": params}, far, method="log_prob")).all()
+
+
+def test_maf_bounded_alpha_keeps_the_log_density_finite_where_the_unbounded_law_overflows():
+    far = jnp.array([[1e2, -1e2], [1e3, 5e2], [-1e4, 0.0]])
+    bounded, unbounded = (
+        maf_builder(2, depth=2, hidden=(16,)),
+        maf_builder(2, depth=2, hidden=(16,), alpha_bound=None),
+    )
+    x = jax.random.normal(jax.random.key(1), (64, 2))
+    variables = perturb_params(bounded.init(jax.random.key(0), x), 0.5, jax.random.key(2))
+    assert np.isfinite(bounded.apply(variables, far, method="log_prob")).all()
+    assert not np.isfinite(unbounded.apply(variables, far, method="log_prob")).all()
 
 
 def test_made_follows_the_network_policy():

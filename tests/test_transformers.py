@@ -47,6 +47,19 @@ def test_exp_and_jet_laws_are_the_identity_at_zero(scale):
     np.testing.assert_allclose(log_s, 0.0, atol=1e-7)
 
 
+def test_the_exp_law_soft_clamps_alpha_with_a_bound():
+    law = AffineTransformer(scale="exp", alpha_bound=2.0)(H, 3)
+    alpha = 2.0 * jnp.tanh(H_S / 2.0)
+    y, log_s = law.forward_and_log_det(X)
+    np.testing.assert_allclose(y, (X - H_T) * jnp.exp(-alpha), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jnp.broadcast_to(log_s, X.shape), -alpha, rtol=1e-6, atol=1e-7)
+    huge = AffineTransformer(scale="exp", alpha_bound=2.0)(jnp.full((1, 6), -1e4), 3)
+    assert float(jnp.max(huge.forward_and_log_det(X)[1])) <= 2.0
+    for bad in ({"scale": "sigmoid", "alpha_bound": 2.0}, {"scale": "exp", "alpha_bound": 0.0}):
+        with pytest.raises(InvalidArgumentError, match="alpha_bound"):
+            AffineTransformer(**bad)
+
+
 def test_the_default_law_is_glows():
     assert AffineTransformer() == AffineTransformer(scale="sigmoid")
     with pytest.raises(InvalidArgumentError, match="scale must be one of"):

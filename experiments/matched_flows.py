@@ -1,10 +1,12 @@
 """Flow families side by side at matched parameter counts: the autoregressive study (MAF, the
 autoregressive spline flow, RealNVP and spline couplings; issue "autoregressive flows", item 8a-b)
-and the free-form study (series- and roulette-trained residual flows, FFJORD, planar, spline
+with Fashion-MNIST as 784-d pixel vectors at an equal CPU budget (item 8c, study "pixels"), and
+the free-form study (series- and roulette-trained residual flows, FFJORD, planar, spline
 couplings at an equal CPU-time budget; issue "free-form flows", item 3).
 
     .venv/bin/python -m experiments.matched_flows autoregressive --out experiments/results
     .venv/bin/python -m experiments.matched_flows free_form --out experiments/results
+    .venv/bin/python -m experiments.matched_flows pixels --cpu-seconds 1800 --out experiments/results
 
 Every flow is a registered builder (`jaxflows.models.MODELS`) whose width (or depth, for planar)
 is chosen so that its parameter count is within ±10% of the study's target for that data set, and
@@ -50,7 +52,12 @@ from jaxflows.train import fit
 
 MODULE = "experiments.matched_flows"
 TRUE_LOG_PROB = {"ring_of_gaussians": ring_log_prob}
-TITLES = {"two_moons": "two moons", "ring_of_gaussians": "ring of 8 Gaussians", "digits": "digits (64-d)"}
+TITLES = {
+    "two_moons": "two moons",
+    "ring_of_gaussians": "ring of 8 Gaussians",
+    "digits": "digits (64-d)",
+    "fashion_mnist": "Fashion-MNIST (784-d)",
+}
 
 # name -> (registered builder, fixed keyword arguments, the size knob: n -> keyword arguments).
 Family = tuple[str, dict[str, Any], Callable[[int], dict[str, Any]]]
@@ -74,7 +81,14 @@ DATASET_KWARGS = {
     "digits": {
         "autoregressive spline": {"bins": 4},
         "spline coupling": {"coupling_kwargs": {"bins": 4}},
-    }
+    },
+    # pixels in [0, 1) after dequantisation: every flow starts with Logit (α = 1e-6, as MAF's MNIST)
+    "fashion_mnist": {
+        "MAF": {"logit": True},
+        "autoregressive spline": {"bins": 4, "logit": True},
+        "RealNVP (affine coupling)": {"logit": True},
+        "spline coupling": {"coupling_kwargs": {"bins": 4}, "logit": True},
+    },
 }
 # study -> (families, data sets with their parameter targets, seeds, what fixes the training length)
 STUDIES = {
@@ -89,6 +103,18 @@ STUDIES = {
         "targets": {"two_moons": 2_000, "ring_of_gaussians": 2_000},
         "seeds": (0,),
         "budget": "cpu_seconds",
+    },
+    # Fashion-MNIST as 784-d vectors (item 8c): the size of the autoregressive spline with K = 4
+    # bins and two hidden layers of 512 (25.45M parameters), an equal CPU budget per flow (the
+    # --cpu-seconds flag; 1800 in the results), curves on 2000 training images held aside.
+    "pixels": {
+        "families": AUTOREGRESSIVE,
+        "targets": {"fashion_mnist": 25_451_280},
+        "seeds": (0,),
+        "budget": "cpu_seconds",
+        "validation": 2000,
+        "patience": None,
+        "timings": True,
     },
     # FFJORD (Hutchinson traces above 32 dimensions) on the autoregressive study's digits, its size.
     "ffjord_digits": {
@@ -168,6 +194,26 @@ def steps_for(flow: Flow, x, batch: int, key, cpu_seconds: float, levels=None) -
 
 
 EVAL_DRAWS = 8  # evaluation keys of a roulette-estimated log-density
+TIMED = 64  # examples sampled, and scored, to time sampling against density evaluation
+
+
+def sampling_and_density_seconds(flow: Flow, variables, x, levels: int, key) -> dict[str, float]:
+    """Seconds to draw len(x) samples and to score len(x) examples (the dequantised log-density),
+    each jitted, timed on a second call after the compiling first: an autoregressive flow's
+    sampling is one network pass per coordinate and layer, its density one pass per layer."""
+    n = len(x)
+    sample = jax.jit(lambda v, k: flow.apply(v, k, n, method="sample"))
+    density = jax.jit(lambda v, a, k: flow.apply(v, a, k, levels, method="discrete_log_prob"))
+    seconds = {}
+    for name, call in (
+        ("sample_s", lambda: sample(variables, key)),
+        ("density_s", lambda: density(variables, x, key)),
+    ):
+        jax.block_until_ready(call())
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        seconds[name] = time.perf_counter() - start
+    return seconds | {"timed_examples": n}
 
 
 def _roulette(family: Family) -> bool:
@@ -235,9 +281,10 @@ def run_one(spec, name, family, shape, size, train_x, test, levels, key, budget,
     flow = build(family, shape, size)
     row = {"flow": name, "size": size}
     batch, validation, patience = 256, None, None
-    if levels is not None:  # digits: early stopping on training images held aside
-        batch, validation, patience = 128, train_x[-200:], 5
-        train_x = train_x[:-200]
+    if levels is not None:  # images: early stopping (or curves) on training images held aside
+        aside = spec.get("validation", 200)
+        batch, validation, patience = 128, train_x[-aside:], spec.get("patience", 5)
+        train_x = train_x[:-aside]
     if spec["budget"] == "cpu_seconds":
         steps, row["cpu_s_per_step"] = steps_for(flow, train_x, batch, key, budget, levels)
     variables, history, cpu, wall = train(flow, train_x, steps, batch, key, levels, validation, patience)
@@ -264,6 +311,8 @@ def run_one(spec, name, family, shape, size, train_x, test, levels, key, budget,
     if levels is not None:
         per_dim = 1.0 / (math.prod(shape) * math.log(2.0))
         row["bits_per_dim"] = mean_and_error(nats * per_dim)
+        if spec.get("timings"):
+            row |= sampling_and_density_seconds(scored, variables, test[:TIMED], levels, eval_key)
         return row
     row["nll"], row["nats"] = mean_and_error(nats), nats
     exact = exact_nats(scored, variables, test, eval_key, jax.jacrev, 1000)  # jacrev: roulette, ODEs
@@ -362,9 +411,38 @@ def summary(rows: list[dict]) -> str:
     for (density, flow), values in groups.items():
         if len(values) > 1:
             mean, se = mean_and_error(values)
-            unit = "bits/dim" if density.startswith("digits") else "nats"
+            unit = "bits/dim" if density.endswith("-d)") else "nats"
             lines.append(f"- {density}, {flow}: {mean:.3f} ± {se:.3f} {unit} over {len(values)} seeds")
     return "\n".join(lines)
+
+
+def curves(rows: list[dict], aside: int, points: int = 5) -> str:
+    """Held-out (validation) bits/dim along each flow's run, at `points` evenly spaced evaluations,
+    and each flow's sampling against density time (the pixels study)."""
+    cells = []
+    for r in rows:
+        history = [h for h in r.get("history", []) if "held_out_loss" in h]
+        for i in sorted(
+            {round(k * (len(history) - 1) / (points - 1)) for k in range(points)} if history else ()
+        ):
+            h = history[i]
+            cells.append([r["flow"], str(h["step"]), f"{h['seconds']:.0f}", f"{h['held_out_loss']:.3f}"])
+    blocks = []
+    if cells:
+        header = ["flow", "step", "seconds", "validation bits/dim"]
+        note = (
+            f"Validation curves ({aside} training images held aside; the best point's variables are scored):"
+        )
+        blocks += [note, report.markdown_table(header, cells)]
+    timed = [r for r in rows if "sample_s" in r]
+    if timed:
+        n = timed[0]["timed_examples"]
+        header = ["flow", f"sample {n} (s)", f"density of {n} (s)", "sampling / density"]
+        ratio = lambda r: f"{r['sample_s'] / r['density_s']:.0f}×"
+        cells = [[r["flow"], f"{r['sample_s']:.3f}", f"{r['density_s']:.4f}", ratio(r)] for r in timed]
+        note = "Sampling against density time (jitted, timed on a second call, this CPU):"
+        blocks += [note, report.markdown_table(header, cells)]
+    return "\n\n".join(blocks)
 
 
 def merge(page: dict, rows: list[dict], facts: list[str]) -> tuple[list[dict], list[str]]:
@@ -382,7 +460,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--datasets", help="comma-separated (default: the study's)")
     parser.add_argument("--flows", help="names separated by ';' (they contain commas; default: the study's)")
     parser.add_argument("--steps", type=int, default=2000, help="autoregressive study: steps per flow")
-    parser.add_argument("--cpu-seconds", type=float, default=180.0, help="free-form studies: CPU budget")
+    parser.add_argument(
+        "--cpu-seconds", type=float, default=180.0, help="free-form and pixels studies: CPU budget per flow"
+    )
     parser.add_argument(
         "--merge", action="store_true", help="keep the page's earlier rows of the flows not run now"
     )
@@ -412,7 +492,10 @@ def main(argv=None) -> list[dict]:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     title = f"Flows at matched parameter counts: the {args.study.replace('_', '-')} study"
-    report.save_page(args.out, f"matched_flows_{args.study}.md", title, facts, table(rows), summary(rows))
+    blocks = [table(rows), summary(rows)]
+    if "validation" in spec:
+        blocks.append(curves(rows, spec["validation"]))
+    report.save_page(args.out, f"matched_flows_{args.study}.md", title, facts, *[b for b in blocks if b])
     keep = [{k: v for k, v in r.items() if k not in ("true_nats",)} for r in rows]
     (args.out / f"matched_flows_{args.study}.json").write_text(
         json.dumps({"facts": facts, "rows": keep}) + "\n"

@@ -13,9 +13,10 @@ from jaxflows.analysis import (
     log_det_grad_input,
     reconstruction_errors,
 )
-from jaxflows.bijectors import Planar, Sylvester
+from jaxflows.bijectors import Logit, Planar, Sylvester
 from jaxflows.core import Chain, Flow, Repeat, StandardNormal, functional
 from jaxflows.core.errors import InputDtypeError, InvalidArgumentError, ShapeError
+from jaxflows.models import coupling_flow
 from tests.harness import PROPERTIES, BijectorCase, check_bijector, perturb_params
 
 D = 4
@@ -243,3 +244,20 @@ def test_vector_flows_experiment_builds_every_flow_from_the_registry():
         assert builder in MODELS, name
         assert set(kwargs) <= set(inspect.signature(MODELS.lookup(builder)).parameters), name
     assert vf.build("residual, 10-term series", (2,)).bijector.layer.layers[1].log_det_terms == 10
+
+
+def test_coupling_flow_takes_unit_data_through_a_logit_first():
+    flow = coupling_flow(4, depth=2, hidden=8, logit=True, logit_alpha=1e-3)
+    assert flow.domain == (0.0, 1.0) and coupling_flow(4).domain is None
+    x = jax.random.uniform(jax.random.key(0), (5, 4))
+    variables = perturb_params(flow.init(jax.random.key(1), x), 0.1, jax.random.key(2))
+    z, log_det = flow.apply(variables, x, method="forward")
+    steps = coupling_flow(4, depth=2, hidden=8)
+    inner = {**variables, "params": {"bijector": variables["params"]["bijector"]["steps"]}}
+    logit_z, logit_ld = Logit(1e-3).apply({}, x)
+    z_steps, ld_steps = steps.apply(inner, logit_z, method="forward")
+    np.testing.assert_allclose(z, z_steps, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(log_det, logit_ld + ld_steps, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(flow.apply(variables, z, method="inverse")[0], x, atol=1e-5)
+    with pytest.raises(InvalidArgumentError, match="data_range"):
+        coupling_flow(4, data_range="unit")

@@ -19,7 +19,6 @@ from jaxflows.bijectors import (
     MADE,
     ActNorm,
     AffineTransformer,
-    Logit,
     MaskedAutoregressive,
     RationalQuadraticSpline,
     ReversePermutation,
@@ -58,10 +57,6 @@ def autoregressive_flow(
     depth = check_count(depth, "depth", builder)
     if order not in ORDERS:
         raise InvalidArgumentError(f"{builder}: order must be one of {ORDERS}, got {order!r}")
-    if isinstance(data_range, str) and data_range != "auto":
-        raise InvalidArgumentError(
-            f'{builder}: data_range must be (low, high), None or "auto", got {data_range!r}'
-        )
     made = MADE(hidden=tuple(hidden), order="natural" if order == "reversed" else "random")
     layer = MaskedAutoregressive(
         transformer,
@@ -77,12 +72,8 @@ def autoregressive_flow(
     if order == "reversed":
         layers.append(ReversePermutation())
         names.append("reverse")
-    bijector: Bijector = Repeat(Chain(layers, names=names), depth)
-    if logit:
-        bijector = Chain([Logit(logit_alpha), bijector], names=["logit", "steps"])
-    if data_range == "auto":
-        data_range = (0.0, 1.0) if logit else None
-    return vector_flow(bijector, shape, data_range, context_features)
+    steps = Repeat(Chain(layers, names=names), depth)
+    return vector_flow(steps, shape, data_range, context_features, logit_alpha if logit else None, builder)
 
 
 # MAF's default soft bound on each layer's α: a layer scales by at most e^5 ≈ 148.

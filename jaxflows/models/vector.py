@@ -17,6 +17,7 @@ from jax.typing import DTypeLike
 from jaxflows.bijectors import (
     ActNorm,
     InvertibleResidual,
+    Logit,
     LULinear,
     Planar,
     ReversePermutation,
@@ -44,10 +45,22 @@ def vector_shape(event_shape: tuple[int, ...] | int, builder: str) -> tuple[int]
 def vector_flow(
     bijector: Bijector,
     event_shape: tuple[int, ...],
-    data_range: tuple[float, float] | None = None,
+    data_range: tuple[float, float] | str | None = None,
     context_features: int | None = None,
+    logit_alpha: float | None = None,
+    builder: str = "vector_flow",
 ) -> Flow:
-    """`bijector` (data → latent) with a standard normal base over `event_shape`."""
+    """`bijector` (data → latent) with a standard normal base over `event_shape`; with
+    `logit_alpha`, after a `Logit(logit_alpha)` (data in [0, 1): pixels as vectors), the steps
+    named "steps". data_range "auto": [0, 1] with the logit, else unbounded (None)."""
+    if isinstance(data_range, str):
+        if data_range != "auto":
+            raise InvalidArgumentError(
+                f'{builder}: data_range must be (low, high), None or "auto", got {data_range!r}'
+            )
+        data_range = (0.0, 1.0) if logit_alpha is not None else None
+    if logit_alpha is not None:
+        bijector = Chain([Logit(logit_alpha), bijector], names=["logit", "steps"])
     return Flow(
         bijector,
         StandardNormal(),
@@ -67,8 +80,10 @@ def coupling_flow(
     actnorm: bool = True,
     mask: str = "channel",
     coupling_kwargs: dict[str, Any] | None = None,
+    logit: bool = False,
+    logit_alpha: float = 1e-6,
     context_features: int | None = None,
-    data_range: tuple[float, float] | None = None,
+    data_range: tuple[float, float] | str | None = "auto",
     param_dtype: DTypeLike = jnp.float32,
     network_dtype: DTypeLike | None = None,
     network_precision: str = DEFAULT_NETWORK_PRECISION,
@@ -87,8 +102,10 @@ def coupling_flow(
       actnorm: start each step with `ActNorm` (data-dependent initialisation).
       mask: "channel" (halves of the coordinates) or "checkerboard" (alternate coordinates).
       coupling_kwargs: extra fields of every coupling (e.g. {"bins": 8, "bound": 4.0} for splines).
+      logit: put `Logit(logit_alpha)` first, for data in [0, 1) (pixels as vectors).
       context_features: e for a flow conditioned on a (batch, e) context.
-      data_range: the domain `log_prob` checks; None (default) for unbounded data.
+      data_range: the domain `log_prob` checks; "auto" (default): [0, 1] with `logit`, else
+        unbounded.
       param_dtype, network_dtype, network_precision: the parameters' dtype and the networks'
         policy (`jaxflows.ops.NetworkPolicy`).
     """
@@ -113,7 +130,8 @@ def coupling_flow(
     ]
     names = (["actnorm"] if actnorm else []) + ["mixing", "coupling"]
     step = Chain(layers, names=names)
-    return vector_flow(Repeat(step, depth), shape, data_range, context_features)
+    alpha = logit_alpha if logit else None
+    return vector_flow(Repeat(step, depth), shape, data_range, context_features, alpha, "coupling_flow")
 
 
 def planar_flow(

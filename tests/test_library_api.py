@@ -68,6 +68,22 @@ def test_a_float32_inverse_fails_the_float64_check_naming_the_dtype():
         check_float64_inputs_with_float32_params(case)
 
 
+class ParamDtypeLogDet(ChannelScale):
+    """A log-det computed in the parameters' dtype and cast back: float64 dtype, float32 values."""
+
+    @nn.compact
+    def forward(self, x, context=None):
+        a = self.param("log_scale", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+        y, _ = self._map(x, a.astype(bijection_dtype(None, x, a)))
+        return y, sum_except_batch(jnp.broadcast_to(a, x.shape)).astype(x.dtype)  # summed in a's dtype
+
+
+def test_a_log_det_rounded_to_the_parameters_dtype_fails_the_float64_check():
+    case = BijectorCase("param-dtype log_det", ParamDtypeLogDet, (2, 3, 3, 2), perturb=0.3)
+    with pytest.raises(PropertyCheckError, match=r"forward log_det with float32 parameters against float64"):
+        check_float64_inputs_with_float32_params(case)
+
+
 def test_assert_close_reports_index_values_and_tolerance():
     with pytest.raises(PropertyCheckError) as info:
         assert_close(

@@ -105,7 +105,8 @@ def setup_case(case: BijectorCase):
     variables = jax.jit(module.init)(k_init, x, case_context(case))
     if "params" in variables and case.perturb:
         variables = perturb_params(variables, case.perturb, k_noise)
-    return module, variables, x
+    # the input in NumPy: the checks' slicing and casting of it compile nothing
+    return module, variables, np.asarray(x)
 
 
 _JITTED: dict = {}
@@ -146,14 +147,22 @@ def check_log_det_antisymmetric(case: BijectorCase) -> None:
         f"log_det must have shape (batch,) = ({x.shape[0]},), got {ld_fwd.shape}",
     )
     _, ld_inv = _apply(module, variables, y, "inverse", c)
-    tol = 1e-4 * max(1.0, float(jnp.max(jnp.abs(ld_fwd))))
-    assert_close(ld_inv, -ld_fwd, check=name, quantity="inverse log_det against −forward log_det", atol=tol)
+    tol = 1e-4 * _magnitude(ld_fwd)
+    assert_close(
+        ld_inv, -np.asarray(ld_fwd), check=name, quantity="inverse log_det against −forward log_det", atol=tol
+    )
     ld = _apply(module, variables, x, "log_det", c)
     assert_close(ld, ld_fwd, check=name, quantity="log_det(x) against forward's log_det", atol=tol)
 
 
+def _magnitude(a) -> float:
+    """max(1, max|a|), in NumPy (an eager jnp reduction would compile a program per shape)."""
+    return max(1.0, float(np.max(np.abs(np.asarray(a)), initial=0.0)))
+
+
 def _to_float64(tree):
-    cast = lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
+    """Float leaves cast to float64 NumPy arrays (exact; no compiled casts), others unchanged."""
+    cast = lambda a: np.asarray(a, np.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a
     return None if tree is None else jax.tree_util.tree_map(cast, tree)
 
 
@@ -200,7 +209,7 @@ def _check_jacobian(case, module, variables, points, method, context, check, rto
     jacobians, y_alone, log_det_alone = _per_example(module, method, case.jacobian)(
         variables, points, context
     )
-    scale = max(1.0, float(jnp.max(jnp.abs(log_det_alone))))
+    scale = _magnitude(log_det_alone)
     assert_close(
         log_det,
         log_det_alone,
@@ -215,9 +224,9 @@ def _check_jacobian(case, module, variables, points, method, context, check, rto
         check=check,
         quantity=f"{method}: batched output against each example's alone (jax.vmap)",
         rtol=rtol,
-        atol=atol * max(1.0, float(jnp.max(jnp.abs(y_alone)))),
+        atol=atol * _magnitude(y_alone),
     )
-    sign, expected = jnp.linalg.slogdet(jacobians)
+    sign, expected = np.linalg.slogdet(np.asarray(jacobians))
     singular = [i for i in range(n) if sign[i] == 0]
     require(not singular, check, f"{method}: the jacobian of example(s) {singular} is singular")
     quantity = f"{method}: each example's log_det against slogdet(its jacobian)"
@@ -236,7 +245,7 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
     name = "check_log_det_matches_jacobian"
     with jax.enable_x64(True):
         variables64 = _to_float64(variables)
-        xs = jnp.asarray(_examples(x), jnp.float64)
+        xs = np.asarray(_examples(x), np.float64)
         c = _to_float64(case_context(case, xs.shape[0]))
         for method in ("forward", "inverse"):
             points = xs if method == "forward" else _apply(module, variables64, xs, "forward", c)[0]
@@ -250,33 +259,48 @@ def check_log_det_matches_jacobian(case: BijectorCase) -> None:
 
 def check_float64_inputs_with_float32_params(case: BijectorCase) -> None:
     """float32 parameters (as `init` makes them) with float64 inputs: every derived quantity is
-    computed in the promoted dtype, float64, so the round trip and the log-det are float64-exact
-    (a layer that builds W⁻¹ in float32 is off by ~1e-7)."""
+    computed in the promoted dtype, float64, so forward and inverse equal, to float64 rounding, the
+    same maps with the parameters cast to float64 (exact casts; `check_log_det_matches_jacobian`
+    checks those against the jacobian), and the round trip is float64-exact. A layer that builds
+    W⁻¹ or a log-det in float32 is off by ~1e-7."""
     module, variables, x = setup_case(case)
     name = "check_float64_inputs_with_float32_params"
     floats = [a for a in jax.tree_util.tree_leaves(variables) if jnp.issubdtype(a.dtype, jnp.floating)]
     require(all(a.dtype == jnp.float32 for a in floats), name, "init should make float32 parameters")
     with jax.enable_x64(True):
-        x1 = jnp.asarray(_examples(x), jnp.float64)
+        x1 = np.asarray(_examples(x), np.float64)
         c1 = _to_float64(case_context(case, x1.shape[0]))
+        variables64 = _to_float64(variables)
         y, ld_fwd = _apply(module, variables, x1, "forward", c1)
         x_back, ld_inv = _apply(module, variables, y, "inverse", c1)
-        for what, value in (
-            ("forward y", y),
-            ("forward log_det", ld_fwd),
-            ("inverse x", x_back),
-            ("inverse log_det", ld_inv),
-        ):
+        computed = {"forward y": y, "forward log_det": ld_fwd, "inverse x": x_back, "inverse log_det": ld_inv}
+        for what, value in computed.items():
             require(
                 value.dtype == jnp.float64,
                 name,
                 f"{what} is {value.dtype}; expected float64 (the promoted dtype)",
             )
-        atol = 1e-10 * max(1.0, float(jnp.abs(x1).max()))
+        atol = 1e-10 * _magnitude(x1)
         assert_close(x_back, x1, check=name, quantity="float64 round trip", rtol=0, atol=atol)
         rtol = case.jacobian_rtol or 1e-10
-        for method, points in (("forward", x1), ("inverse", y)):
-            _check_jacobian(case, module, variables, points, method, c1, name, rtol, 1e-9)
+        y64, ld_fwd64 = _apply(module, variables64, x1, "forward", c1)
+        x64, ld_inv64 = _apply(module, variables64, y, "inverse", c1)
+        expected = {
+            "forward y": y64,
+            "forward log_det": ld_fwd64,
+            "inverse x": x64,
+            "inverse log_det": ld_inv64,
+        }
+        for what, value in computed.items():
+            scale = _magnitude(expected[what])
+            assert_close(
+                value,
+                expected[what],
+                check=name,
+                quantity=f"{what} with float32 parameters against float64 ones",
+                rtol=rtol,
+                atol=1e-9 * scale,
+            )
 
 
 def check_jit_matches_eager(case: BijectorCase) -> None:
@@ -285,7 +309,7 @@ def check_jit_matches_eager(case: BijectorCase) -> None:
     c = case_context(case)
     y, _ = _apply(module, variables, x, "forward", c)
     for method, point in (("forward", x), ("inverse", y)):
-        eager = module.apply(variables, point, c, method=method)
+        eager = module.apply(variables, jnp.asarray(point), c, method=method)
         jitted = _apply(module, variables, point, method, c)
         for what, a, b in zip(("output", "log_det"), jitted, eager, strict=True):
             assert_close(
@@ -317,7 +341,7 @@ def check_gradients_finite(case: BijectorCase) -> None:
         bad = int(np.size(g) - np.isfinite(np.asarray(g)).sum())
         require(bad == 0, name, f"{bad} non-finite gradient entries at {jax.tree_util.keystr(path)}")
     if jax.tree_util.tree_leaves(params):
-        total = sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads[0]))
+        total = sum(float(np.abs(np.asarray(g)).sum()) for g in jax.tree_util.tree_leaves(grads[0]))
         require(total > 0, name, "the loss does not depend on the parameters (all gradients are zero)")
 
 
@@ -379,9 +403,9 @@ def check_gradients_match_finite_differences(case: BijectorCase) -> None:
         variables64 = _to_float64(variables)
         params = variables64.get("params", {})
         rest = {k: v for k, v in variables64.items() if k != "params"}
-        xs = jnp.asarray(_examples(x), jnp.float64)
+        xs = np.asarray(_examples(x), np.float64)
         c = _to_float64(case_context(case, xs.shape[0]))
-        ys = _apply(module, variables64, xs, "forward", c)[0]
+        ys = np.asarray(_apply(module, variables64, xs, "forward", c)[0])
         for method, point in (("forward", xs), ("inverse", ys)):
             out, log_det = _apply(module, variables64, point, method, c)
             a, b = rng.standard_normal(out.shape), rng.standard_normal(log_det.shape)
@@ -390,7 +414,7 @@ def check_gradients_match_finite_differences(case: BijectorCase) -> None:
                 out, log_det = _apply(module, {"params": p, **rest}, z, method, c)
                 return float(np.sum(a * np.asarray(out)) + np.sum(b * np.asarray(log_det)))
 
-            grads = _loss_gradients(module, method)(params, rest, point, c, jnp.asarray(a), jnp.asarray(b))
+            grads = _loss_gradients(module, method)(params, rest, point, c, a, b)
             directions = (normal_like(params), normal_like(point))
             numeric = (
                 _finite_difference(lambda p, z=point: loss(p, z), params, directions[0]),

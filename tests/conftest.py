@@ -8,13 +8,19 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # The tests compile thousands of small programs and run each for microseconds, so compile time is
-# almost all of the suite's time. Two XLA:CPU settings cut it without changing the arithmetic (no
-# fast-math either way): no LLVM optimisation (vectorisation, unrolling), and the elemental fusion
+# almost all of the suite's time. Four XLA:CPU settings cut it without changing the arithmetic (no
+# fast-math either way): no LLVM optimisation (vectorisation, unrolling); the elemental fusion
 # emitter instead of the MLIR fusion emitters, whose per-fusion pass pipelines took about a quarter
-# of a compile (a small Glow's gradient compiles in 0.8 s instead of 2.5 s). Set before JAX starts
-# its backend. JAXFLOWS_TEST_XLA_DEFAULTS=1 runs the suite with XLA's defaults instead, and
-# tests/test_compile_settings.py checks that both give the same numbers.
-_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+# of a compile (a small Glow's gradient compiles in 0.8 s instead of 2.5 s); one LLVM module per
+# program instead of 32 parts compiled on a thread pool (the xdist workers already fill the cores:
+# the split cost 14-17% more CPU on test_glow_layers.py and test_matrix_exp.py); and the default
+# instruction scheduler. Set before JAX starts its backend. JAXFLOWS_TEST_XLA_DEFAULTS=1 runs the
+# suite with XLA's defaults instead, and tests/test_compile_settings.py checks that both give the
+# same numbers.
+_TEST_XLA_FLAGS = (
+    "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
+    "--xla_cpu_parallel_codegen_split_count=1 --xla_cpu_enable_concurrency_optimized_scheduler=false"
+)
 _flags = os.environ.get("XLA_FLAGS", "")
 if os.environ.get("JAXFLOWS_TEST_XLA_DEFAULTS") != "1" and _TEST_XLA_FLAGS not in _flags:  # workers inherit
     os.environ["XLA_FLAGS"] = f"{_flags} {_TEST_XLA_FLAGS}".strip()

@@ -9,8 +9,10 @@ import pytest
 PROBE = textwrap.dedent(
     """
     import ctypes, ctypes.util, resource, sys
-    from jaxflows.train.host import reuse_freed_memory
-    applied = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+    applied = None
+    if sys.argv[1] == "reuse":  # (the default mode imports nothing of jaxflows: a fast process)
+        from jaxflows.train.host import reuse_freed_memory
+        applied = reuse_freed_memory()
     if sys.argv[1] == "config":  # what every entry point does with TrainConfig.reuse_freed_memory
         from jaxflows.train import TrainConfig
         from jaxflows.train.host import apply_process_settings

@@ -166,17 +166,18 @@ def test_one_rank_rule_single_examples_and_vmap_work_like_batches():
     from jaxflows.models import glow
 
     flow = glow((8, 8, 1), levels=2, depth=1, hidden=8, num_classes=3)
+    apply = jax.jit(flow.apply, static_argnames="method")  # the rank rule acts at trace time
     x = jax.random.uniform(jax.random.key(0), (5, 8, 8, 1))
     labels = jnp.array([0, 1, 2, 0, 1])
-    variables = flow.init(jax.random.key(1), x, labels)
-    batch = flow.apply(variables, x, labels, method="log_prob")
-    single = flow.apply(variables, x[2], labels[2], method="log_prob")
-    assert single.shape == () and np.isclose(single, batch[2], rtol=1e-6)
-    mapped = jax.vmap(lambda e, y: flow.apply(variables, e, y, method="log_prob"))(x, labels)
-    np.testing.assert_allclose(mapped, batch, rtol=1e-6)
-    z, log_det = flow.apply(variables, x[0], labels[0], method="forward")
+    variables = jax.jit(flow.init)(jax.random.key(1), x, labels)
+    batch = apply(variables, x, labels, method="log_prob")
+    single = apply(variables, x[2], labels[2], method="log_prob")
+    assert single.shape == () and np.isclose(single, batch[2], rtol=1e-5)
+    mapped = jax.jit(jax.vmap(lambda e, y: flow.apply(variables, e, y, method="log_prob")))(x, labels)
+    np.testing.assert_allclose(mapped, batch, rtol=1e-5)  # two compiled programs: float32 sums reorder
+    z, log_det = apply(variables, x[0], labels[0], method="forward")
     assert z.shape == (8, 8, 1) and log_det.shape == ()
-    x_back, _ = flow.apply(variables, z, labels[0], method="inverse")
+    x_back, _ = apply(variables, z, labels[0], method="inverse")
     np.testing.assert_allclose(x_back, x[0], atol=1e-5)
     with pytest.raises(ShapeError, match=r"one example of shape \(8, 8, 1\) or a batch"):
         flow.apply(variables, x[0, :, :, 0], labels[0], method="log_prob")

@@ -72,21 +72,18 @@ def sample_input(case: BijectorCase, key, batch: int | None = None):
 
 
 def perturb_params(variables, scale: float, key):
-    """Add N(0, scale²) noise to every float parameter (one compiled program for the whole tree)."""
-    return {**variables, "params": _perturbed(variables["params"], scale, key)}
+    """Add N(0, scale²) noise to every float parameter, drawn by NumPy from the words of the JAX
+    `key` (deterministic in the key; no program compiled per parameter tree)."""
+    words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    rng = np.random.default_rng(np.asarray(words, np.uint32).ravel())
 
+    def noisy(leaf):
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf
+        leaf = np.asarray(leaf)
+        return leaf + np.asarray(scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
 
-@jax.jit
-def _perturbed(params, scale, key):
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    noisy = [
-        leaf + jnp.asarray(scale, leaf.dtype) * jax.random.normal(k, leaf.shape, leaf.dtype)
-        if jnp.issubdtype(leaf.dtype, jnp.floating)
-        else leaf
-        for leaf, k in zip(leaves, keys, strict=False)
-    ]
-    return jax.tree_util.tree_unflatten(treedef, noisy)
+    return {**variables, "params": jax.device_put(jax.tree_util.tree_map(noisy, variables["params"]))}
 
 
 def case_context(case: BijectorCase, batch: int | None = None):

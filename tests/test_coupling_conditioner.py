@@ -21,7 +21,7 @@ from jaxflows.bijectors import (
 from jaxflows.core.errors import InvalidArgumentError, ShapeError
 from jaxflows.models import glow
 from jaxflows.ops import Precision
-from tests.harness import PROPERTIES, BijectorCase
+from tests.harness import BijectorCase, property_params
 
 
 class OneHiddenLayerNet(nn.Module):
@@ -65,8 +65,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+# -m slow: a user conditioner feeding the matrix-exp transformer (the plumbing is the affine and
+# additive cases'; the transformer's maths is test_matrix_exp.py's)
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow={"matrix_exp"}))
 def test_user_conditioner_properties(case, check):
     check(case)
 

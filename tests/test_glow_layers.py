@@ -18,7 +18,7 @@ from jaxflows.bijectors import (
     Squeeze,
 )
 from jaxflows.core import Chain, Invert
-from tests.harness import PROPERTIES, BijectorCase
+from tests.harness import BijectorCase, property_params
 
 CASES = [
     BijectorCase("actnorm", ActNorm, (3, 4, 4, 3)),
@@ -73,8 +73,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+# -m slow: the checkerboard at parity 1 (affine_checkerboard and affine_channel_p1 cover the mask
+# and the parity) and a chain with a squeeze (chain_glow_step and squeeze cover both)
+SLOW = {"affine_checkerboard_p1", "chain_with_squeeze"}
+
+
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))
 def test_bijector_properties(case, check):
     check(case)
 

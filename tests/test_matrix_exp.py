@@ -9,7 +9,7 @@ import scipy.linalg
 from jaxflows.bijectors import MatrixExpConv1x1, MatrixExpCoupling
 from jaxflows.models import glow
 from jaxflows.train.config import TrainConfig, load_config
-from tests.harness import PROPERTIES, BijectorCase, setup_case
+from tests.harness import BijectorCase, property_params, setup_case
 
 TINY_MODEL = dict(levels=2, depth=1, hidden=8, conv="matrix_exp", coupling="matrix_exp")
 
@@ -38,16 +38,14 @@ COUPLING_CASES = [
 CASES = [
     BijectorCase("mexp_conv", lambda: MatrixExpConv1x1(init_scale=0.5), (2, 3, 3, 4), perturb=0.3),
     *COUPLING_CASES,
-    # the whole model under -m slow: every MEF layer goes through the harness in the default run
-    pytest.param(
-        BijectorCase("mef_model_4x4x2", lambda: glow((4, 4, 2), **TINY_MODEL), (2, 4, 4, 2), data="unit"),
-        marks=pytest.mark.slow,
-    ),
+    BijectorCase("mef_model_4x4x2", lambda: glow((4, 4, 2), **TINY_MODEL), (2, 4, 4, 2), data="unit"),
 ]
+# -m slow: the whole model (every MEF layer goes through the harness in the default run), and the
+# full form at parity 1 and the rank-1 form (the auto-low-rank parity-1 case covers both paths)
+SLOW = {"mef_model_4x4x2", "mexp_coupling_full_p1", "mexp_coupling_low_rank1"}
 
 
-@pytest.mark.parametrize("check", PROPERTIES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))
 def test_bijector_properties(case, check):
     check(case)
 

@@ -62,7 +62,13 @@ CASES = [
         finite_differences=False,
     ),
 ]
-SLOW = {"glow_plain_additive", "glow_reverse_additive", "glow_shuffle_affine", "realnvp_checkerboard"}
+SLOW = {
+    "glow_plain_additive",
+    "glow_reverse_additive",
+    "glow_shuffle_affine",
+    "realnvp_checkerboard",
+    "glow_bfloat16_networks",  # bfloat16 networks: test_glow_layers' affine and split cases
+}
 
 
 @pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))

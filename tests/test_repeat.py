@@ -45,7 +45,7 @@ CASES = [
 ]
 # a whole Glow in the invertible mode runs with -m slow; repeat_invertible and chain_invertible
 # check the mode's mechanism in the default run
-SLOW = {"glow_invertible"}
+SLOW = {"glow_invertible", "repeat_remat"}  # remat: the same maps; its gradients are tested below
 
 
 @pytest.mark.parametrize(("case", "check"), property_params(CASES, slow=SLOW))

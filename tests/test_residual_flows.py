@@ -80,14 +80,15 @@ def _block_and_point(activation="elu", **kwargs):
     """A float64 block with Lip(g) ≤ 0.5 on 3 examples of d = 4, its parameters perturbed."""
     block = InvertibleResidual(hidden=8, lipschitz=0.5, activation=activation, estimator="roulette", **kwargs)
     x = jax.random.normal(jax.random.key(0), (3, 4), jnp.float64)
-    variables = perturb_params(block.init(jax.random.key(1), x), 0.3, jax.random.key(2))
-    variables = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), variables)
+    variables = perturb_params(jax.jit(block.init)(jax.random.key(1), x), 0.3, jax.random.key(2))
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), variables)
     return block, variables, x
 
 
 def _exact(block, variables, x, params=None):
     exact = block.clone(estimator="series", trace="exact", log_det_terms=None)
-    return exact.apply({**variables, "params": params or variables["params"]}, x)[1]
+    apply = jax.jit(lambda v, a: exact.apply(v, a)[1])  # one program, not op by op
+    return apply({**variables, "params": params or variables["params"]}, x)
 
 
 def _mean_and_standard_error(draws):
@@ -113,7 +114,7 @@ def test_roulette_estimate_and_its_gradient_are_unbiased(x64, settings):
     assert bool(jnp.all(se > 0)), "an estimate that never varies tests nothing"
     assert bool(jnp.all(jnp.abs(mean - exact) < 5 * se)), (mean, exact, se)
     if block.trace == "exact":  # the test can fail: the series cut after 2 terms is far off
-        truncated = block.clone(estimator="series", log_det_terms=2).apply(variables, x)[1]
+        truncated = jax.jit(block.clone(estimator="series", log_det_terms=2).apply)(variables, x)[1]
         assert bool(jnp.all(jnp.abs(truncated - exact) > 20 * se)), (truncated, exact, se)
 
     def estimate(params, inputs, key):  # a loss with a different weight for each example
@@ -126,7 +127,7 @@ def test_roulette_estimate_and_its_gradient_are_unbiased(x64, settings):
     grads = jax.jit(jax.vmap(jax.grad(estimate, argnums=(0, 1)), in_axes=(None, None, 0)))(
         variables["params"], x, keys[: DRAWS // 2]
     )
-    expected = jax.grad(exact_loss, argnums=(0, 1))(variables["params"], x)
+    expected = jax.jit(jax.grad(exact_loss, argnums=(0, 1)))(variables["params"], x)
     leaves = jax.tree_util.tree_leaves_with_path(grads)
     for (path, g), e in zip(leaves, jax.tree_util.tree_leaves(expected), strict=True):
         mean, se = _mean_and_standard_error(g)
@@ -147,7 +148,7 @@ def test_the_three_gradient_modes_agree_draw_by_draw(x64):
             )[1]
             return jnp.sum(weights * log_det)
 
-        return jax.value_and_grad(loss, argnums=(0, 1))(variables["params"], x)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables["params"], x)
 
     uniform = jnp.full(3, 1 / 3)
     value, grads = value_and_grads("neumann", uniform)
@@ -198,17 +199,16 @@ def test_survival_probabilities_are_the_distributions_tails():
 def test_learned_lipswish_is_1_lipschitz_and_learns_its_slope():
     x = jnp.linspace(-20, 20, 20001)
     for beta in (-1.0, 0.5, 4.0):
-        slope = jax.vmap(jax.grad(lambda t, b=beta: learned_lipswish(t, b)))(x)
+        slope = jax.jit(jax.vmap(jax.grad(lambda t, b=beta: learned_lipswish(t, b))))(x)
         assert float(jnp.max(jnp.abs(slope))) <= 1.0
         assert float(jnp.max(jnp.abs(slope))) > 0.99
     block = InvertibleResidual(hidden=4, activation="learned_lipswish", num_layers=3)
     points = jnp.ones((2, 3))
-    params = block.init(jax.random.key(0), points)["params"]
+    variables = jax.jit(block.init)(jax.random.key(0), points)
+    params = variables["params"]
     assert sorted(k for k in params if k.startswith("beta")) == ["beta_0", "beta_1"]
     assert float(params["beta_0"]) == 0.5
-    grads = jax.grad(
-        lambda p: jnp.sum(block.apply({**block.init(jax.random.key(0), points), "params": p}, points)[0])
-    )(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(block.apply({**variables, "params": p}, points)[0])))(params)
     assert float(jnp.abs(grads["beta_0"])) > 0
 
 

@@ -377,13 +377,17 @@ def _shifted(tree, direction, step):
 def _finite_difference(loss, tree, direction) -> tuple[float, float]:
     """Central differences D(h) and D(h/2) of `loss` along `direction`, combined (Richardson) so the
     h² error cancels: layers of large curvature (a spline's inverse near a small knot slope) need it.
-    Returns the estimate and |D(h) − D(h/2)|, the size of the differences' own error: small where
-    they have converged, large where the step is still too coarse for the map's curvature."""
+    Returns the estimate and the differences' own error: the larger of |D(h) − D(h/2)| (large
+    where the step is still too coarse for the map's curvature) and the gap between the one-sided
+    differences at h/2 (large at a kink within h/2 of the point, e.g. a ReLU unit crossing zero,
+    where reverse mode returns one side's slope and the central difference their mean)."""
     h = FINITE_DIFFERENCE_STEP
     at = lambda step: loss(_shifted(tree, direction, step))
+    plus, minus, centre = at(h / 2), at(-h / 2), at(0.0)
     at_h = (at(h) - at(-h)) / (2 * h)
-    at_half = (at(h / 2) - at(-h / 2)) / h
-    return (4 * at_half - at_h) / 3, abs(at_half - at_h)
+    at_half = (plus - minus) / h
+    one_sided_gap = abs((plus - centre) - (centre - minus)) / (h / 2)
+    return (4 * at_half - at_h) / 3, max(abs(at_half - at_h), one_sided_gap)
 
 
 def check_gradients_match_finite_differences(case: BijectorCase) -> None:

@@ -406,12 +406,11 @@ def summary(rows: list[dict]) -> str:
     lines, groups = [], {}
     for r in rows:
         if r["flow"] != "data":
-            value = r["bits_per_dim"][0] if "bits_per_dim" in r else r["nll"][0]
-            groups.setdefault((r["density"], r["flow"]), []).append(value)
-    for (density, flow), values in groups.items():
+            unit, value = ("bits/dim", r["bits_per_dim"][0]) if "bits_per_dim" in r else ("nats", r["nll"][0])
+            groups.setdefault((r["density"], r["flow"], unit), []).append(value)
+    for (density, flow, unit), values in groups.items():
         if len(values) > 1:
             mean, se = mean_and_error(values)
-            unit = "bits/dim" if density.endswith("-d)") else "nats"
             lines.append(f"- {density}, {flow}: {mean:.3f} ± {se:.3f} {unit} over {len(values)} seeds")
     return "\n".join(lines)
 
@@ -422,9 +421,9 @@ def curves(rows: list[dict], aside: int, points: int = 5) -> str:
     cells = []
     for r in rows:
         history = [h for h in r.get("history", []) if "held_out_loss" in h]
-        for i in sorted(
-            {round(k * (len(history) - 1) / (points - 1)) for k in range(points)} if history else ()
-        ):
+        if not history:
+            continue
+        for i in sorted({round(k * (len(history) - 1) / (points - 1)) for k in range(points)}):
             h = history[i]
             cells.append([r["flow"], str(h["step"]), f"{h['seconds']:.0f}", f"{h['held_out_loss']:.3f}"])
     blocks = []

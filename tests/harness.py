@@ -10,14 +10,26 @@ or, where some cases or checks belong to the slow run, over `property_params(CAS
 """
 
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
 from jaxflows import testing
+from jaxflows.models import glow
 from jaxflows.testing import *  # noqa: F403
 from jaxflows.testing import PROPERTIES, BijectorCase
 
-__all__ = [*testing.__all__, "property_params"]
+__all__ = [*testing.__all__, "glow_case", "property_params"]
+
+
+def glow_case(
+    name: str, image_shape: tuple[int, ...], case_fields: dict[str, Any] | None = None, **glow_kwargs
+) -> BijectorCase:
+    """A whole `glow(image_shape, **glow_kwargs)` as a harness case on two images in [0, 1), jit
+    against eager within 1e-4 (XLA reorders float32 sums through the levels); `case_fields` set
+    the case's other fields or override these."""
+    fields = {"data": "unit", "jit_atol": 1e-4, **(case_fields or {})}
+    return BijectorCase(name, lambda: glow(image_shape, **glow_kwargs), (2, *image_shape), **fields)
 
 
 def property_params(

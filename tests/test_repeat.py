@@ -10,7 +10,7 @@ from jaxflows.analysis import layer_variables, log_det_breakdown
 from jaxflows.bijectors import ActNorm, AdditiveCoupling, AffineCoupling, Conv1x1LU
 from jaxflows.core import Bijector, Chain, Repeat, gaussian_log_prob, sum_except_batch
 from jaxflows.models import glow
-from tests.harness import BijectorCase, perturb_params, property_params
+from tests.harness import BijectorCase, glow_case, perturb_params, property_params
 
 
 def _step(hidden=8):
@@ -34,13 +34,14 @@ CASES = [
         (2, 4, 4, 4),
         jacobian="jacrev",
     ),
-    BijectorCase(
+    glow_case(
         "glow_invertible",
-        lambda: glow((4, 4, 2), levels=2, depth=2, hidden=8, gradient="invertible"),
-        (2, 4, 4, 2),
-        data="unit",
-        jit_atol=1e-4,
-        jacobian="jacrev",
+        (4, 4, 2),
+        {"jacobian": "jacrev"},
+        levels=2,
+        depth=2,
+        hidden=8,
+        gradient="invertible",
     ),
 ]
 # a whole Glow in the invertible mode runs with -m slow; repeat_invertible and chain_invertible

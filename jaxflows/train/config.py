@@ -98,11 +98,16 @@ class TrainConfig:
           classifier's cross-entropy (bits per example).
       max_consecutive_skips (resumable): after this many consecutive skipped (non-finite) updates
           the run stops with DivergenceError, keeping its last good checkpoint.
-      train_time_limit_s (resumable): stop (and checkpoint) after this much training time.
+      train_time_limit_s (resumable): stop (and checkpoint) once the workdir's training time
+          passes this many seconds: the wall time of its steps summed over every resumption,
+          without each start's first (compiling) step and the held-out evaluations
+          (metrics.csv's `train_seconds`).
 
     Logging, evaluation and checkpoints (all resumable):
       log_every: steps per row of metrics.csv, TensorBoard and the progress bar.
       eval_every: held-out bits/dim every this many steps and at the last step (0: never).
+      eval_every_s: also held-out bits/dim whenever the training time (`train_seconds`) passes a
+          multiple of this many seconds, the time limit included (None: by steps only).
       eval_batch_size: examples per held-out evaluation batch.
       eval_dequant_draws: held-out bits/dim averaged over this many dequantisation draws.
       eval_importance_samples: held-out bits/dim as the importance-weighted estimate over this many
@@ -142,6 +147,7 @@ class TrainConfig:
     num_steps: int = setting(1000, POSITIVE, resumable=True)
     init_batch_size: int = setting(256, POSITIVE)
     eval_every: int = setting(500, Rule("an integer >= 0 (0 turns it off)", NON_NEGATIVE.ok), resumable=True)
+    eval_every_s: float | None = setting(None, POSITIVE_NUMBER.or_none(), resumable=True)
     checkpoint_every: int = setting(500, POSITIVE, resumable=True)
     keep_checkpoints: int = setting(3, POSITIVE, resumable=True)
     log_every: int = setting(50, POSITIVE, resumable=True)

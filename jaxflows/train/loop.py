@@ -43,10 +43,12 @@ class TrainResult(NamedTuple):
     experiment: the `Experiment` trained: config, dataset, flow and mesh.
     history: one dict per logged row, as in metrics.csv: step, loss (the last step's objective),
         the train step's metrics (bits_per_dim for discrete data, nats and nats_per_dim for
-        continuous data: means over the row's steps), images_per_sec, learning_rate, grad_norm,
+        continuous data: means over the row's steps), images_per_sec, train_seconds (the
+        workdir's training time, `StepTimer.train_seconds`), learning_rate, grad_norm,
         skipped_updates, and the held-out score (eval_bits_per_dim, or eval_nats and
-        eval_nats_per_dim; with the level diagnostics) every `eval_every` steps and at the final
-        step.
+        eval_nats_per_dim; with the level diagnostics) every `eval_every` steps, every
+        `eval_every_s` seconds of training and at the final step. Rows are logged every
+        `log_every` steps, at every checkpoint and at the last step.
     preempted: whether a signal stopped the run early (it was checkpointed).
     signal: "SIGTERM" or "SIGINT" when preempted, else None.
     first_step_s: wall time of the first step, compilation included.
@@ -171,7 +173,9 @@ def _train(
     train_step = compiled_train_step(exp)
     schedule = learning_rate_schedule(config)
     writer = MetricsWriter(workdir, enabled=lead, start_step=start, discrete=bins is not None)
-    timer = StepTimer(config.batch_size)
+    resumed_s = _shared_by_lead(writer.resumed_train_seconds)
+    timer = StepTimer(config.batch_size, clock=_clock, resumed_s=resumed_s)
+    next_eval_s = _next_multiple(resumed_s, config.eval_every_s)
     batches = BatchIterator(
         exp.dataset.train, config.batch_size, bins, config.seed, start,
         jax.process_index(), jax.process_count(), config.prefetch, exp.conditional,
@@ -179,8 +183,7 @@ def _train(
     history: list[dict[str, float]] = []
     window: list[dict[str, jax.Array]] = []
     bar = tqdm(total=config.num_steps, initial=start, disable=not (progress and lead), unit="step")
-    saved, stop = True, None
-    deadline = time.perf_counter() + config.train_time_limit_s if config.train_time_limit_s else None
+    saved, stop, limit = True, None, config.train_time_limit_s
     try:
         with _StopSignals() as signals:
             for step, batch in batches if start < config.num_steps else ():
@@ -188,12 +191,15 @@ def _train(
                 timer.stepped(state)
                 done = step + 1
                 window.append(metrics)
-                out_of_time = deadline is not None and time.perf_counter() > deadline
-                stop, out_of_time = _agreed_stop(signals.received, out_of_time)
+                seconds = timer.train_seconds()
+                out_of_time = limit is not None and seconds > limit
+                timed_eval = next_eval_s is not None and seconds >= next_eval_s
+                stop, out_of_time, timed_eval = _agreed_stop(signals.received, out_of_time, timed_eval)
                 last = done == config.num_steps or stop is not None or out_of_time
-                if done % config.log_every == 0 or last:
-                    throughput = timer.images_per_sec(state)
-                    row = _log_row(exp, state, window, throughput, schedule(step), done, last)
+                save = store is not None and (last or store.due(done))
+                # a checkpoint's step always has a row: its train_seconds is where a resumption counts on
+                if done % config.log_every == 0 or last or save or timed_eval:
+                    row = _log_row(exp, state, window, timer, schedule(step), done, last, timed_eval)
                     if lead and workdir is not None:
                         _recreate_deleted_metrics(writer, history)
                     history.append({"step": done, **row})
@@ -201,7 +207,8 @@ def _train(
                     _show(bar, row)
                     bar.update(len(window))
                     window = []
-                save = store is not None and (last or store.due(done))
+                if timed_eval:
+                    next_eval_s = _next_multiple(seconds, config.eval_every_s)
                 if save or last or done % config.max_consecutive_skips == 0:
                     _check_divergence(config, store, done, int(metrics["skipped_in_a_row"]))
                 if save:
@@ -229,8 +236,8 @@ def _train(
             f"the state at step {int(state.step)} has non-finite held-out bits/dim; it was not saved "
             f"(last good checkpoint: step {store.latest_step() if store else None})"
         )
-    if deadline is not None and int(state.step) < config.num_steps and stop is None:
-        print(f"train_time_limit_s={config.train_time_limit_s} reached: stopped at step {int(state.step)}")
+    if limit is not None and int(state.step) < config.num_steps and stop is None:
+        print(f"train_time_limit_s={limit} reached: stopped at step {int(state.step)}")
     preempted = stop is not None
     return TrainResult(state, exp, history, preempted, stop, timer.first_s, timer.step_s)
 
@@ -258,18 +265,40 @@ def _recreate_deleted_metrics(writer: MetricsWriter, history: list[dict[str, flo
 _STOP_CODES = {None: 0, "SIGINT": 1, "SIGTERM": 2}
 
 
-def _agreed_stop(received: str | None, out_of_time: bool) -> tuple[str | None, bool]:
-    """Whether any process was signalled or ran out of time, the same answer in every process: each
-    step of a multi-process run ends with this tiny all-gather, so every process stops after the
-    same step and saves it once together (a signal to one process stops all; SIGTERM, a
-    preemption, wins over SIGINT). One process: its own signal and clock."""
+def _agreed_stop(
+    received: str | None, out_of_time: bool, timed_eval: bool = False
+) -> tuple[str | None, bool, bool]:
+    """Whether any process was signalled, ran out of time or is due a timed evaluation, the same
+    answer in every process: each step of a multi-process run ends with this tiny all-gather, so
+    every process stops (or evaluates) after the same step and saves it once together (a signal to
+    one process stops all; SIGTERM, a preemption, wins over SIGINT). One process: its own signal
+    and clock."""
     if jax.process_count() == 1:
-        return received, out_of_time
+        return received, out_of_time, timed_eval
     from jax.experimental import multihost_utils
 
-    mine = np.array([_STOP_CODES[received], int(out_of_time)], np.int32)
-    code, late = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2).max(axis=0)
-    return {v: k for k, v in _STOP_CODES.items()}[int(code)], bool(late)
+    mine = np.array([_STOP_CODES[received], int(out_of_time), int(timed_eval)], np.int32)
+    code, late, due = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 3).max(axis=0)
+    return {v: k for k, v in _STOP_CODES.items()}[int(code)], bool(late), bool(due)
+
+
+def _clock() -> float:
+    """The training clock (a module function so tests can replace it)."""
+    return time.perf_counter()
+
+
+def _shared_by_lead(seconds: float) -> float:
+    """The lead process's value (it alone reads metrics.csv) in every process."""
+    if jax.process_count() == 1:
+        return seconds
+    from jax.experimental import multihost_utils
+
+    return float(multihost_utils.broadcast_one_to_all(np.float32(seconds)))
+
+
+def _next_multiple(seconds: float, every: float | None) -> float | None:
+    """The first multiple of `every` above `seconds` (None without `every`)."""
+    return None if every is None else (math.floor(seconds / every) + 1) * every
 
 
 def _show(bar, row: dict) -> None:
@@ -310,22 +339,25 @@ def held_out_row(exp: Experiment, state: TrainState) -> dict[str, float]:
 
 
 def _log_row(
-    exp: Experiment, state: TrainState, window, images_per_sec: float, lr, done: int, last: bool
+    exp: Experiment, state: TrainState, window, timer: StepTimer, lr, done: int, last: bool, timed_eval: bool
 ) -> dict:
-    """One row of metrics.csv: the window's training numbers, and the held-out score every
-    `eval_every` steps and at the final step (not when a signal or the time limit stops the run)."""
+    """One row of metrics.csv: the window's training numbers and training time, and the held-out
+    score every `eval_every` steps, at the final step (not when a signal or the time limit stops
+    the run) and at a timed evaluation (`eval_every_s`); evaluations are not training time."""
     config = exp.config
     metrics = reduce_metrics(jax.device_get(window))
     row = {
         "loss": metrics.pop("loss"),
         **metrics,
-        "images_per_sec": images_per_sec,
+        "images_per_sec": timer.images_per_sec(state),
+        "train_seconds": timer.train_seconds(),
         "learning_rate": float(lr),
     }
     final = done == config.num_steps
-    if config.eval_every and (final or (done % config.eval_every == 0 and not last)):
-        row.update(held_out_row(exp, state))
-        row.update(diagnostics(exp, state))
+    if timed_eval or (config.eval_every and (final or (done % config.eval_every == 0 and not last))):
+        with timer.paused():
+            row.update(held_out_row(exp, state))
+            row.update(diagnostics(exp, state))
     return row
 
 

@@ -12,7 +12,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +20,20 @@ import jax
 
 from jaxflows.train.workdir import write_text_atomically, writing
 
-FIELDS = ["step", "loss", "bits_per_dim", "images_per_sec", "learning_rate", "grad_norm", "skipped_updates",
-          "eval_bits_per_dim"]  # fmt: skip
+FIELDS = ["step", "loss", "bits_per_dim", "images_per_sec", "train_seconds", "learning_rate", "grad_norm",
+          "skipped_updates", "eval_bits_per_dim"]  # fmt: skip
 # metrics.csv of a run on continuous data: the objective in nats (and per dimension)
-CONTINUOUS_FIELDS = ["step", "loss", "nats", "nats_per_dim", "images_per_sec", "learning_rate", "grad_norm",
-                     "skipped_updates", "eval_nats", "eval_nats_per_dim"]  # fmt: skip
+CONTINUOUS_FIELDS = ["step", "loss", "nats", "nats_per_dim", "images_per_sec", "train_seconds",
+                     "learning_rate", "grad_norm", "skipped_updates", "eval_nats",
+                     "eval_nats_per_dim"]  # fmt: skip
+# the columns of runs written before train_seconds: their rows are kept (without it) on resume
+_LEGACY_FIELDS = [[f for f in fields if f != "train_seconds"] for fields in (FIELDS, CONTINUOUS_FIELDS)]
 
 
 def _fields_of(text: str, default: list[str]) -> list[str]:
     """The columns a metrics CSV was written with (from its header), else `default`."""
     header = text.split("\n", 1)[0].strip()
-    for fields in (FIELDS, CONTINUOUS_FIELDS):
+    for fields in (FIELDS, CONTINUOUS_FIELDS, *_LEGACY_FIELDS):
         if header == ",".join(fields):
             return fields
     return default
@@ -87,19 +90,26 @@ class StepTimer:
     without gaps (logging, evaluation and checkpoints fall inside them). It waits for the device
     after the first step and at logged rows only, so the rows' images/s and `step_s` agree:
     Σ (steps in row's window) × batch_size / images_per_sec = (logged steps − 1) × step_s.
-    `clock` and `wait` (block until a state is computed) are injectable for tests."""
+
+    It also keeps the run's training time (`train_seconds`): `resumed_s` (what earlier runs of
+    the workdir trained) plus the wall time since this run's first step was computed, less the
+    intervals spent `paused()` (held-out evaluations). The first step of each run, which
+    compiles, is not counted. `clock` and `wait` (block until a state is computed) are
+    injectable for tests."""
 
     def __init__(
         self,
         batch_size: int,
         clock: Callable[[], float] = time.perf_counter,
         wait: Callable[[Any], Any] | None = None,
+        resumed_s: float = 0.0,
     ):
         self.batch_size, self.clock = batch_size, clock
         self.wait = jax.block_until_ready if wait is None else wait
         self.started, self.steps = clock(), 0
         self.mark, self.marked_steps, self.timed_s = math.nan, 0, 0.0
         self.first_s = math.nan
+        self.resumed_s, self.paused_s, self.first_done = resumed_s, 0.0, math.nan
 
     def stepped(self, state: Any) -> None:
         """Count a dispatched step; after the first, wait for it and time it."""
@@ -108,13 +118,30 @@ class StepTimer:
             self.wait(state)
             self.mark, self.marked_steps = self.clock(), 1
             self.first_s = self.mark - self.started
+            self.first_done = self.mark
+
+    def train_seconds(self) -> float:
+        """Training time of the workdir so far (see the class docstring); `resumed_s` before
+        this run's first step."""
+        if math.isnan(self.first_done):
+            return self.resumed_s
+        return self.resumed_s + self.clock() - self.first_done - self.paused_s
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave the enclosed work (a held-out evaluation) out of `train_seconds`."""
+        begin = self.clock()
+        try:
+            yield
+        finally:
+            self.paused_s += self.clock() - begin
 
     def images_per_sec(self, state: Any) -> float:
         """Images per second of the steps since the previous logged row (the first step's own rate
         when it is the only one), waiting for `state`, the newest one."""
         count = self.steps - self.marked_steps
         if count == 0:
-            return self.batch_size / self.first_s
+            return self.batch_size / max(self.first_s, 1e-12)
         self.wait(state)
         now = self.clock()
         elapsed, self.mark, self.marked_steps = now - self.mark, now, self.steps
@@ -138,12 +165,16 @@ class MetricsWriter:
         self, workdir: Path | None, enabled: bool = True, start_step: int = 0, discrete: bool = True
     ):
         self.enabled = enabled and workdir is not None
+        self.resumed_train_seconds = 0.0
         if not self.enabled:
             return
         self.fields = FIELDS if discrete else CONTINUOUS_FIELDS
         self.csv_path = Path(workdir) / "metrics.csv"
         old = self.csv_path.read_text() if self.csv_path.exists() else ""
-        rows = [r for r in _parse_rows(old, self.fields) if int(r["step"]) <= start_step]
+        rows = [r for r in _parse_rows(old, _fields_of(old, self.fields)) if int(r["step"]) <= start_step]
+        # the training time of the last row kept: what the run resumes counting from
+        timed = [r["train_seconds"] for r in rows if r.get("train_seconds")]
+        self.resumed_train_seconds = float(timed[-1]) if timed else 0.0
         text = _csv_text(rows, self.fields)
         if text != old:
             write_text_atomically(self.csv_path, text)

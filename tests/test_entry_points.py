@@ -27,6 +27,7 @@ RUN_ELSEWHERE = {
     "experiments.table6_series_terms": "tests/test_experiments.py (slow)",
     "experiments.export_pretrained": "test_a_trained_workdir_exports_and_manipulates_attributes (slow)",
     "experiments.attribute_manipulation": "test_a_trained_workdir_exports_and_manipulates_attributes (slow)",
+    "experiments.equal_time": "tests/test_experiments.py (slow)",
 }
 
 TINY_CONFIG = """

@@ -105,3 +105,38 @@ def test_vector_flows_writes_table_plots_and_image_estimate(tmp_path):
     for row in result["rows"]:
         if row["flow"] != "data":  # the flow's own log-det agrees with slogdet of its Jacobian
             np.testing.assert_allclose(row["nll"][0], row["nll_exact_jacobian"][0], rtol=1e-4)
+
+
+def test_equal_time_reads_each_mark_at_the_first_evaluation_after_it(tmp_path):
+    from experiments import equal_time
+
+    rows = [
+        {"step": 10.0, "train_seconds": 290.0},
+        {"step": 11.0, "train_seconds": 301.0, "eval_bits_per_dim": 5.0},
+        {"step": 30.0, "train_seconds": 905.0, "eval_bits_per_dim": 4.0},
+    ]
+    curve = equal_time.held_out_curve(rows)
+    assert curve == [(301.0, 11, 5.0), (905.0, 30, 4.0)]
+    assert equal_time.read_at(curve, 900.0) == (905.0, 30, 4.0) and equal_time.read_at(curve, 906.0) is None
+    (tmp_path / "equal_time.log").write_text(
+        "held-out bits/dim (flow):                             3.5000\n"
+        "held-out bits/dim (flow, without EMA):        3.4000\n"
+    )
+    assert equal_time.final_scores(tmp_path) == {"final": 3.5, "final_raw": 3.4}
+
+
+@pytest.mark.slow
+def test_equal_time_trains_a_family_for_its_budget_and_reports_it(tmp_path):
+    from experiments import equal_time
+
+    tiny = ["dataset=digits", "model.levels=1", "model.depth=1", "model.hidden=8"]
+    tiny += ["batch_size=16", "init_batch_size=64", "eval_batch_size=512", "samples_per_temperature=4"]
+    equal_time.main(["train", "glow", "--root", str(tmp_path), "--minutes", "0.1", "--set", *tiny])
+    rows = json.loads((tmp_path / "glow" / "equal_time.json").read_text())
+    assert rows["calibration_step_s"] > 0
+    equal_time.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--minutes", "0.1"])
+    (summary,) = json.loads((tmp_path / "out" / "equal_time.json").read_text())
+    assert summary["family"] == "glow" and summary["parameters"] > 0 and summary["gflop_per_step"] > 0
+    assert summary["train_seconds"] > 6.0  # stopped by the limit, not before
+    assert summary["read_at"]["0.1 min"] is not None and "final_raw" in summary
+    assert (tmp_path / "out" / "equal_time_curves.png").exists()

@@ -28,6 +28,7 @@ RUN_ELSEWHERE = {
     "experiments.export_pretrained": "test_a_trained_workdir_exports_and_manipulates_attributes (slow)",
     "experiments.attribute_manipulation": "test_a_trained_workdir_exports_and_manipulates_attributes (slow)",
     "experiments.equal_time": "tests/test_experiments.py (slow)",
+    "experiments.tarflow_samples": "tests/test_experiments.py (slow)",
 }
 
 TINY_CONFIG = """

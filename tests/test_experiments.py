@@ -5,6 +5,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import compare_1x1
 
@@ -140,3 +141,23 @@ def test_equal_time_trains_a_family_for_its_budget_and_reports_it(tmp_path):
     assert summary["train_seconds"] > 6.0  # stopped by the limit, not before
     assert summary["read_at"]["0.1 min"] is not None and "final_raw" in summary
     assert (tmp_path / "out" / "equal_time_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_tarflow_samples_writes_guided_and_denoised_grids_of_a_noise_trained_model(tmp_path):
+    from experiments import tarflow_samples
+    from jaxflows.train import TrainConfig, train
+
+    model = {"name": "tarflow", "patch_size": 4, "width": 16, "blocks": 2, "layers_per_block": 1, "heads": 2}
+    config = TrainConfig(
+        dataset="digits", model={**model, "num_classes": 10, "noise_std": 0.025}, batch_size=16,
+        init_batch_size=64, num_steps=30, learning_rate=1e-2, warmup_steps=2, eval_every=0,
+        samples_per_temperature=2, prng_impl="rbg",
+    )  # fmt: skip
+    train(config, tmp_path / "run", progress=False)
+    out = tmp_path / "out"
+    tarflow_samples.main(["--workdir", str(tmp_path / "run"), "--out", str(out), "--guidance", "0", "2"])
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == [f"tarflow_samples_w{w}{d}.png" for w in (0, 2) for d in ("", "_denoised")]
+    plain, guided = (np.asarray(Image.open(out / f"tarflow_samples_w{w}.png")) for w in (0, 2))
+    assert plain.shape == guided.shape and not np.array_equal(plain, guided)

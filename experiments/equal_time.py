@@ -6,18 +6,21 @@ configuration, TarFlow and Jet (issues "TarFlow" item 6 and "Jet" item 6), each 
     .venv/bin/python -m experiments.equal_time train tarflow
     .venv/bin/python -m experiments.equal_time train jet
     .venv/bin/python -m experiments.equal_time train tarflow_classes
+    .venv/bin/python -m experiments.equal_time train tarflow_noise --minutes 30
     .venv/bin/python -m experiments.equal_time report --out experiments/results
 
 `train` runs `experiments.train` on the family's config with `train_time_limit_s=3600
-eval_every_s=300 eval_every=0` (for an hour) (training time leaves out compilation and evaluations:
-docs/training.md) and `num_steps` set so that the cosine schedule ends at the hour: from the
+eval_every_s=300 eval_every=0` for an hour (training time leaves out compilation and evaluations:
+docs/training.md) and `num_steps` set so that the cosine schedule ends at the budget: from the
 family's step time, measured once (40 steps after compilation, without a workdir) and kept in
 `WORKDIR/equal_time.json`, so a rerun resumes the same schedule. The 15- and 30-minute scores are
 read from the same runs (the learning rate then still mid-decay), not from shorter schedules.
-`report` reads each workdir's metrics.csv and writes equal_time.{md,json}, the curves against
-training time, and copies each run's sample grid; parameter counts and GFLOP per step (XLA's
-cost analysis of the train step, as benchmarks/train_step.py) from each workdir's config.json.
-`--set FIELD=VALUE ...` overrides config fields of a run (and its calibration).
+`report` reads each workdir's metrics.csv and the final evaluation the command printed
+(`WORKDIR/equal_time.log`: with and without averaging, a class-conditional model's Bayes-rule
+accuracy) and writes equal_time.{md,json}, the curves against training time and each run's sample
+grid; parameter counts and GFLOP per step (XLA's cost analysis of the train step, as
+benchmarks/train_step.py) come from each workdir's config.json. `--set FIELD=VALUE ...` overrides
+config fields of a run (and its calibration).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -35,17 +39,19 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "experiments" / "configs"
+# name: (config file, its overrides, title)
 FAMILIES = {
-    "glow": "fashion_mnist.py",
-    "tarflow": "tarflow_fashion_mnist.py",
-    "jet": "jet_fashion_mnist.py",
-    "tarflow_classes": "tarflow_fashion_mnist_classes.py",
-}
-TITLES = {
-    "glow": "Glow (long config)",
-    "tarflow": "TarFlow",
-    "jet": "Jet",
-    "tarflow_classes": "TarFlow, class-conditional",
+    "glow": ("fashion_mnist.py", [], "Glow (long config)"),
+    "tarflow": ("tarflow_fashion_mnist.py", [], "TarFlow"),
+    "jet": ("jet_fashion_mnist.py", [], "Jet"),
+    "tarflow_classes": ("tarflow_fashion_mnist_classes.py", [], "TarFlow, class-conditional"),
+    # TarFlow's Gaussian mode (the paper's σ = 0.05 on [−1, 1]) for guided and denoised samples;
+    # its "bits/dim" are of noisy data
+    "tarflow_noise": (
+        "tarflow_fashion_mnist_classes.py",
+        ["model.noise_std=0.025"],
+        "TarFlow, class-conditional, noise-trained (σ = 0.025)",
+    ),
 }
 MINUTES = 60.0
 EVALUATIONS = 12  # held-out scores per run, at equal intervals of training time
@@ -60,7 +66,7 @@ def calibrated_steps(family: str, workdir: Path, budget_s: float, overrides: lis
         return round(budget_s / json.loads(record.read_text())["calibration_step_s"])
     from jaxflows.train import apply_overrides, apply_process_settings, load_config, train
 
-    config = apply_overrides(load_config(CONFIGS / FAMILIES[family]), overrides)
+    config = apply_overrides(load_config(CONFIGS / FAMILIES[family][0]), overrides)
     config = config.replace(num_steps=CALIBRATION_STEPS, eval_every=0, log_every=CALIBRATION_STEPS)
     apply_process_settings(config)
     result = train(config, None, progress=False)
@@ -75,10 +81,11 @@ def calibrated_steps(family: str, workdir: Path, budget_s: float, overrides: lis
 def run_training(family: str, root: Path, minutes: float, overrides: list[str]) -> None:
     """Train `family` in root/family for `minutes` of training time (resumes a stopped run)."""
     workdir, budget_s = root / family, minutes * 60
+    overrides = [*FAMILIES[family][1], *overrides]
     steps = calibrated_steps(family, workdir, budget_s, overrides)
     overrides = [*overrides, f"train_time_limit_s={budget_s}", f"eval_every_s={budget_s / EVALUATIONS}"]
     overrides += ["eval_every=0", f"num_steps={steps}"]
-    command = [sys.executable, "-m", "experiments.train", "--config", str(CONFIGS / FAMILIES[family])]
+    command = [sys.executable, "-m", "experiments.train", "--config", str(CONFIGS / FAMILIES[family][0])]
     command += ["--workdir", str(workdir), "--no_progress", "--set", *overrides]
     print(" ".join(command), flush=True)
     with (workdir / "equal_time.log").open("a") as log:  # the final evaluation's lines, for `report`
@@ -92,17 +99,23 @@ def run_training(family: str, root: Path, minutes: float, overrides: list[str]) 
         sys.exit(f"{family}: experiments.train exited with {child.returncode}")
 
 
+FINAL_SCORES = {  # what the training command's final evaluation prints
+    "final": re.compile(r"held-out bits/dim \(flow(?: given the label)?\):\s*([-\d.]+)"),
+    "final_raw": re.compile(r"held-out bits/dim \(flow, without EMA\):\s*([-\d.]+)"),
+    "final_marginal": re.compile(r"held-out bits/dim \(flow, marginal over classes\):\s*([-\d.]+)"),
+    "bayes_accuracy": re.compile(r"Bayes-rule accuracy .*:\s*([-\d.]+)"),
+}
+
+
 def final_scores(workdir: Path) -> dict[str, float]:
-    """The last held-out bits/dim the training command printed, with and without the averaged weights."""
+    """The last final evaluation the training command printed (equal_time.log): held-out bits/dim
+    with and without the averaged weights, and a class-conditional model's Bayes-rule accuracy."""
     scores: dict[str, float] = {}
     log = workdir / "equal_time.log"
     for line in log.read_text().splitlines() if log.exists() else ():
-        for key, label in (
-            ("final", "held-out bits/dim (flow):"),
-            ("final_raw", "held-out bits/dim (flow, without EMA):"),
-        ):
-            if line.startswith(label):
-                scores[key] = float(line.split(":")[1])
+        for key, pattern in FINAL_SCORES.items():
+            if match := pattern.match(line):
+                scores[key] = float(match.group(1))
     return scores
 
 
@@ -132,10 +145,17 @@ def model_facts(workdir: Path) -> dict[str, Any]:
     state, _ = abstract_inputs(exp.flow, optimizer, exp.bins, config.batch_size, make_mesh(jax.devices()[:1]))
     params = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(state.params)))
     gflop = xla_flops(exp.flow, optimizer, exp.bins, config.batch_size) / 1e9
-    return {"parameters": params, "gflop_per_step": gflop, "batch_size": config.batch_size}
+    held_out = len(exp.dataset.held_out)
+    return {
+        "parameters": params,
+        "gflop_per_step": gflop,
+        "batch_size": config.batch_size,
+        "held_out": held_out,
+    }
 
 
-def summarize(family: str, workdir: Path, budget_s: float) -> dict[str, Any] | None:
+def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] | None:
+    """The run's figures, its held-out score read at each of `marks` (seconds of training)."""
     from jaxflows.train.metrics import read_metrics
 
     rows = read_metrics(workdir)
@@ -146,13 +166,13 @@ def summarize(family: str, workdir: Path, budget_s: float) -> dict[str, Any] | N
     facts = model_facts(workdir)
     summary = {
         "family": family,
-        "title": TITLES[family],
+        "title": FAMILIES[family][2],
         **facts,
         "steps": int(last["step"]),
         "train_seconds": last.get("train_seconds", math.nan),
         "images_per_sec": int(last["step"]) * facts["batch_size"] / last["train_seconds"],
         "curve": curve,
-        "read_at": {f"{f * budget_s / 60:g} min": read_at(curve, f * budget_s) for f in READ_AT},
+        "read_at": {f"{m / 60:g} min": read_at(curve, m) for m in marks},
         "calibration": json.loads((workdir / "equal_time.json").read_text()),
         **final_scores(workdir),
     }
@@ -181,8 +201,13 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def report(root: Path, out: Path, minutes: float) -> None:
-    summaries = [s for f in FAMILIES if (s := summarize(f, root / f, minutes * 60)) is not None]
+def report(root: Path, out: Path) -> None:
+    from jaxflows.train.workdir import load_workdir_config
+
+    runs = [f for f in FAMILIES if (root / f / "metrics.csv").exists()]
+    budget_s = max((load_workdir_config(root / f).train_time_limit_s or 0.0 for f in runs), default=0.0)
+    marks = [f * budget_s for f in READ_AT]
+    summaries = [s for f in runs if (s := summarize(f, root / f, marks)) is not None]
     out.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Image-flow families at equal training time on Fashion-MNIST",
@@ -193,7 +218,7 @@ def report(root: Path, out: Path, minutes: float) -> None:
         "keeps them), read at the first timed evaluation at or after each mark.",
         "",
         "| model | parameters | GFLOP / step (batch) | steps | images/s | "
-        + " | ".join(f"{f * minutes:g} min" for f in READ_AT)
+        + " | ".join(f"{m / 60:g} min" for m in marks)
         + " | end, without averaging |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -205,6 +230,24 @@ def report(root: Path, out: Path, minutes: float) -> None:
             + " | ".join(marks)
             + (f" | {s['final_raw']:.4f} |" if "final_raw" in s else " | — |")
         )
+    conditional = [s for s in summaries if "bayes_accuracy" in s]
+    if conditional:
+        lines += [
+            "",
+            "Class-conditional models at the end (the training command's evaluation): bits/dim given",
+            "the label, of the mixture over classes, and Bayes' rule argmax_c log p(x | c) + log p(c)",
+            "on every held-out image (± its binomial standard error).",
+            "",
+            "| model | given the label | marginal | Bayes-rule accuracy |",
+            "|---|---|---|---|",
+        ]
+        for s in conditional:
+            p = s["bayes_accuracy"]
+            error = math.sqrt(p * (1 - p) / s["held_out"])
+            lines.append(
+                f"| {s['title']} | {s['final']:.4f} | {s.get('final_marginal', math.nan):.4f} "
+                f"| {100 * p:.1f}% ± {100 * error:.1f}% ({s['held_out']:,} images) |"
+            )
     curve_png = out / "equal_time_curves.png"
     if summaries:
         plot(summaries, curve_png)
@@ -235,7 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("family", nargs="?", choices=sorted(FAMILIES))
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "equal_time", help="the runs' workdirs")
     parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
-    parser.add_argument("--minutes", type=float, default=MINUTES, help="training time per run")
+    parser.add_argument("--minutes", type=float, default=MINUTES, help="training time of a run (train)")
     add_override_argument(parser)
     args = parser.parse_args(argv)
     if args.command == "train":
@@ -243,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("train needs a FAMILY")
         run_training(args.family, args.root, args.minutes, args.overrides)
     else:
-        report(args.root, args.out, args.minutes)
+        report(args.root, args.out)
 
 
 if __name__ == "__main__":

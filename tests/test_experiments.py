@@ -120,10 +120,13 @@ def test_equal_time_reads_each_mark_at_the_first_evaluation_after_it(tmp_path):
     assert curve == [(301.0, 11, 5.0), (905.0, 30, 4.0)]
     assert equal_time.read_at(curve, 900.0) == (905.0, 30, 4.0) and equal_time.read_at(curve, 906.0) is None
     (tmp_path / "equal_time.log").write_text(
-        "held-out bits/dim (flow):                             3.5000\n"
+        "held-out bits/dim (flow given the label):             3.5000\n"
+        "held-out bits/dim (flow, marginal over classes): 3.6000\n"
+        "Bayes-rule accuracy (argmax_c log p(x|c) + log p(c)): 0.6810\n"
         "held-out bits/dim (flow, without EMA):        3.4000\n"
     )
-    assert equal_time.final_scores(tmp_path) == {"final": 3.5, "final_raw": 3.4}
+    scores = {"final": 3.5, "final_marginal": 3.6, "bayes_accuracy": 0.681, "final_raw": 3.4}
+    assert equal_time.final_scores(tmp_path) == scores
 
 
 @pytest.mark.slow
@@ -135,7 +138,7 @@ def test_equal_time_trains_a_family_for_its_budget_and_reports_it(tmp_path):
     equal_time.main(["train", "glow", "--root", str(tmp_path), "--minutes", "0.1", "--set", *tiny])
     rows = json.loads((tmp_path / "glow" / "equal_time.json").read_text())
     assert rows["calibration_step_s"] > 0
-    equal_time.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--minutes", "0.1"])
+    equal_time.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
     (summary,) = json.loads((tmp_path / "out" / "equal_time.json").read_text())
     assert summary["family"] == "glow" and summary["parameters"] > 0 and summary["gflop_per_step"] > 0
     assert summary["train_seconds"] > 6.0  # stopped by the limit, not before

@@ -336,3 +336,35 @@ def test_conditional_config_checks_the_classifier_and_the_labels():
         setup(TrainConfig(model={"levels": 1, "depth": 1, "hidden": 8, "num_classes": 3}))
     with pytest.raises(ValueError, match="classifier=True needs num_classes"):
         glow((8, 8, 1), classifier=True, **TINY)
+
+
+def test_label_dropout_conditions_dropped_examples_on_the_mean_class():
+    from jaxflows.core.objective import example_keys
+    from jaxflows.train.steps import drop_labels
+
+    pixels, labels = jnp.zeros((4000, 2)), jnp.arange(4000) % 10
+    keys = example_keys(jax.random.key(0), jnp.arange(4000))
+    kept_pixels, weights = drop_labels((pixels, labels), keys, 0.25, 10)
+    uniform = np.all(np.asarray(weights) == 0.1, axis=1)
+    one_hot = np.asarray(weights) == np.asarray(jax.nn.one_hot(labels, 10))
+    assert kept_pixels is pixels and np.all(one_hot[~uniform]) and abs(uniform.mean() - 0.25) < 0.03
+    np.testing.assert_array_equal(weights, drop_labels((pixels, labels), keys, 0.25, 10)[1])  # per key
+    assert not np.any(np.all(np.asarray(drop_labels((pixels, labels), keys, 0.0, 10)[1]) == 0.1, axis=1))
+
+
+def test_label_dropout_trains_the_mean_class_pass_and_is_checked():
+    from jaxflows.train import TrainConfig, train
+    from jaxflows.train.errors import ConfigError
+
+    model = {"levels": 1, "depth": 1, "hidden": 8, "num_classes": 10}
+    config = TrainConfig(
+        dataset="digits", model=model, batch_size=16, init_batch_size=64, warmup_steps=2, num_steps=3,
+        log_every=3, eval_every=0, learning_rate=1e-2,
+    )  # fmt: skip
+    plain = train(config, None, progress=False).history[-1]["loss"]
+    dropped = train(config.replace(label_dropout=0.5), None, progress=False).history[-1]["loss"]
+    assert np.isfinite(dropped) and dropped != plain
+    with pytest.raises(ConfigError, match="label_dropout"):
+        TrainConfig(model={"levels": 1, "depth": 1, "hidden": 8}, label_dropout=0.1)
+    with pytest.raises(ConfigError, match="label_dropout"):
+        TrainConfig(model=model, label_dropout=1.0)

@@ -39,6 +39,7 @@ from jaxflows.train.rules import (
     POSITIVE,
     POSITIVE_NUMBER,
     PRNG_IMPLS,
+    RATE,
     TEMPERATURES,
     WEIGHT,
     Rule,
@@ -96,6 +97,10 @@ class TrainConfig:
       class_loss_weight (resumable): Glow's auxiliary classification loss (weight_y): with model
           {"num_classes": N, "classifier": True}, the loss adds this weight × the top-latent
           classifier's cross-entropy (bits per example).
+      label_dropout (resumable): a class-conditional model trains each example with this
+          probability on the mean class embedding (uniform class weights 1/K) instead of its
+          label, so that classifier-free guidance's unconditional pass is trained (TarFlow's code
+          and Ho & Salimans 2022 drop 10%).
       max_consecutive_skips (resumable): after this many consecutive skipped (non-finite) updates
           the run stops with DivergenceError, keeping its last good checkpoint.
       train_time_limit_s (resumable): stop (and checkpoint) once the workdir's training time
@@ -169,6 +174,7 @@ class TrainConfig:
     train_time_limit_s: float | None = setting(None, POSITIVE_NUMBER.or_none(), resumable=True)
     max_consecutive_skips: int = setting(20, POSITIVE, resumable=True)
     class_loss_weight: float = setting(0.0, WEIGHT, resumable=True)
+    label_dropout: float = setting(0.0, RATE, resumable=True)
     network_dtype: str = setting("float32", one_of(NETWORK_DTYPES), resumable=True)
     network_precision: str = setting(
         DEFAULT_NETWORK_PRECISION, one_of(tuple(NETWORK_PRECISIONS)), resumable=True

@@ -49,6 +49,7 @@ KWARGS = Rule(
 DEQUANTIZER = Rule("a dict of VariationalDequantizer keyword arguments", lambda v: isinstance(v, dict))
 BITS = Rule("an integer in 1..16", lambda v: is_int(v) and 1 <= v <= 16)
 DECAY = Rule("a number in (0, 1)", lambda v: is_number(v) and 0 < v < 1)
+RATE = Rule("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1)
 WEIGHT = Rule("a number >= 0", lambda v: is_number(v) and v >= 0)
 TEMPERATURES = Rule(
     "a non-empty sequence of temperatures > 0", lambda v: bool(v) and all(is_number(t) and t > 0 for t in v)
@@ -140,5 +141,7 @@ def validate_config(config: Any) -> None:
             "class_loss_weight",
             "0 unless model has num_classes and classifier=True (the classifier it trains)",
         )
+    if config.label_dropout > 0 and not config.model.get("num_classes"):
+        fail("label_dropout", "0 unless model has num_classes (a class-conditional model's labels)")
     if is_int(config.cpu_devices) and config.batch_size % config.cpu_devices:
         fail("cpu_devices", f"a count that divides batch_size {config.batch_size}")

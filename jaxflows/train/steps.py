@@ -120,6 +120,20 @@ def log_det_key(keys: jax.Array) -> jax.Array:
     return jax.random.fold_in(keys[0] if is_key_batch(keys) else keys, 1)
 
 
+LABEL_DROPOUT_STREAM = 2  # fold_in of an example's key for its label dropout (its noise: the key itself)
+
+
+def drop_labels(batch, keys: jax.Array, rate: float, num_classes: int):
+    """(pixels, class weights): each example's one-hot label, replaced with probability `rate` by
+    the uniform weights 1/K that condition on the mean class embedding, the unconditional pass of
+    classifier-free guidance (label dropout; Ho & Salimans 2022). `keys`: one per example."""
+    pixels, labels = split_batch(batch)
+    draw = lambda k: jax.random.bernoulli(jax.random.fold_in(k, LABEL_DROPOUT_STREAM), rate)
+    dropped = jax.vmap(draw)(keys)
+    weights = jnp.where(dropped[:, None], 1.0 / num_classes, jax.nn.one_hot(labels, num_classes))
+    return pixels, weights
+
+
 def make_train_step(
     flow: Flow,
     optimizer: optax.GradientTransformation,
@@ -127,6 +141,7 @@ def make_train_step(
     mesh: Mesh,
     ema_decay: float | None = None,
     class_loss_weight: float = 0.0,
+    label_dropout: float = 0.0,
 ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """jit(state, batch) -> (state, metrics); loss = mean bits/dim of the dequantised batch (pixels,
     or (pixels, labels) for a class-conditional flow: then of log P(x | y)), or with `bins` None
@@ -144,13 +159,16 @@ def make_train_step(
     With `ema_decay` the step also updates `state.ema_params` (from `init_state(..., ema_decay)`).
     With `class_loss_weight` > 0 (a class-conditional glow built with `classifier=True`) the loss adds
     that weight × the auxiliary classifier's cross-entropy in bits per example (Glow's `weight_y`);
-    the metrics then report it as `class_loss` and `loss` stays the bits/dim.
+    the metrics then report it as `class_loss` and `loss` stays the bits/dim. With `label_dropout`
+    > 0 a class-conditional flow sees the mean class embedding instead of an example's label with
+    that probability (`drop_labels`; the classifier still learns the true labels).
     """
     check_decay(ema_decay)
     classify = class_loss_weight > 0
 
     def loss_fn(params, constants, batch, keys):
-        args, method = likelihood_call(batch, keys, bins)
+        conditioned = drop_labels(batch, keys, label_dropout, flow.num_classes) if label_dropout else batch
+        args, method = likelihood_call(conditioned, keys, bins)
         log_prob, sown = flow.apply(
             {"params": params, **constants},
             *args,
@@ -233,12 +251,15 @@ def compiled_train_step(exp: Experiment):
     the optimiser's numbers come from the state)."""
     c = exp.config
     spec = OptimizerSpec.of(c)
-    return _jit_train_step(exp.flow, exp.dataset.num_bins, spec, c.ema_decay, exp.mesh, c.class_loss_weight)
+    return _jit_train_step(
+        exp.flow, exp.dataset.num_bins, spec, c.ema_decay, exp.mesh, c.class_loss_weight, c.label_dropout
+    )
 
 
 @functools.lru_cache(COMPILED_FUNCTIONS)
-def _jit_train_step(flow, bins, optimizer: OptimizerSpec, ema_decay, mesh, class_loss_weight):
-    return make_train_step(flow, build_optimizer(optimizer), bins, mesh, ema_decay, class_loss_weight)
+def _jit_train_step(flow, bins, optimizer: OptimizerSpec, ema_decay, mesh, class_loss_weight, label_dropout):
+    optimizer = build_optimizer(optimizer)
+    return make_train_step(flow, optimizer, bins, mesh, ema_decay, class_loss_weight, label_dropout)
 
 
 def held_out_log_prob(

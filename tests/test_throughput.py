@@ -121,6 +121,8 @@ def test_time_limit_and_timed_evaluations_count_training_time_across_resumptions
     # is not counted); evaluations at 75 → step 10 and at the limit's 100 s, where it stops
     rows = _clocked_run(config.replace(train_time_limit_s=95.0), tmp_path, clock, monkeypatch)
     assert {s: r for s, r in rows.items() if s > 7} == {8: (60.0, False), 10: (80.0, True), 12: (100.0, True)}
+    # rerun with its time spent: no more steps
+    assert _clocked_run(config.replace(train_time_limit_s=95.0), tmp_path, clock, monkeypatch) == rows
 
 
 def test_metrics_of_a_run_from_before_train_seconds_are_kept_on_resume(tmp_path):

@@ -186,7 +186,9 @@ def _train(
     saved, stop, limit = True, None, config.train_time_limit_s
     try:
         with _StopSignals() as signals:
-            for step, batch in batches if start < config.num_steps else ():
+            # a run resumed with its training time already spent takes no step
+            spent = limit is not None and resumed_s >= limit
+            for step, batch in batches if start < config.num_steps and not spent else ():
                 state, metrics = train_step(state, global_batch(batch, exp.mesh))
                 timer.stepped(state)
                 done = step + 1

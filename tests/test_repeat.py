@@ -226,3 +226,25 @@ def test_repeat_inside_a_module_is_an_ordinary_bijector():
     variables = Wrapper().init(jax.random.key(1), x)
     y, ld = Wrapper().apply(variables, x)
     assert y.shape == x.shape and ld.shape == (2,)
+
+
+@pytest.mark.parametrize("rngs", [False, True], ids=["run_scan", "flax_scan_with_rng_streams"])
+def test_scan_unroll_lets_cost_analysis_count_every_step(rngs):
+    """benchmarks/train_step.py's FLOPs: XLA counts a loop body once, so `scan_unroll(True)` must
+    unroll both of Repeat's scans, Flax's (taken when rng streams pass, as in every train step)
+    included."""
+    from jaxflows.core import scan_unroll
+    from jaxflows.ops import LOG_DET_RNG
+
+    x = jnp.ones((4, 4, 4, 4))
+    flops = {}
+    for length in (1, 4):
+        model = Repeat(_step(), length)
+        variables = model.init(jax.random.key(0), x)
+        extra = {"rngs": {LOG_DET_RNG: jax.random.key(1)}} if rngs else {}
+        loss = lambda p, model=model, variables=variables, extra=extra: model.apply(
+            {**variables, "params": p}, x, **extra
+        )[1].sum()
+        with scan_unroll(True):
+            flops[length] = jax.jit(jax.grad(loss)).lower(variables["params"]).cost_analysis()["flops"]
+    assert flops[4] > 3.5 * flops[1], flops

@@ -42,7 +42,8 @@ _SCAN_UNROLL: contextvars.ContextVar[int | bool] = contextvars.ContextVar("scan_
 
 @contextlib.contextmanager
 def scan_unroll(unroll: int | bool) -> Iterator[None]:
-    """Trace `run_scan` (every `Repeat`) with `lax.scan(..., unroll=unroll)` inside this block.
+    """Trace every `Repeat` (`run_scan`, and Flax's scan when rng streams or mutable collections
+    pass) with `unroll=unroll` inside this block.
 
     `True` unrolls fully: compile time grows with depth again, but XLA's cost analysis, which
     counts a loop body once, then sees every step (benchmarks/train_step.py counts FLOPs so).

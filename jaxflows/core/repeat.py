@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxflows.core.backprop import check_gradient_mode, run_scan
+from jaxflows.core.backprop import _SCAN_UNROLL, check_gradient_mode, run_scan
 from jaxflows.core.bijector import Array, Bijector
 from jaxflows.core.errors import InvalidArgumentError
 from jaxflows.core.variables import UnusedVariablesError, VariablesMismatchError, flat_shapes
@@ -80,6 +80,7 @@ class Repeat(Bijector):
             in_axes=nn.broadcast,
             length=self.length,
             reverse=inverse,
+            unroll=_SCAN_UNROLL.get(),  # `scan_unroll`, as run_scan
         )
         (y, total), _ = scan(self, (x, jnp.zeros(x.shape[0], x.dtype)), context)
         return y, total

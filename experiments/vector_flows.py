@@ -64,9 +64,9 @@ def train_flow(flow: Flow, train, steps: int, batch: int, key, levels: int | Non
                optimizer=optimizer(steps), eval_every=max(1, steps // 20), progress=False)  # fmt: skip
 
 
-def optimizer(steps: int) -> optax.GradientTransformation:
-    """Adam at LEARNING_RATE cosine-decayed to 0 over `steps`, gradients clipped at global norm CLIP."""
-    schedule = optax.cosine_decay_schedule(LEARNING_RATE, steps)
+def optimizer(steps: int, learning_rate: float = LEARNING_RATE) -> optax.GradientTransformation:
+    """Adam at `learning_rate` cosine-decayed to 0 over `steps`, gradients clipped at global norm CLIP."""
+    schedule = optax.cosine_decay_schedule(learning_rate, steps)
     return optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(schedule))
 
 

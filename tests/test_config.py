@@ -150,6 +150,12 @@ def test_configs_built_on_a_base_change_only_what_they_name():
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.py")), ids=lambda p: p.stem)
+def test_every_config_file_loads_and_names_a_registered_model_with_valid_arguments(path):
+    config = load_config(path)  # validation checks the model's name and keyword arguments
+    assert isinstance(config, TrainConfig) and config.num_steps > 0
+
+
 def test_the_smoke_mode_is_a_smaller_shorter_run_of_the_same_config():
     full, smoke = load_config(CONFIGS / "digits.py"), load_config(CONFIGS / "digits.py", smoke=True)
     assert smoke.dataset == full.dataset and smoke.num_steps < full.num_steps

@@ -179,6 +179,27 @@ def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] 
     return summary
 
 
+GUIDANCE = (0.0, 1.0, 3.0)
+
+
+def guided_grids(family: str, workdir: Path, out: Path) -> list[str]:
+    """A class-conditional TarFlow's samples under classifier-free guidance (and, noise-trained,
+    denoised), one grid per weight from the same draws (`experiments.tarflow_samples`)."""
+    from experiments.tarflow_samples import write_grids
+    from jaxflows.train.workdir import load_workdir_config
+
+    model = load_workdir_config(workdir).model
+    if model.get("name") != "tarflow" or not model.get("num_classes"):
+        return []
+    paths = write_grids(
+        workdir, out, list(GUIDANCE), temperature=1.0, per_class=8, prefix=f"equal_time_{family}"
+    )
+    lines = ["", f"{FAMILIES[family][2]}: one row per class at T = 1, guidance w = {GUIDANCE}"]
+    for path in paths:
+        lines += ["", f"`{path.stem}`:", "", f"![{path.stem}]({path.name})"]
+    return lines
+
+
 def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -223,11 +244,11 @@ def report(root: Path, out: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        marks = [f"{p[2]:.4f}" if p else "—" for p in s["read_at"].values()]
+        scores = [f"{p[2]:.4f}" if p else "—" for p in s["read_at"].values()]
         lines.append(
             f"| {s['title']} | {s['parameters']:,} | {s['gflop_per_step']:.1f} ({s['batch_size']}) "
             f"| {s['steps']:,} | {s['images_per_sec']:.1f} | "
-            + " | ".join(marks)
+            + " | ".join(scores)
             + (f" | {s['final_raw']:.4f} |" if "final_raw" in s else " | — |")
         )
     conditional = [s for s in summaries if "bayes_accuracy" in s]
@@ -253,7 +274,7 @@ def report(root: Path, out: Path) -> None:
         plot(summaries, curve_png)
         lines += ["", f"![held-out bits/dim against training time]({curve_png.name})"]
     for s in summaries:
-        grids = sorted((root / s["family"]).glob("samples_T*.png"))
+        grids = sorted((root / s["family"]).glob("samples*.png"))
         if grids:
             target = out / f"equal_time_{s['family']}_samples.png"
             shutil.copyfile(grids[-1], target)
@@ -263,6 +284,7 @@ def report(root: Path, out: Path) -> None:
                 "",
                 f"![{s['title']} samples]({target.name})",
             ]
+        lines += guided_grids(s["family"], root / s["family"], out)
     (out / "equal_time.md").write_text("\n".join(lines) + "\n")
     (out / "equal_time.json").write_text(json.dumps(summaries, indent=1) + "\n")
     print("\n".join(lines))

@@ -138,8 +138,16 @@ def test_equal_time_trains_a_family_for_its_budget_and_reports_it(tmp_path):
     equal_time.main(["train", "glow", "--root", str(tmp_path), "--minutes", "0.1", "--set", *tiny])
     rows = json.loads((tmp_path / "glow" / "equal_time.json").read_text())
     assert rows["calibration_step_s"] > 0
+    tarflow = ["dataset=digits", "model.width=16", "model.blocks=2", "model.layers_per_block=1"]
+    tarflow += ["model.heads=2", "batch_size=16", "init_batch_size=64", "eval_batch_size=512"]
+    equal_time.main(
+        ["train", "tarflow_noise", "--root", str(tmp_path), "--minutes", "0.05", "--set", *tarflow]
+    )
     equal_time.main(["report", "--root", str(tmp_path), "--out", str(tmp_path / "out")])
-    (summary,) = json.loads((tmp_path / "out" / "equal_time.json").read_text())
+    summary, noise = json.loads((tmp_path / "out" / "equal_time.json").read_text())
+    assert noise["family"] == "tarflow_noise" and 0 <= noise["bayes_accuracy"] <= 1
+    guided = {p.name for p in (tmp_path / "out").glob("equal_time_tarflow_noise_w*.png")}
+    assert guided == {f"equal_time_tarflow_noise_w{w}{d}.png" for w in (0, 1, 3) for d in ("", "_denoised")}
     assert summary["family"] == "glow" and summary["parameters"] > 0 and summary["gflop_per_step"] > 0
     assert summary["train_seconds"] > 6.0  # stopped by the limit, not before
     assert summary["read_at"]["0.1 min"] is not None and "final_raw" in summary

@@ -5,7 +5,7 @@ configuration, TarFlow and Jet (issues "TarFlow" item 6 and "Jet" item 6), each 
     .venv/bin/python -m experiments.equal_time train glow        # resumable: rerun to go on
     .venv/bin/python -m experiments.equal_time train tarflow
     .venv/bin/python -m experiments.equal_time train jet
-    .venv/bin/python -m experiments.equal_time train tarflow_classes
+    .venv/bin/python -m experiments.equal_time train tarflow_classes --minutes 30
     .venv/bin/python -m experiments.equal_time train tarflow_noise --minutes 30
     .venv/bin/python -m experiments.equal_time report --out experiments/results
 

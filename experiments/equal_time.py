@@ -156,7 +156,7 @@ def model_facts(workdir: Path) -> dict[str, Any]:
 
 def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] | None:
     """The run's figures, its held-out score read at each of `marks` (seconds of training)."""
-    from jaxflows.train.metrics import read_metrics
+    from jaxflows.train import read_metrics
 
     rows = read_metrics(workdir)
     if not rows:

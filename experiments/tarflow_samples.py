@@ -40,9 +40,7 @@ def write_grids(
 ) -> list[Path]:
     """The PNG grids (one per w, and per w denoised for a noise-trained model); returns their paths."""
     from jaxflows.models import denoise
-    from jaxflows.train.commands import restore_for_inference
-    from jaxflows.train.sampling import _stack_rows, _tile, _to_uint8, sample_key
-    from jaxflows.train.workdir import load_workdir_config
+    from jaxflows.train import image_grid, load_workdir_config, restore_for_inference, sample_key
 
     config = load_workdir_config(workdir)
     if config.model.get("name") != "tarflow":
@@ -74,10 +72,9 @@ def write_grids(
             if classes:
                 rows = images.reshape(classes, per_class, *images.shape[1:])
                 names = exp.dataset.class_names or [str(c) for c in range(classes)]
-                tiles = [_tile(_to_uint8(r, bins), 3) for r in rows]
-                grid = _stack_rows(tiles, [n[:10] for n in names])
+                grid = image_grid(rows, bins, [n[:10] for n in names])
             else:
-                grid = _stack_rows([_tile(_to_uint8(images, bins), 3)], [f"T={temperature:g}"])
+                grid = image_grid(images[None], bins, [f"T={temperature:g}"])
             path = out / f"{prefix}_w{w:g}{suffix}.png"
             grid.save(path)
             paths.append(path)

@@ -55,8 +55,11 @@ def structured(n: int, norm: float) -> dict[str, np.ndarray]:
 
 
 def test_batch_and_exact_cases():
-    g = RNG.standard_normal((5, 5))
-    random = [with_one_norm(RNG.standard_normal((5, 5)), s) for s in (0.01, 2.0, 9.0, 200.0)]
+    # its own generator: drawn from the module's, the order xdist runs tests in picked the matrices,
+    # and some norm-200 draws have an exponential beyond float32 (1e45 and 1e55 for seeds 1 and 4)
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((5, 5))
+    random = [with_one_norm(rng.standard_normal((5, 5)), s) for s in (0.01, 2.0, 9.0, 200.0)]
     ws = np.stack([*random, np.zeros((5, 5)), 2 * (g - g.T)])
     out = np.asarray(expm_jit(jnp.float32(ws)), np.float64)
     assert out.shape == (6, 5, 5)

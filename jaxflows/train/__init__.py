@@ -54,8 +54,9 @@ from jaxflows.train.host import (
     split_cpu_into_devices,
 )
 from jaxflows.train.loop import TrainResult, train
+from jaxflows.train.metrics import read_metrics
 from jaxflows.train.rules import model_name
-from jaxflows.train.sampling import attribute_grid, sample_grid, sample_key
+from jaxflows.train.sampling import attribute_grid, image_grid, sample_grid, sample_key
 from jaxflows.train.state import (
     TrainState,
     abstract_inputs,
@@ -100,6 +101,7 @@ __all__ = [
     "evaluate_held_out",
     "fit",
     "global_batch",
+    "image_grid",
     "importance_weighted_log_prob",
     "init_fn",
     "init_state",
@@ -112,6 +114,7 @@ __all__ = [
     "maybe_initialize_distributed",
     "model_name",
     "pixel_baseline_bits_per_dim",
+    "read_metrics",
     "reconstruction_warnings",
     "replicated",
     "restore_for_inference",

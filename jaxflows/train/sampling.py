@@ -85,6 +85,13 @@ def sample_grid(
     return _stack_rows(rows, labels), samples
 
 
+def image_grid(images: np.ndarray, bins: int, row_labels: Sequence[str]) -> Image.Image:
+    """Images (rows, count, H, W, C) with values in [0, 1) as one labelled block per row (8 images
+    per line, each upscaled to at least 84 pixels), a row's label on its left."""
+    rows = [_tile(_to_uint8(row, bins), _scale(row.shape[1])) for row in images]
+    return _stack_rows(rows, list(row_labels))
+
+
 def class_sample_grid(
     flow: Flow,
     variables,
@@ -102,8 +109,7 @@ def class_sample_grid(
     names = [str(c) for c in range(classes)] if class_names is None else list(class_names)
     draw = jax.jit(lambda v, k, c: flow.apply(v, k, per_class, temperature, c, method="sample"))
     samples = np.stack([np.asarray(draw(variables, key, jnp.int32(c))) for c in range(classes)])
-    rows = [_tile(_to_uint8(x, bins), _scale(x.shape[1])) for x in samples]
-    return _stack_rows(rows, [name[:10] for name in names]), samples
+    return image_grid(samples, bins, [name[:10] for name in names]), samples
 
 
 def sample_grid_path(workdir: Path, temperatures: Sequence[float]) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -250,16 +249,27 @@ def ode_evaluations(flow: Flow, variables, x) -> float | None:
     return 6.0 * float(np.sum(steps))
 
 
+def as_vectors(dataset: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(train, held-out, levels) of a data set as arrays; images flattened to vectors."""
+    data = load_dataset(dataset)
+    train_x, test = (np.asarray(s[np.arange(len(s))]) for s in (data.train, data.held_out))
+    if data.num_bins is not None:  # images as vectors
+        train_x, test = train_x.reshape(len(train_x), -1), test.reshape(len(test), -1)
+    return train_x, test, data.num_bins
+
+
+def study_family(spec: dict, name: str, dataset: str) -> Family:
+    """A study's flow `name` with the data set's fixed keyword arguments (`DATASET_KWARGS`)."""
+    builder, fixed, knob = spec["families"][name]
+    return builder, {**fixed, **DATASET_KWARGS.get(dataset, {}).get(name, {})}, knob
+
+
 def run(study: str, datasets=None, families=None, budget: float | None = None, steps: int | None = None):
     spec = STUDIES[study]
     rows = []
     for dataset in datasets or spec["targets"]:
-        data = load_dataset(dataset)
         target = spec["targets"][dataset]
-        train_x, test = (np.asarray(s[np.arange(len(s))]) for s in (data.train, data.held_out))
-        levels = data.num_bins
-        if levels is not None:  # images as vectors
-            train_x, test = train_x.reshape(len(train_x), -1), test.reshape(len(test), -1)
+        train_x, test, levels = as_vectors(dataset)
         shape = train_x.shape[1:]
         reference = {"density": TITLES.get(dataset, dataset), "flow": "data", "dataset": dataset}
         if dataset in TRUE_LOG_PROB:
@@ -267,8 +277,7 @@ def run(study: str, datasets=None, families=None, budget: float | None = None, s
             reference["nll"] = mean_and_error(reference["true_nats"])
         rows.append(reference)
         for name in families or spec["families"]:
-            builder, fixed, knob = spec["families"][name]
-            family = (builder, {**fixed, **DATASET_KWARGS.get(dataset, {}).get(name, {})}, knob)
+            family = study_family(spec, name, dataset)
             size = match_size(family, shape, target)
             for seed in spec["seeds"]:
                 key = jax.random.key(seed)
@@ -485,12 +494,12 @@ def main(argv=None) -> list[dict]:
         return [residual_images_main(args, argv)]
     if args.retime:
         return retime(args.study, args.out, argv)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    commit = report.git_commit()
     start = time.perf_counter()
     split = lambda s, sep=",": s.split(sep) if s else None
     rows = run(args.study, split(args.datasets), split(args.flows, ";"), args.cpu_seconds, args.steps)
     wall = time.perf_counter() - start
-    facts = [*report.run_facts(MODULE, argv, wall), f"commit: {git.stdout.strip() or 'unknown'}"]
+    facts = [*report.run_facts(MODULE, argv, wall), f"commit: {commit}"]
     earlier = args.out / f"matched_flows_{args.study}.json"
     if args.merge and earlier.exists():
         rows, facts = merge(json.loads(earlier.read_text()), rows, facts)
@@ -527,18 +536,14 @@ def retime(study: str, out: Path, argv) -> list[dict]:
     runs timed under load: each flow rebuilt at its row's size, its variables after one training
     step (ActNorm's data-dependent init; neither time depends on the values)."""
     page = json.loads((out / f"matched_flows_{study}.json").read_text())
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    start, data = time.perf_counter(), {}
+    commit, start, data = report.git_commit(), time.perf_counter(), {}
     for r in page["rows"]:
         if "sample_s" not in r:
             continue
         if r["dataset"] not in data:
-            loaded = load_dataset(r["dataset"])
-            pixels = [np.asarray(s[np.arange(len(s))]) for s in (loaded.train, loaded.held_out)]
-            data[r["dataset"]] = [x.reshape(len(x), -1) for x in pixels], loaded.num_bins
-        (train_x, test), levels = data[r["dataset"]]
-        builder, fixed, knob = STUDIES[study]["families"][r["flow"]]
-        family = (builder, {**fixed, **DATASET_KWARGS.get(r["dataset"], {}).get(r["flow"], {})}, knob)
+            data[r["dataset"]] = as_vectors(r["dataset"])
+        train_x, test, levels = data[r["dataset"]]
+        family = study_family(STUDIES[study], r["flow"], r["dataset"])
         key = jax.random.key(r["seed"])
         variables, *_ = train(build(family, train_x.shape[1:], r["size"]), train_x, 1, 128, key, levels)
         scored = evaluation_flow(family, train_x.shape[1:], r["size"])
@@ -546,15 +551,14 @@ def retime(study: str, out: Path, argv) -> list[dict]:
         print(json.dumps({k: r[k] for k in ("flow", "sample_s", "density_s")}), flush=True)
     wall = time.perf_counter() - start
     facts = [*page["facts"], "timings re-measured (`--retime`):", *report.run_facts(MODULE, argv, wall)]
-    write_page(out, study, page["rows"], [*facts, f"commit: {git.stdout.strip() or 'unknown'}"])
+    write_page(out, study, page["rows"], [*facts, f"commit: {commit}"])
     return page["rows"]
 
 
 def residual_images_main(args, argv) -> dict:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    start = time.perf_counter()
+    commit, start = report.git_commit(), time.perf_counter()
     result = run_residual_images(args.steps, args.images)
-    facts = [*report.run_facts(MODULE, argv, time.perf_counter() - start), f"commit: {git.stdout.strip()}"]
+    facts = [*report.run_facts(MODULE, argv, time.perf_counter() - start), f"commit: {commit}"]
     args.out.mkdir(parents=True, exist_ok=True)
     title = "A small Residual Flow on images with the unbiased log-det estimate"
     report.save_page(

@@ -8,6 +8,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,12 @@ def save_lines(directory: Path, name: str, lines: Sequence[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return path
+
+
+def git_commit() -> str:
+    """The checkout's short commit hash ("unknown" outside a git checkout)."""
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return git.stdout.strip() or "unknown"
 
 
 def run_facts(module: str, argv, wall_s: float) -> list[str]:

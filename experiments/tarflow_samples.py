@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def guided_flow(config, guidance: float, attention_temperature: float):
-    """The run's flow built with guidance w (and τ): the same parameters, a different sampler."""
+def guided_flow(exp, guidance: float, attention_temperature: float):
+    """The experiment's flow built with guidance w (and τ): the same parameters, a different
+    sampler (its data set passed on, not loaded again)."""
     from jaxflows.train import setup
 
-    model = {**config.model, "guidance": guidance, "attention_temperature": attention_temperature}
-    return setup(config.replace(model=model)).flow
+    model = {**exp.config.model, "guidance": guidance, "attention_temperature": attention_temperature}
+    return setup(exp.config.replace(model=model, dataset=exp.dataset)).flow
 
 
 def write_grids(
@@ -49,6 +50,7 @@ def write_grids(
     variables, bins, noise_std = state.variables(averaged=True), exp.bins, config.model.get("noise_std")
     classes = exp.flow.num_classes
     labels = np.repeat(np.arange(classes), per_class) if classes else None
+    context = None if labels is None else jnp.asarray(labels, jnp.int32)
     count = len(labels) if classes else per_class * 8
     key = sample_key(config.seed)
     density = exp.flow
@@ -60,8 +62,7 @@ def write_grids(
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for w in guidance:
-        flow = guided_flow(config, w, attention_temperature if w > 0 else 1.0)
-        context = None if labels is None else jnp.asarray(labels, jnp.int32)
+        flow = guided_flow(exp, w, attention_temperature if w > 0 else 1.0)
         draw = jax.jit(lambda v, k, c, flow=flow: flow.apply(v, k, count, temperature, c, method="sample"))
         x = draw(variables, key, context)
         variants = {"": x}

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
@@ -268,8 +267,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", help=f"comma-separated flow names (default: all of {', '.join(TOY_FLOWS)})")
     args = parser.parse_args(argv)
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    start, commit = time.perf_counter(), git.stdout.strip() or "unknown"
+    start, commit = time.perf_counter(), report.git_commit()
     names = args.only.split(",") if args.only else list(TOY_FLOWS)
     rows = run_toy(args.steps, args.seed, names)
     args.out.mkdir(parents=True, exist_ok=True)

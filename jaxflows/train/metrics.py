@@ -109,7 +109,7 @@ class StepTimer:
         self.started, self.steps = clock(), 0
         self.mark, self.marked_steps, self.timed_s = math.nan, 0, 0.0
         self.first_s = math.nan
-        self.resumed_s, self.paused_s, self.first_done = resumed_s, 0.0, math.nan
+        self.resumed_s, self.paused_s = resumed_s, 0.0
 
     def stepped(self, state: Any) -> None:
         """Count a dispatched step; after the first, wait for it and time it."""
@@ -118,14 +118,13 @@ class StepTimer:
             self.wait(state)
             self.mark, self.marked_steps = self.clock(), 1
             self.first_s = self.mark - self.started
-            self.first_done = self.mark
 
     def train_seconds(self) -> float:
         """Training time of the workdir so far (see the class docstring); `resumed_s` before
         this run's first step."""
-        if math.isnan(self.first_done):
+        if math.isnan(self.first_s):
             return self.resumed_s
-        return self.resumed_s + self.clock() - self.first_done - self.paused_s
+        return self.resumed_s + self.clock() - (self.started + self.first_s) - self.paused_s
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

@@ -55,9 +55,20 @@ def datasets(count: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def layer_group(path: str) -> str:
-    """'level1/flow_steps/3/coupling' -> 'level1 coupling'; 'level1/split' -> 'level1 split prior'."""
+    """'level1/flow_steps/3/coupling' -> 'level1 coupling'; 'level1/split' -> 'level1 split prior';
+    a TarFlow's 'blocks/1/reversed' (the second pair of its repeated natural/reversed blocks) ->
+    'block 4 (reversed order)'."""
     if path == "base":
         return "base N(0, I)"
+    tarflow_block = re.fullmatch(r"blocks/(\d+)/(natural|reversed)", path)
+    if tarflow_block:
+        pair, order = tarflow_block.groups()
+        number = 2 * int(pair) + (1 if order == "natural" else 2)
+        return f"block {number:2d} ({order} order)"
+    if path == "last_block":
+        return "last block (natural order)"
+    if "/" not in path:  # a top-level layer: 'rescale', 'patchify'
+        return path
     level = path.split("/")[0]
     kind = path.rsplit("/", 1)[-1]
     return f"{level} {'split prior' if kind == 'split' else kind}"

@@ -220,3 +220,14 @@ def test_a_trained_workdir_exports_and_manipulates_attributes(tmp_path):
     args = ["--workdir", str(workdir), "--without", "0", "--with", "1", "--examples", "4", "--rows", "2"]
     _check(_run("experiments.attribute_manipulation", [*args, "--alphas", "0,1", "--out", str(out)]))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ood_groups_glow_levels_and_tarflow_blocks():
+    from experiments.ood import layer_group
+
+    assert layer_group("level1/flow_steps/3/coupling") == "level1 coupling"
+    assert layer_group("level2/split") == "level2 split prior"
+    assert layer_group("blocks/0/natural") == "block  1 (natural order)"
+    assert layer_group("blocks/1/reversed") == "block  4 (reversed order)"
+    assert layer_group("patchify") == "patchify"
+    assert layer_group("base") == "base N(0, I)"

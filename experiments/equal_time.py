@@ -161,8 +161,15 @@ def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] 
     rows = read_metrics(workdir)
     if not rows:
         return None
+    from jaxflows.train.workdir import load_workdir_config
+
     curve = held_out_curve(rows)
     last = rows[-1]
+    scores = final_scores(workdir)
+    if "final" in scores and (not curve or curve[-1][1] < int(last["step"])):
+        # a run whose schedule ended just short of its budget: its end is the final evaluation
+        curve.append((last["train_seconds"], int(last["step"]), scores["final"]))
+    budget = load_workdir_config(workdir).train_time_limit_s
     facts = model_facts(workdir)
     summary = {
         "family": family,
@@ -172,9 +179,12 @@ def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] 
         "train_seconds": last.get("train_seconds", math.nan),
         "images_per_sec": int(last["step"]) * facts["batch_size"] / last["train_seconds"],
         "curve": curve,
-        "read_at": {f"{m / 60:g} min": read_at(curve, m) for m in marks},
+        "read_at": {
+            f"{m / 60:g} min": curve[-1] if "final" in scores and m == budget else read_at(curve, m)
+            for m in marks
+        },
         "calibration": json.loads((workdir / "equal_time.json").read_text()),
-        **final_scores(workdir),
+        **scores,
     }
     return summary
 

@@ -156,20 +156,19 @@ def model_facts(workdir: Path) -> dict[str, Any]:
 
 def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] | None:
     """The run's figures, its held-out score read at each of `marks` (seconds of training)."""
-    from jaxflows.train import read_metrics
+    from jaxflows.train import load_workdir_config, read_metrics
 
     rows = read_metrics(workdir)
     if not rows:
         return None
-    from jaxflows.train.workdir import load_workdir_config
-
     curve = held_out_curve(rows)
     last = rows[-1]
     scores = final_scores(workdir)
     if "final" in scores and (not curve or curve[-1][1] < int(last["step"])):
         # a run whose schedule ended just short of its budget: its end is the final evaluation
         curve.append((last["train_seconds"], int(last["step"]), scores["final"]))
-    budget = load_workdir_config(workdir).train_time_limit_s
+    budget = load_workdir_config(workdir).train_time_limit_s or math.nan
+    end = curve[-1] if "final" in scores else None  # what a mark at the budget reads
     facts = model_facts(workdir)
     summary = {
         "family": family,
@@ -180,8 +179,7 @@ def summarize(family: str, workdir: Path, marks: list[float]) -> dict[str, Any] 
         "images_per_sec": int(last["step"]) * facts["batch_size"] / last["train_seconds"],
         "curve": curve,
         "read_at": {
-            f"{m / 60:g} min": curve[-1] if "final" in scores and m == budget else read_at(curve, m)
-            for m in marks
+            f"{m / 60:g} min": end if end and math.isclose(m, budget) else read_at(curve, m) for m in marks
         },
         "calibration": json.loads((workdir / "equal_time.json").read_text()),
         **scores,
@@ -217,7 +215,7 @@ def plot(summaries: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for s in summaries:
+    for s in (s for s in summaries if s["curve"]):  # a run stopped before its first score has none
         seconds, _, bpd = zip(*s["curve"], strict=True)
         ax.plot(
             np.array(seconds) / 60, bpd, "o-", ms=3, label=f"{s['title']} ({s['parameters'] / 1e3:.0f} k)"

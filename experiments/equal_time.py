@@ -30,6 +30,7 @@ import json
 import math
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ MINUTES = 60.0
 EVALUATIONS = 12  # held-out scores per run, at equal intervals of training time
 READ_AT = (0.25, 0.5, 1.0)  # fractions of the budget: 15, 30 and 60 minutes of an hour
 CALIBRATION_STEPS = 40
+STOP = (signal.SIGTERM, signal.SIGINT)
+STOPPED = re.compile(r"^stopped by SIG(?:TERM|INT) at step \d+")  # experiments.train's line
 
 
 def calibrated_steps(family: str, workdir: Path, budget_s: float, overrides: list[str]) -> int:
@@ -88,15 +91,27 @@ def run_training(family: str, root: Path, minutes: float, overrides: list[str]) 
     command = [sys.executable, "-m", "experiments.train", "--config", str(CONFIGS / FAMILIES[family][0])]
     command += ["--workdir", str(workdir), "--no_progress", "--set", *overrides]
     print(" ".join(command), flush=True)
+    stopped = False
     with (workdir / "equal_time.log").open("a") as log:  # the final evaluation's lines, for `report`
+        # The child has its own process group: a SIGTERM or Ctrl-C reaches it once, from here, and
+        # it checkpoints and stops as a preempted run.
         child = subprocess.Popen(
-            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
         )
-        for line in child.stdout:
-            print(line, end="", flush=True)
-            log.write(line)
-    if child.wait():
-        sys.exit(f"{family}: experiments.train exited with {child.returncode}")
+        forward = {sig: signal.signal(sig, lambda signum, frame: child.send_signal(signum)) for sig in STOP}
+        try:
+            for line in child.stdout:
+                print(line, end="", flush=True)
+                log.write(line)
+                stopped = stopped or STOPPED.match(line) is not None
+        finally:
+            code = child.wait()
+            for sig, handler in forward.items():
+                signal.signal(sig, handler)
+    if code:
+        sys.exit(f"{family}: experiments.train exited with {code}")
+    if stopped:  # experiments.train exits 0 when preempted; a chain of runs must not go on
+        sys.exit(f"{family}: stopped before its budget (checkpoint kept); rerun the same command to resume")
 
 
 FINAL_SCORES = {  # what the training command's final evaluation prints

@@ -41,11 +41,18 @@ def write_grids(
 ) -> list[Path]:
     """The PNG grids (one per w, and per w denoised for a noise-trained model); returns their paths."""
     from jaxflows.models import denoise
-    from jaxflows.train import image_grid, load_workdir_config, restore_for_inference, sample_key
+    from jaxflows.train import (
+        apply_process_settings,
+        image_grid,
+        load_workdir_config,
+        restore_for_inference,
+        sample_key,
+    )
 
     config = load_workdir_config(workdir)
     if config.model.get("name") != "tarflow":
         raise SystemExit(f"{workdir} holds a {config.model.get('name')!r} run, not a TarFlow")
+    apply_process_settings(config)  # the PRNG the run used: its checkpointed key has that shape
     exp, state = restore_for_inference(config, workdir)
     variables, bins, noise_std = state.variables(averaged=True), exp.bins, config.model.get("noise_std")
     classes = exp.flow.num_classes

@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -214,7 +215,13 @@ def test_tarflow_samples_writes_guided_and_denoised_grids_of_a_noise_trained_mod
     )  # fmt: skip
     train(config, tmp_path / "run", progress=False)
     out = tmp_path / "out"
-    tarflow_samples.main(["--workdir", str(tmp_path / "run"), "--out", str(out), "--guidance", "0", "2"])
+    # a process whose PRNG differs from the run's (the tests' is the run's rbg): its checkpointed
+    # key has the run's shape, so the command must take the run's PRNG
+    jax.config.update("jax_default_prng_impl", "threefry2x32")
+    try:
+        tarflow_samples.main(["--workdir", str(tmp_path / "run"), "--out", str(out), "--guidance", "0", "2"])
+    finally:
+        jax.config.update("jax_default_prng_impl", "rbg")
     names = sorted(p.name for p in out.glob("*.png"))
     assert names == [f"tarflow_samples_w{w}{d}.png" for w in (0, 2) for d in ("", "_denoised")]
     plain, guided = (np.asarray(Image.open(out / f"tarflow_samples_w{w}.png")) for w in (0, 2))

@@ -15,6 +15,8 @@ docs/training.md) and `num_steps` set so that the cosine schedule ends at the bu
 family's step time, measured once (40 steps after compilation, without a workdir) and kept in
 `WORKDIR/equal_time.json`, so a rerun resumes the same schedule. The 15- and 30-minute scores are
 read from the same runs (the learning rate then still mid-decay), not from shorter schedules.
+A SIGTERM or Ctrl-C stops the run at a checkpoint and `train` exits non-zero (a chain of runs
+stops there); the same command resumes it.
 `report` reads each workdir's metrics.csv and the final evaluation the command printed
 (`WORKDIR/equal_time.log`: with and without averaging, a class-conditional model's Bayes-rule
 accuracy) and writes equal_time.{md,json}, the curves against training time and each run's sample
